@@ -1,0 +1,38 @@
+//! cairn-api: etcd's v3 API as Rust types and tonic stubs.
+//!
+//! The `.proto` files under `proto/etcd` carry etcd's package, service, method,
+//! message and field names and numbers — the wire contract that `etcdctl` and
+//! every etcd client library speak. `proto/cairn` holds Cairn's own peer and
+//! Raft-log messages. Both server and client stubs are generated.
+
+#![allow(clippy::all, missing_docs)]
+
+/// `mvccpb`: keys, values and watch events.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// `authpb`: users, roles and permissions.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// `etcdserverpb`: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// `v3lockpb`: the Lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// `v3electionpb`: the Election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
+/// `cairnpb`: Cairn's Raft-log commands and peer service (not etcd's contract).
+pub mod cairnpb {
+    tonic::include_proto!("cairnpb");
+}

@@ -1,0 +1,174 @@
+//! The storage-engine boundary: a few ordered byte tables written in atomic batches.
+//!
+//! Everything Cairn persists — MVCC revisions, store metadata, the Raft log and Raft's
+//! vote — lives in one engine instance, so one batch can update several tables
+//! atomically (data and `last_applied` together). Two engines implement the trait:
+//! [`redb`](RedbEngine) (the default) and [`sled`](SledEngine).
+//!
+//! Durability model: `write(batch, durable=false)` makes the batch visible to readers
+//! and atomic with respect to crashes (after a crash the engine holds a prefix of the
+//! batches), but may not be on disk yet; `write(batch, durable=true)` and [`Engine::sync`]
+//! return only once every earlier batch is on disk. This lets the Raft log do group
+//! commit: many cheap non-durable appends, then one fsync for all of them.
+
+mod redb_engine;
+mod sled_engine;
+
+pub use redb_engine::RedbEngine;
+pub use sled_engine::SledEngine;
+
+use crate::error::Result;
+use std::path::Path;
+use std::str::FromStr;
+
+/// The tables of the keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// MVCC revisions: 16-byte revision -> encoded entry (see `mvcc`).
+    Kv,
+    /// Store metadata: current and compacted revision, applied log id, members.
+    Meta,
+    /// The Raft log: 8-byte big-endian index -> serialized entry.
+    RaftLog,
+    /// Raft's own state: vote, committed and purged log ids.
+    RaftState,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 4] = [Table::Kv, Table::Meta, Table::RaftLog, Table::RaftState];
+
+    /// Stable name of the table on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Kv => "kv",
+            Table::Meta => "meta",
+            Table::RaftLog => "raft_log",
+            Table::RaftState => "raft_state",
+        }
+    }
+
+    /// Stable one-byte id of the table (used as a key prefix by engines with one keyspace).
+    pub fn id(self) -> u8 {
+        match self {
+            Table::Kv => 1,
+            Table::Meta => 2,
+            Table::RaftLog => 3,
+            Table::RaftState => 4,
+        }
+    }
+}
+
+/// One change inside a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or overwrite a key.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove a key (no error if absent).
+    Delete(Table, Vec<u8>),
+    /// Remove every key in `[from, to)`; `to = None` means to the end of the table.
+    DeleteRange(Table, Vec<u8>, Option<Vec<u8>>),
+}
+
+/// An ordered list of changes applied atomically.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Queue a put.
+    pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(table, key.into(), value.into()));
+    }
+    /// Queue a delete.
+    pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(table, key.into()));
+    }
+    /// Queue a range delete of `[from, to)`.
+    pub fn delete_range(&mut self, table: Table, from: impl Into<Vec<u8>>, to: Option<Vec<u8>>) {
+        self.ops.push(Op::DeleteRange(table, from.into(), to));
+    }
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    /// Number of queued changes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// The queued changes.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+    /// Append every change of `other`.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+}
+
+/// Visitor for [`Engine::scan`]: return `Ok(false)` to stop early.
+pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// An ordered, transactional key-value engine.
+pub trait Engine: Send + Sync + 'static {
+    /// Read one key.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Visit keys in `[from, to)` in ascending order (`to = None`: to the end) from one
+    /// consistent view.
+    fn scan(&self, table: Table, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()>;
+    /// The last key of a table and its value.
+    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Apply a batch atomically; with `durable` it is on disk (with all earlier batches)
+    /// before this returns.
+    fn write(&self, batch: WriteBatch, durable: bool) -> Result<()>;
+    /// Make every earlier batch durable.
+    fn sync(&self) -> Result<()>;
+    /// Bytes the engine occupies on disk.
+    fn size_on_disk(&self) -> u64;
+    /// Engine name, for logs and status.
+    fn kind(&self) -> EngineKind;
+}
+
+/// Which engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// redb: copy-on-write B+tree with checksummed, fsynced commits (default).
+    #[default]
+    Redb,
+    /// sled 0.34: log-structured; see docs/ for how it compares.
+    Sled,
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "redb" => Ok(EngineKind::Redb),
+            "sled" => Ok(EngineKind::Sled),
+            other => Err(format!("unknown storage engine {other:?} (expected redb or sled)")),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Redb => "redb",
+            EngineKind::Sled => "sled",
+        })
+    }
+}
+
+/// Open (or create) an engine of `kind` in directory `dir`.
+pub fn open(kind: EngineKind, dir: &Path) -> Result<std::sync::Arc<dyn Engine>> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::StoreError::Engine(format!("{}: {e}", dir.display())))?;
+    Ok(match kind {
+        EngineKind::Redb => std::sync::Arc::new(RedbEngine::open(&dir.join("cairn.redb"))?),
+        EngineKind::Sled => std::sync::Arc::new(SledEngine::open(&dir.join("sled"))?),
+    })
+}

@@ -1,0 +1,509 @@
+//! MVCC over a storage engine: etcd's KV semantics (Range, Put, DeleteRange, Txn,
+//! Compact) with revisions, versions and history.
+//!
+//! Layout: the `Kv` table maps each 16-byte [`Revision`] to one byte of kind (put or
+//! delete) followed by the encoded `mvccpb.KeyValue`; the key index ([`TreeIndex`])
+//! lives in memory and is rebuilt from the `Kv` table on open, as etcd does.
+//!
+//! Writes are staged: each mutation updates the in-memory index at once and appends to
+//! a pending [`WriteBatch`]; [`Mvcc::commit`] writes the batch (plus whatever the caller
+//! adds, such as the applied Raft log id) atomically. Reads never see a half-applied
+//! request because the caller holds the store exclusively while applying.
+
+use crate::engine::{Engine, Table, WriteBatch};
+use crate::error::{Result, StoreError};
+use crate::key_index::{KeyAt, TreeIndex};
+use crate::revision::Revision;
+use cairn_api::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use cairn_api::mvccpb::KeyValue;
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const KIND_PUT: u8 = 0;
+const KIND_DELETE: u8 = 1;
+const META_CURRENT_REV: &[u8] = b"current_rev";
+const META_COMPACT_REV: &[u8] = b"compact_rev";
+
+/// Tells the store whether a lease id exists (the lessor lives above the store).
+pub type LeaseCheck<'a> = &'a dyn Fn(i64) -> bool;
+
+/// The MVCC key-value store.
+pub struct Mvcc {
+    engine: Arc<dyn Engine>,
+    index: TreeIndex,
+    current_rev: i64,
+    compact_rev: i64,
+    /// Encoded values written since the last commit (not yet in the engine).
+    pending: HashMap<Revision, Vec<u8>>,
+    batch: WriteBatch,
+}
+
+/// A write transaction in progress: every change shares `rev`, with increasing `sub`.
+struct Writer {
+    rev: i64,
+    sub: i64,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader { revision, ..Default::default() })
+}
+
+fn read_i64(v: Option<Vec<u8>>) -> Result<i64> {
+    match v {
+        None => Ok(0),
+        Some(b) => {
+            Ok(i64::from_be_bytes(b.as_slice().try_into().map_err(|_| StoreError::Corrupt("meta integer".into()))?))
+        }
+    }
+}
+
+impl Mvcc {
+    /// Open the store on `engine`, rebuilding the key index from disk.
+    pub fn open(engine: Arc<dyn Engine>) -> Result<Self> {
+        let mut m = Mvcc {
+            engine,
+            index: TreeIndex::default(),
+            current_rev: 1,
+            compact_rev: 0,
+            pending: HashMap::new(),
+            batch: WriteBatch::new(),
+        };
+        m.reload()?;
+        Ok(m)
+    }
+
+    /// Rebuild the in-memory state from the engine (after open or a snapshot install).
+    pub fn reload(&mut self) -> Result<()> {
+        self.pending.clear();
+        self.batch = WriteBatch::new();
+        let mut index = TreeIndex::default();
+        let mut last = 0;
+        self.engine.scan(Table::Kv, &[], None, &mut |k, v| {
+            let rev = Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
+            let (kind, body) = v.split_first().ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
+            let kv = KeyValue::decode(body)?;
+            match *kind {
+                KIND_PUT => index.put(&kv.key, rev),
+                KIND_DELETE => {
+                    index.tombstone(&kv.key, rev);
+                }
+                other => return Err(StoreError::Corrupt(format!("kv kind {other}"))),
+            }
+            last = rev.main;
+            Ok(true)
+        })?;
+        let stored = read_i64(self.engine.get(Table::Meta, META_CURRENT_REV)?)?;
+        self.compact_rev = read_i64(self.engine.get(Table::Meta, META_COMPACT_REV)?)?;
+        // etcd starts at revision 1 on an empty store.
+        self.current_rev = stored.max(last).max(self.compact_rev).max(1);
+        self.index = index;
+        Ok(())
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The latest revision.
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// Number of keys with retained history.
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
+    fn encode(kind: u8, kv: &KeyValue) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + kv.encoded_len());
+        v.push(kind);
+        kv.encode(&mut v).expect("Vec has unbounded capacity");
+        v
+    }
+
+    /// Load the full KeyValue stored at `rev`.
+    fn load(&self, rev: Revision) -> Result<KeyValue> {
+        let raw = match self.pending.get(&rev) {
+            Some(v) => v.clone(),
+            None => self
+                .engine
+                .get(Table::Kv, &rev.to_bytes())?
+                .ok_or_else(|| StoreError::Corrupt(format!("missing revision {rev:?}")))?,
+        };
+        let body = raw.get(1..).ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
+        Ok(KeyValue::decode(body)?)
+    }
+
+    fn check_rev(&self, rev: i64) -> Result<i64> {
+        let at = if rev <= 0 { self.current_rev } else { rev };
+        if at > self.current_rev {
+            return Err(StoreError::FutureRev);
+        }
+        if at < self.compact_rev {
+            return Err(StoreError::Compacted);
+        }
+        Ok(at)
+    }
+
+    /// Range with every field of etcd's RangeRequest. The response header carries
+    /// only the revision; the server fills in the rest.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let at = self.check_rev(req.revision)?;
+        self.range_at(req, at, self.current_rev)
+    }
+
+    fn range_at(&self, req: &RangeRequest, at: i64, header_rev: i64) -> Result<RangeResponse> {
+        use range_request::{SortOrder, SortTarget};
+        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+        if target != SortTarget::Key && order == SortOrder::None {
+            order = SortOrder::Ascend;
+        }
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let fetch_all = filtered || order != SortOrder::None;
+        let limit = usize::try_from(req.limit).unwrap_or(0);
+
+        let mut count = 0i64;
+        let mut hits: Vec<KeyAt> = Vec::new();
+        self.index.range(&req.key, &req.range_end, at, |_, ka| {
+            count += 1;
+            if !req.count_only && (fetch_all || limit == 0 || hits.len() <= limit) {
+                hits.push(ka);
+            }
+            true
+        });
+        let mut resp = RangeResponse { header: header(header_rev), count, ..Default::default() };
+        if req.count_only {
+            return Ok(resp);
+        }
+        if filtered {
+            hits.retain(|ka| {
+                (req.max_mod_revision == 0 || ka.modified.main <= req.max_mod_revision)
+                    && (req.min_mod_revision == 0 || ka.modified.main >= req.min_mod_revision)
+                    && (req.max_create_revision == 0 || ka.created.main <= req.max_create_revision)
+                    && (req.min_create_revision == 0 || ka.created.main >= req.min_create_revision)
+            });
+        }
+        let mut kvs = Vec::with_capacity(hits.len());
+        if target == SortTarget::Value && order != SortOrder::None {
+            for ka in &hits {
+                kvs.push(self.load(ka.modified)?);
+            }
+            kvs.sort_by(|a, b| a.value.cmp(&b.value));
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        } else {
+            if order != SortOrder::None {
+                let key_of = |ka: &KeyAt| match target {
+                    SortTarget::Version => ka.version,
+                    SortTarget::Create => ka.created.main,
+                    SortTarget::Mod => ka.modified.main,
+                    SortTarget::Key | SortTarget::Value => 0,
+                };
+                if target == SortTarget::Key {
+                    // The index already yields ascending keys.
+                } else {
+                    hits.sort_by_key(key_of);
+                }
+                if order == SortOrder::Descend {
+                    hits.reverse();
+                }
+            }
+            let take = if limit > 0 { hits.len().min(limit + 1) } else { hits.len() };
+            for ka in &hits[..take] {
+                kvs.push(self.load(ka.modified)?);
+            }
+        }
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+            resp.more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        resp.kvs = kvs;
+        Ok(resp)
+    }
+
+    fn begin(&self) -> Writer {
+        Writer { rev: self.current_rev + 1, sub: 0 }
+    }
+
+    /// Finish a write transaction: bump the revision if anything changed.
+    fn end(&mut self, w: Writer) -> i64 {
+        if w.sub > 0 {
+            self.current_rev = w.rev;
+            self.batch.put(Table::Meta, META_CURRENT_REV, w.rev.to_be_bytes().to_vec());
+        }
+        self.current_rev
+    }
+
+    /// The revision reads inside `w` see (its own writes included).
+    fn read_rev(&self, w: &Writer) -> i64 {
+        if w.sub > 0 {
+            w.rev
+        } else {
+            self.current_rev
+        }
+    }
+
+    fn write_put(&mut self, w: &mut Writer, req: &PutRequest) -> Result<PutResponse> {
+        let at = self.read_rev(w);
+        let prev = match self.index.get(&req.key, at) {
+            Some(ka) => Some((ka, self.load(ka.modified)?)),
+            None => None,
+        };
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(StoreError::KeyNotFound);
+        }
+        let rev = Revision::new(w.rev, w.sub);
+        w.sub += 1;
+        let (create_revision, version) = match &prev {
+            Some((ka, _)) => (ka.created.main, ka.version + 1),
+            None => (rev.main, 1),
+        };
+        let value = match (&prev, req.ignore_value) {
+            (Some((_, p)), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some((_, p)), true) => p.lease,
+            _ => req.lease,
+        };
+        let kv = KeyValue { key: req.key.clone(), create_revision, mod_revision: rev.main, version, value, lease };
+        let enc = Self::encode(KIND_PUT, &kv);
+        self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
+        self.pending.insert(rev, enc);
+        self.index.put(&req.key, rev);
+        let prev_kv = if req.prev_kv { prev.map(|(_, p)| p) } else { None };
+        Ok(PutResponse { header: header(rev.main), prev_kv })
+    }
+
+    fn write_delete(&mut self, w: &mut Writer, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let at = self.read_rev(w);
+        let mut keys = Vec::new();
+        self.index.range(&req.key, &req.range_end, at, |k, ka| {
+            keys.push((k.to_vec(), ka));
+            true
+        });
+        let mut prev_kvs = Vec::new();
+        for (key, ka) in &keys {
+            if req.prev_kv {
+                prev_kvs.push(self.load(ka.modified)?);
+            }
+            let rev = Revision::new(w.rev, w.sub);
+            w.sub += 1;
+            let enc =
+                Self::encode(KIND_DELETE, &KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() });
+            self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
+            self.pending.insert(rev, enc);
+            self.index.tombstone(key, rev);
+        }
+        let rev = if keys.is_empty() { self.current_rev } else { w.rev };
+        Ok(DeleteRangeResponse { header: header(rev), deleted: keys.len() as i64, prev_kvs })
+    }
+
+    /// Put one key (a one-operation write transaction).
+    pub fn put(&mut self, req: &PutRequest, lease_ok: LeaseCheck<'_>) -> Result<PutResponse> {
+        self.check_put(req, 0, lease_ok)?;
+        let mut w = self.begin();
+        let resp = self.write_put(&mut w, req);
+        self.end(w);
+        resp
+    }
+
+    /// Delete a key or range.
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let mut w = self.begin();
+        let resp = self.write_delete(&mut w, req);
+        self.end(w);
+        resp
+    }
+
+    /// Validate a put before anything is written, as etcd does for a whole txn.
+    fn check_put(&self, req: &PutRequest, at: i64, lease_ok: LeaseCheck<'_>) -> Result<()> {
+        let at = if at == 0 { self.current_rev } else { at };
+        if (req.ignore_value || req.ignore_lease) && self.index.get(&req.key, at).is_none() {
+            return Err(StoreError::KeyNotFound);
+        }
+        if !req.ignore_lease && req.lease != 0 && !lease_ok(req.lease) {
+            return Err(StoreError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// Check every put on the path the txn will take (nested txns included).
+    fn check_txn(&self, req: &TxnRequest, lease_ok: LeaseCheck<'_>) -> Result<()> {
+        let ops = if self.compare_all(&req.compare, self.current_rev)? { &req.success } else { &req.failure };
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => self.check_put(p, 0, lease_ok)?,
+                Some(request_op::Request::RequestTxn(t)) => self.check_txn(t, lease_ok)?,
+                Some(request_op::Request::RequestRange(r)) => {
+                    self.check_rev(r.revision)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn compare_all(&self, cmps: &[Compare], at: i64) -> Result<bool> {
+        for c in cmps {
+            if !self.compare(c, at)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn compare(&self, c: &Compare, at: i64) -> Result<bool> {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        let mut found = Vec::new();
+        self.index.range(&c.key, &c.range_end, at, |_, ka| {
+            found.push(ka);
+            true
+        });
+        let check = |ord: std::cmp::Ordering| match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+            CompareResult::Equal => ord.is_eq(),
+            CompareResult::NotEqual => ord.is_ne(),
+            CompareResult::Greater => ord.is_gt(),
+            CompareResult::Less => ord.is_lt(),
+        };
+        let int_target = |ka: Option<&KeyAt>, lease: i64| -> (i64, i64) {
+            match (target, &c.target_union) {
+                (CompareTarget::Version, Some(TargetUnion::Version(v))) => (ka.map_or(0, |k| k.version), *v),
+                (CompareTarget::Version, _) => (ka.map_or(0, |k| k.version), 0),
+                (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => (ka.map_or(0, |k| k.created.main), *v),
+                (CompareTarget::Create, _) => (ka.map_or(0, |k| k.created.main), 0),
+                (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => (ka.map_or(0, |k| k.modified.main), *v),
+                (CompareTarget::Mod, _) => (ka.map_or(0, |k| k.modified.main), 0),
+                (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => (lease, *v),
+                (CompareTarget::Lease, _) => (lease, 0),
+                (CompareTarget::Value, _) => (0, 0),
+            }
+        };
+        if found.is_empty() {
+            // etcd: a value compare on a missing key always fails; other targets
+            // compare against a zero KeyValue.
+            if target == CompareTarget::Value {
+                return Ok(false);
+            }
+            let (have, want) = int_target(None, 0);
+            return Ok(check(have.cmp(&want)));
+        }
+        for ka in &found {
+            let ok = match target {
+                CompareTarget::Value => {
+                    let kv = self.load(ka.modified)?;
+                    let want: &[u8] = match &c.target_union {
+                        Some(TargetUnion::Value(v)) => v,
+                        _ => &[],
+                    };
+                    check(kv.value.as_slice().cmp(want))
+                }
+                CompareTarget::Lease => {
+                    let kv = self.load(ka.modified)?;
+                    let (have, want) = int_target(Some(ka), kv.lease);
+                    check(have.cmp(&want))
+                }
+                _ => {
+                    let (have, want) = int_target(Some(ka), 0);
+                    check(have.cmp(&want))
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A transaction: compare, then the success or failure operations, atomically and
+    /// at one revision. The request must already be validated (no duplicate keys).
+    pub fn txn(&mut self, req: &TxnRequest, lease_ok: LeaseCheck<'_>) -> Result<TxnResponse> {
+        self.check_txn(req, lease_ok)?;
+        let mut w = self.begin();
+        let resp = self.write_txn(&mut w, req);
+        let rev = self.end(w);
+        let mut resp = resp?;
+        resp.header = header(rev);
+        Ok(resp)
+    }
+
+    fn write_txn(&mut self, w: &mut Writer, req: &TxnRequest) -> Result<TxnResponse> {
+        let succeeded = self.compare_all(&req.compare, self.read_rev(w))?;
+        let ops: &[RequestOp] = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    let at_now = self.read_rev(w);
+                    let at = if r.revision <= 0 { at_now } else { r.revision };
+                    response_op::Response::ResponseRange(self.range_at(r, at, at_now)?)
+                }
+                Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(self.write_put(w, p)?),
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    response_op::Response::ResponseDeleteRange(self.write_delete(w, d)?)
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    let mut inner = self.write_txn(w, t)?;
+                    inner.header = header(self.read_rev(w));
+                    response_op::Response::ResponseTxn(inner)
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp { response: Some(response) });
+        }
+        Ok(TxnResponse { header: None, succeeded, responses })
+    }
+
+    /// Compact history up to `rev`: reads below it fail from now on and the space of
+    /// superseded revisions is freed.
+    pub fn compact(&mut self, rev: i64) -> Result<()> {
+        if rev <= self.compact_rev {
+            return Err(StoreError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(StoreError::FutureRev);
+        }
+        for r in self.index.compact(rev) {
+            self.pending.remove(&r);
+            self.batch.delete(Table::Kv, r.to_bytes().to_vec());
+        }
+        self.compact_rev = rev;
+        self.batch.put(Table::Meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Whether writes are staged and not yet committed.
+    pub fn has_pending(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// Write everything staged since the last commit, plus `extra`, in one atomic batch.
+    pub fn commit(&mut self, extra: WriteBatch, durable: bool) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.extend(extra);
+        let res = self.engine.write(batch, durable);
+        self.pending.clear();
+        res
+    }
+}

@@ -1,0 +1,250 @@
+//! The same behaviour, checked on every engine.
+
+use super::{fresh, fresh_mvcc};
+use cairn_api::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
+use cairn_store::{engine, snapshot, EngineKind, Mvcc, StoreError, Table, WriteBatch};
+
+const NO_LEASES: &dyn Fn(i64) -> bool = &|_| false;
+
+fn put(m: &mut Mvcc, k: &str, v: &str) -> i64 {
+    let r = m.put(&PutRequest { key: k.into(), value: v.into(), ..Default::default() }, NO_LEASES).expect("put");
+    m.commit(WriteBatch::new(), false).expect("commit");
+    r.header.expect("header").revision
+}
+
+fn get(m: &Mvcc, k: &str, end: &str, rev: i64) -> Result<Vec<(String, String, i64, i64, i64)>, StoreError> {
+    let r = m.range(&RangeRequest { key: k.into(), range_end: end.into(), revision: rev, ..Default::default() })?;
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect())
+}
+
+fn engine_basics(kind: EngineKind) {
+    let (_d, e) = fresh(kind);
+    let mut b = WriteBatch::new();
+    for i in 0u8..10 {
+        b.put(Table::RaftLog, vec![i], vec![i; 3]);
+    }
+    b.put(Table::Meta, b"m".to_vec(), b"x".to_vec());
+    e.write(b, true).unwrap();
+    assert_eq!(e.get(Table::RaftLog, &[3]).unwrap(), Some(vec![3; 3]));
+    assert_eq!(e.get(Table::Kv, &[3]).unwrap(), None, "tables are separate");
+    assert_eq!(e.last(Table::RaftLog).unwrap().map(|(k, _)| k), Some(vec![9]));
+    let mut seen = vec![];
+    e.scan(Table::RaftLog, &[2], Some(&[5]), &mut |k, _| {
+        seen.push(k[0]);
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(seen, vec![2, 3, 4]);
+    let mut b = WriteBatch::new();
+    b.delete_range(Table::RaftLog, vec![7], None);
+    b.delete_range(Table::RaftLog, vec![], Some(vec![2]));
+    b.delete(Table::RaftLog, vec![4]);
+    e.write(b, false).unwrap();
+    e.sync().unwrap();
+    let mut seen = vec![];
+    e.scan(Table::RaftLog, &[], None, &mut |k, _| {
+        seen.push(k[0]);
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(seen, vec![2, 3, 5, 6]);
+    assert_eq!(e.get(Table::Meta, b"m").unwrap(), Some(b"x".to_vec()));
+    assert!(e.size_on_disk() > 0);
+}
+
+fn mvcc_semantics(kind: EngineKind) {
+    let (_d, mut m) = fresh_mvcc(kind);
+    assert_eq!(m.current_revision(), 1, "empty store starts at revision 1");
+    assert_eq!(put(&mut m, "foo", "a"), 2);
+    assert_eq!(put(&mut m, "foo", "b"), 3);
+    assert_eq!(put(&mut m, "fop", "c"), 4);
+    assert_eq!(get(&m, "foo", "", 0).unwrap(), vec![("foo".into(), "b".into(), 2, 3, 2)]);
+    assert_eq!(get(&m, "foo", "", 2).unwrap(), vec![("foo".into(), "a".into(), 2, 2, 1)]);
+    assert_eq!(get(&m, "fo", "fp", 0).unwrap().len(), 2);
+    assert_eq!(get(&m, "\0", "\0", 0).unwrap().len(), 2);
+    assert_eq!(get(&m, "foo", "\0", 0).unwrap().len(), 2);
+    assert_eq!(get(&m, "foo", "", 99), Err(StoreError::FutureRev));
+
+    // limit, count, more, sort, keys_only, count_only
+    for i in 0..5 {
+        put(&mut m, &format!("k{i}"), &format!("{}", 9 - i));
+    }
+    let r = m.range(&RangeRequest { key: "k".into(), range_end: "l".into(), limit: 2, ..Default::default() }).unwrap();
+    assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 5));
+    let r = m
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            sort_order: range_request::SortOrder::Descend as i32,
+            sort_target: range_request::SortTarget::Value as i32,
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.kvs[0].key, b"k0");
+    let r = m
+        .range(&RangeRequest { key: "k".into(), range_end: "l".into(), keys_only: true, ..Default::default() })
+        .unwrap();
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()) && r.kvs.len() == 5);
+    let r = m
+        .range(&RangeRequest { key: "k".into(), range_end: "l".into(), count_only: true, ..Default::default() })
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 5));
+    let r = m
+        .range(&RangeRequest { key: "k".into(), range_end: "l".into(), min_mod_revision: 7, ..Default::default() })
+        .unwrap();
+    assert_eq!(r.kvs.len(), 3);
+
+    // delete with prev_kv; version resets and create revision is new on re-create
+    let d = m.delete_range(&DeleteRangeRequest { key: "k".into(), range_end: "l".into(), prev_kv: true }).unwrap();
+    m.commit(WriteBatch::new(), false).unwrap();
+    assert_eq!((d.deleted, d.prev_kvs.len()), (5, 5));
+    let rev = d.header.unwrap().revision;
+    assert_eq!(m.current_revision(), rev, "a multi-key delete is one revision");
+    let after = put(&mut m, "k1", "new");
+    assert_eq!(get(&m, "k1", "", 0).unwrap(), vec![("k1".into(), "new".into(), after, after, 1)]);
+
+    // ignore_value / ignore_lease on a missing key
+    let e = m.put(&PutRequest { key: "nope".into(), ignore_value: true, ..Default::default() }, NO_LEASES);
+    assert_eq!(e.unwrap_err(), StoreError::KeyNotFound);
+    let e = m.put(&PutRequest { key: "x".into(), lease: 5, ..Default::default() }, NO_LEASES);
+    assert_eq!(e.unwrap_err(), StoreError::LeaseNotFound);
+    let r =
+        m.put(&PutRequest { key: "foo".into(), ignore_value: true, prev_kv: true, ..Default::default() }, NO_LEASES);
+    assert_eq!(r.unwrap().prev_kv.unwrap().value, b"b");
+    m.commit(WriteBatch::new(), false).unwrap();
+    assert_eq!(get(&m, "foo", "", 0).unwrap()[0].1, "b");
+
+    // txn: compare mod revision, success branch, one revision for all ops
+    let before = m.current_revision();
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            key: "foo".into(),
+            target: compare::CompareTarget::Value as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Value("b".into())),
+            ..Default::default()
+        }],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: "t1".into(),
+                    value: "1".into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: "t2".into(),
+                    value: "2".into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: "t".into(),
+                    range_end: "u".into(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: "foo".into(),
+                ..Default::default()
+            })),
+        }],
+    };
+    let r = m.txn(&txn, NO_LEASES).unwrap();
+    m.commit(WriteBatch::new(), false).unwrap();
+    assert!(r.succeeded);
+    assert_eq!(m.current_revision(), before + 1);
+    match &r.responses[2].response {
+        Some(response_op::Response::ResponseRange(rr)) => assert_eq!(rr.kvs.len(), 2, "txn reads see its own writes"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let t1 = get(&m, "t1", "", 0).unwrap();
+    let t2 = get(&m, "t2", "", 0).unwrap();
+    assert_eq!(t1[0].3, t2[0].3, "same mod revision");
+    // failure branch; a compare on a missing key's value fails
+    let mut txn2 = txn.clone();
+    txn2.compare[0].key = "missing".into();
+    let r = m.txn(&txn2, NO_LEASES).unwrap();
+    m.commit(WriteBatch::new(), false).unwrap();
+    assert!(!r.succeeded);
+    assert!(get(&m, "foo", "", 0).unwrap().is_empty());
+    // a read-only txn does not create a revision
+    let cur = m.current_revision();
+    let ro = TxnRequest { compare: vec![], success: vec![txn.success[2].clone()], failure: vec![] };
+    m.txn(&ro, NO_LEASES).unwrap();
+    assert_eq!(m.current_revision(), cur);
+
+    // compaction
+    let cur = m.current_revision();
+    m.compact(cur - 1).unwrap();
+    m.commit(WriteBatch::new(), false).unwrap();
+    assert_eq!(get(&m, "t1", "", 2), Err(StoreError::Compacted));
+    assert!(get(&m, "t1", "", cur - 1).is_ok());
+    assert_eq!(m.compact(cur - 1), Err(StoreError::Compacted));
+    assert_eq!(m.compact(cur + 10), Err(StoreError::FutureRev));
+}
+
+fn reopen_restores_state(kind: EngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let rev;
+    {
+        let mut m = Mvcc::open(engine::open(kind, dir.path()).unwrap()).unwrap();
+        put(&mut m, "a", "1");
+        put(&mut m, "a", "2");
+        m.delete_range(&DeleteRangeRequest { key: "a".into(), ..Default::default() }).unwrap();
+        m.commit(WriteBatch::new(), false).unwrap();
+        put(&mut m, "b", "1");
+        m.compact(3).unwrap();
+        m.commit(WriteBatch::new(), true).unwrap();
+        rev = m.current_revision();
+    }
+    let m = Mvcc::open(engine::open(kind, dir.path()).unwrap()).unwrap();
+    assert_eq!(m.current_revision(), rev);
+    assert_eq!(m.compact_revision(), 3);
+    assert!(get(&m, "a", "", 0).unwrap().is_empty());
+    assert_eq!(get(&m, "a", "", 3).unwrap()[0].1, "2");
+    assert_eq!(get(&m, "b", "", 0).unwrap()[0].1, "1");
+}
+
+fn snapshot_round_trip(kind: EngineKind) {
+    let (_d1, mut a) = fresh_mvcc(kind);
+    for i in 0..50 {
+        put(&mut a, &format!("key{i}"), &format!("v{i}"));
+    }
+    let mut buf = Vec::new();
+    let n = snapshot::dump(a.engine().as_ref(), &mut buf).unwrap();
+    assert!(n >= 50);
+    let (_d2, mut b) = fresh_mvcc(if kind == EngineKind::Redb { EngineKind::Sled } else { EngineKind::Redb });
+    put(&mut b, "stale", "x");
+    snapshot::load(b.engine().as_ref(), &mut buf.as_slice(), WriteBatch::new()).unwrap();
+    b.reload().unwrap();
+    assert_eq!(b.current_revision(), a.current_revision());
+    assert_eq!(get(&b, "\0", "\0", 0).unwrap(), get(&a, "\0", "\0", 0).unwrap());
+}
+
+macro_rules! on_every_engine {
+    ($($name:ident),*) => {
+        mod redb { $( #[test] fn $name() { super::$name(cairn_store::EngineKind::Redb) } )* }
+        mod sled { $( #[test] fn $name() { super::$name(cairn_store::EngineKind::Sled) } )* }
+    };
+}
+on_every_engine!(engine_basics, mvcc_semantics, reopen_restores_state, snapshot_round_trip);
