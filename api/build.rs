@@ -9,7 +9,13 @@ fn main() -> anyhow::Result<()> {
         "proto/cairn/raft.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // RPCs that a later piece of work implements answer UNIMPLEMENTED until then.
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
     Ok(())
 }

@@ -1,1 +1,17 @@
+//! cairn-server: a Cairn member — etcd's v3 API over Raft-replicated MVCC.
+//!
+//! Data flows one way: client request -> [`grpc`] -> (writes) [`node::Node::propose`]
+//! -> Raft log ([`raft::log_store`]) -> commit -> [`apply`] (via
+//! [`raft::state_machine`]) -> MVCC store. Reads go [`grpc`] -> read index
+//! ([`node::Node::read_barrier`], linearizable) or straight to the store (serializable).
+//! Nothing below `apply` knows about gRPC.
 
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod node;
+pub mod raft;
+
+pub use config::Config;
+pub use node::{Node, NodeHandle};

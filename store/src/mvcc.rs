@@ -475,6 +475,32 @@ impl Mvcc {
         Ok(TxnResponse { header: None, succeeded, responses })
     }
 
+    /// A transaction whose branches only read (ranges and nested read-only txns):
+    /// evaluated at the current revision without staging anything.
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse> {
+        let at = self.current_rev;
+        let succeeded = self.compare_all(&req.compare, at)?;
+        let ops: &[RequestOp] = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    let rev = self.check_rev(r.revision)?;
+                    response_op::Response::ResponseRange(self.range_at(r, rev, at)?)
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    let mut inner = self.read_txn(t)?;
+                    inner.header = header(at);
+                    response_op::Response::ResponseTxn(inner)
+                }
+                Some(_) => return Err(StoreError::Corrupt("write inside a read-only txn".into())),
+                None => continue,
+            };
+            responses.push(ResponseOp { response: Some(response) });
+        }
+        Ok(TxnResponse { header: header(at), succeeded, responses })
+    }
+
     /// Compact history up to `rev`: reads below it fail from now on and the space of
     /// superseded revisions is freed.
     pub fn compact(&mut self, rev: i64) -> Result<()> {

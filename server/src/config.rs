@@ -1,0 +1,229 @@
+//! Command-line flags, named and defaulted as etcd's, each with an `ETCD_*`
+//! environment fallback, validated into one [`Config`].
+
+use cairn_store::EngineKind;
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The `cairn` server's flags.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cairn", version, about = "Cairn: a distributed, reliable key-value store that speaks etcd's v3 API")]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.cairn].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs advertised to the rest of the cluster (comma-separated).
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: name1=url1,name2=url2,...
+    /// [default: ${name}=${initial-advertise-peer-urls}].
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: `new` (bootstrap) or `existing` (join a running cluster).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token; members of different clusters never talk to each other.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed entries between snapshots (after which the log is purged).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Raise an alarm when the backend size exceeds this many bytes (0 = default 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Storage engine: redb (default) or sled.
+    #[arg(long, env = "CAIRN_STORAGE_ENGINE", default_value = "redb")]
+    pub storage_engine: EngineKind,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Member name.
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Client listen URLs.
+    pub listen_client_urls: Vec<String>,
+    /// Advertised client URLs.
+    pub advertise_client_urls: Vec<String>,
+    /// Peer listen URLs.
+    pub listen_peer_urls: Vec<String>,
+    /// This member's advertised peer URLs.
+    pub advertise_peer_urls: Vec<String>,
+    /// name -> peer URLs of the initial cluster.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    /// `true` for `--initial-cluster-state new`.
+    pub new_cluster: bool,
+    /// Cluster token.
+    pub cluster_token: String,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout.
+    pub election_timeout: Duration,
+    /// Entries between snapshots.
+    pub snapshot_count: u64,
+    /// Maximum request size.
+    pub max_request_bytes: usize,
+    /// Maximum ops in a txn.
+    pub max_txn_ops: usize,
+    /// Backend quota in bytes.
+    pub quota_backend_bytes: u64,
+    /// Log level.
+    pub log_level: String,
+    /// Storage engine.
+    pub engine: EngineKind,
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+fn check_urls(flag: &str, urls: &[String]) -> Result<(), String> {
+    if urls.is_empty() {
+        return Err(format!("--{flag} must not be empty"));
+    }
+    for u in urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) || u.parse::<tonic::codegen::http::Uri>().is_err() {
+            return Err(format!("--{flag}: {u:?} is not a valid URL (expected http://host:port)"));
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Validate flags into a config.
+    pub fn from_flags(f: Flags) -> Result<Config, String> {
+        let advertise_peer_urls = split(&f.initial_advertise_peer_urls);
+        let initial =
+            f.initial_cluster.clone().unwrap_or_else(|| format!("{}={}", f.name, advertise_peer_urls.join(",")));
+        let mut initial_cluster: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for part in split(&initial) {
+            let (name, url) =
+                part.split_once('=').ok_or_else(|| format!("--initial-cluster: {part:?} is not name=url"))?;
+            initial_cluster.entry(name.to_string()).or_default().push(url.to_string());
+        }
+        for urls in initial_cluster.values_mut() {
+            urls.sort();
+        }
+        let mut mine = advertise_peer_urls.clone();
+        mine.sort();
+        match initial_cluster.get(&f.name) {
+            Some(urls) if *urls == mine => {}
+            Some(urls) => {
+                return Err(format!(
+                    "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+                    f.name,
+                    urls.join(","),
+                    mine.join(",")
+                ))
+            }
+            None => return Err(format!("--initial-cluster has no member named {:?} (--name)", f.name)),
+        }
+        let new_cluster = match f.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            other => return Err(format!("--initial-cluster-state must be new or existing, not {other:?}")),
+        };
+        if f.heartbeat_interval == 0 || f.election_timeout < 5 * f.heartbeat_interval {
+            return Err("--election-timeout must be at least 5 times --heartbeat-interval".into());
+        }
+        let c = Config {
+            data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.cairn", f.name))),
+            name: f.name,
+            listen_client_urls: split(&f.listen_client_urls),
+            advertise_client_urls: split(&f.advertise_client_urls),
+            listen_peer_urls: split(&f.listen_peer_urls),
+            advertise_peer_urls,
+            initial_cluster,
+            new_cluster,
+            cluster_token: f.initial_cluster_token,
+            heartbeat: Duration::from_millis(f.heartbeat_interval),
+            election_timeout: Duration::from_millis(f.election_timeout),
+            snapshot_count: f.snapshot_count.max(1),
+            max_request_bytes: f.max_request_bytes,
+            max_txn_ops: f.max_txn_ops,
+            quota_backend_bytes: if f.quota_backend_bytes == 0 { 2 << 30 } else { f.quota_backend_bytes },
+            log_level: f.log_level,
+            engine: f.storage_engine,
+        };
+        check_urls("listen-client-urls", &c.listen_client_urls)?;
+        check_urls("advertise-client-urls", &c.advertise_client_urls)?;
+        check_urls("listen-peer-urls", &c.listen_peer_urls)?;
+        for urls in c.initial_cluster.values() {
+            check_urls("initial-cluster", urls)?;
+        }
+        Ok(c)
+    }
+
+    /// Parse from an argument list (first item is the program name).
+    pub fn parse_from<I, T>(args: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
+        Config::from_flags(flags)
+    }
+
+    /// How long a client request may wait for Raft (etcd: 5 s plus two election timeouts).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.election_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_a_single_etcd_member() {
+        let c = Config::parse_from(["cairn"]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.cairn"));
+        assert_eq!(c.listen_client_urls, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(c.initial_cluster.len(), 1);
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert!(c.new_cluster);
+    }
+
+    #[test]
+    fn rejects_inconsistent_cluster_flags() {
+        let e = Config::parse_from(["cairn", "--name", "a", "--initial-cluster", "b=http://127.0.0.1:1"]).unwrap_err();
+        assert!(e.contains("no member named"), "{e}");
+        let e = Config::parse_from(["cairn", "--initial-cluster-state", "maybe"]).unwrap_err();
+        assert!(e.contains("new or existing"), "{e}");
+        let e = Config::parse_from(["cairn", "--listen-client-urls", "127.0.0.1:2379"]).unwrap_err();
+        assert!(e.contains("not a valid URL"), "{e}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The server's error type and its single mapping onto gRPC statuses, carrying etcd's
+//! exact codes and messages (clients match on them; see shared/etcd-errors.md).
+
+use cairn_store::StoreError;
+use tonic::{Code, Status};
+
+/// etcd's error messages, byte for byte.
+pub mod msg {
+    pub const KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
+    pub const KEY_NOT_FOUND: &str = "etcdserver: key not found";
+    pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
+    pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+    pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+    pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+    pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+    pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+    pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+    pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+    pub const NO_LEADER: &str = "etcdserver: no leader";
+    pub const NOT_LEADER: &str = "etcdserver: not leader";
+    pub const STOPPED: &str = "etcdserver: server stopped";
+    pub const TIMEOUT: &str = "etcdserver: request timed out";
+    pub const TIMEOUT_CONN_LOST: &str = "etcdserver: request timed out, possibly due to connection lost";
+    pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A request field is invalid (empty key, too many ops, ...).
+    #[error("{0}")]
+    InvalidArgument(&'static str),
+    /// An error from the MVCC store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A failure carried back from a deterministic apply or from another member.
+    #[error("{message}")]
+    Remote {
+        /// gRPC code.
+        code: i32,
+        /// etcd message.
+        message: String,
+    },
+    /// No leader is known (an election is in progress).
+    #[error("{}", msg::NO_LEADER)]
+    NoLeader,
+    /// The request did not complete in time.
+    #[error("{}", msg::TIMEOUT)]
+    Timeout,
+    /// The leader was lost while a forwarded request was in flight: outcome unknown.
+    #[error("{}", msg::TIMEOUT_CONN_LOST)]
+    ConnectionLost,
+    /// The server is shutting down or Raft stopped.
+    #[error("{}", msg::STOPPED)]
+    Stopped,
+    /// Internal failure (storage); the member cannot serve.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+/// Result alias for the server.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Store(e) => match e {
+                StoreError::Compacted | StoreError::FutureRev => Code::OutOfRange,
+                StoreError::KeyNotFound => Code::InvalidArgument,
+                StoreError::LeaseNotFound => Code::NotFound,
+                StoreError::Engine(_) | StoreError::Corrupt(_) => Code::Internal,
+            },
+            Error::Remote { code, .. } => Code::from_i32(*code),
+            Error::NoLeader | Error::Timeout | Error::ConnectionLost | Error::Stopped => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The message etcd sends for this error.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Store(e) => match e {
+                StoreError::Compacted => msg::COMPACTED.into(),
+                StoreError::FutureRev => msg::FUTURE_REV.into(),
+                StoreError::KeyNotFound => msg::KEY_NOT_FOUND.into(),
+                StoreError::LeaseNotFound => msg::LEASE_NOT_FOUND.into(),
+                other => format!("etcdserver: {other}"),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), e.message())
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Error {
+        Error::Remote { code: s.code() as i32, message: s.message().to_string() }
+    }
+}

@@ -1,0 +1,388 @@
+//! A Cairn member: opens the data directory, runs Raft, serves the peer and client
+//! ports, and offers the two primitives every handler builds on — [`Node::propose`]
+//! (a write through Raft, forwarded to the leader from a follower) and
+//! [`Node::read_barrier`] (a linearizable read point by read index).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{peer_channel, Network};
+use crate::raft::state_machine::{SmState, StateMachine};
+use crate::raft::{Member, Raft, Request};
+use cairn_api::cairnpb::peer_client::PeerClient;
+use cairn_api::cairnpb::{
+    raft_request, raft_response, MemberAttributes, ProposeRequest, RaftRequest, RaftResponse, ReadIndexRequest,
+};
+use cairn_api::etcdserverpb::ResponseHeader;
+use cairn_store::{Engine, Table, WriteBatch};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+/// How long to wait between retries while no leader is known.
+const RETRY: Duration = Duration::from_millis(50);
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+
+/// A running member.
+pub struct Node {
+    /// The validated configuration.
+    pub config: Config,
+    /// This member's id.
+    pub id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The Raft instance.
+    pub raft: Raft,
+    /// The state machine (and through it the MVCC store).
+    pub sm: StateMachine,
+    /// The storage engine.
+    pub engine: Arc<dyn Engine>,
+    /// Cancelled when the member shuts down.
+    pub shutdown: CancellationToken,
+    leader_clients: Mutex<HashMap<u64, PeerClient<Channel>>>,
+}
+
+/// etcd-style member id: a hash of the sorted peer URLs and the cluster token.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let mut h = Sha256::new();
+    h.update(urls.join("").as_bytes());
+    h.update(token.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn cluster_id_of(ids: impl Iterator<Item = u64>) -> u64 {
+    let mut ids: Vec<u64> = ids.collect();
+    ids.sort();
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Resolve `http://host:port` to socket addresses.
+pub async fn resolve(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let uri: tonic::codegen::http::Uri = url.parse()?;
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("{url}: no host"))?;
+    let host = host.to_string();
+    let port = uri.port_u16().ok_or_else(|| anyhow::anyhow!("{url}: no port"))?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(format!("{host}:{port}")).await?.collect();
+    Ok(addrs)
+}
+
+/// A started member: the node plus its bound addresses and tasks.
+pub struct NodeHandle {
+    /// The member.
+    pub node: Arc<Node>,
+    /// Bound client addresses.
+    pub client_addrs: Vec<SocketAddr>,
+    /// Bound peer addresses.
+    pub peer_addrs: Vec<SocketAddr>,
+    tasks: TaskTracker,
+}
+
+impl NodeHandle {
+    /// Stop serving, shut Raft down and wait for every task.
+    pub async fn stop(self) {
+        self.node.shutdown.cancel();
+        self.tasks.close();
+        let _ = self.node.raft.shutdown().await;
+        self.tasks.wait().await;
+    }
+
+    /// Wait until the member is asked to stop (by [`Node::shutdown`]), then stop.
+    pub async fn run_until_stopped(self) {
+        self.node.shutdown.cancelled().await;
+        self.stop().await;
+    }
+}
+
+impl Node {
+    /// Open the data directory and start serving.
+    pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
+        let ids: BTreeMap<u64, Member> = config
+            .initial_cluster
+            .iter()
+            .map(|(name, urls)| {
+                (member_id(urls, &config.cluster_token), Member { name: name.clone(), peer_urls: urls.clone() })
+            })
+            .collect();
+        let id = member_id(&config.advertise_peer_urls, &config.cluster_token);
+        let engine = cairn_store::engine::open(config.engine, &config.data_dir.join("member"))?;
+        let cluster_id = match engine.get(Table::RaftState, KEY_CLUSTER_ID)? {
+            Some(b) if b.len() == 8 => u64::from_be_bytes(b.as_slice().try_into()?),
+            _ => {
+                let cid = cluster_id_of(ids.keys().copied());
+                let mut wb = WriteBatch::new();
+                wb.put(Table::RaftState, KEY_CLUSTER_ID, cid.to_be_bytes().to_vec());
+                engine.write(wb, true)?;
+                cid
+            }
+        };
+        let log = LogStore::new(engine.clone());
+        let sm = StateMachine::open(engine.clone(), config.data_dir.join("snap"))?;
+        let et = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_token.clone(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: et,
+            election_timeout_max: et * 2,
+            install_snapshot_timeout: 10_000.max(et * 10),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            // Keep some entries after a snapshot so a briefly lagging follower catches up
+            // from the log rather than by a full snapshot (etcd keeps 5,000).
+            max_in_snapshot_log_to_keep: 5_000.min(config.snapshot_count),
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Raft::new(id, Arc::new(raft_config), Network { cluster_id }, log, sm.clone()).await?;
+        let node = Arc::new(Node {
+            config: config.clone(),
+            id,
+            cluster_id,
+            raft,
+            sm,
+            engine,
+            shutdown: CancellationToken::new(),
+            leader_clients: Mutex::new(HashMap::new()),
+        });
+        let tasks = TaskTracker::new();
+
+        let mut peer_addrs = Vec::new();
+        for url in &config.listen_peer_urls {
+            for addr in resolve(url).await? {
+                let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen on {url}: {e}"))?;
+                peer_addrs.push(l.local_addr()?);
+                tasks.spawn(crate::raft::peer::serve(node.clone(), l));
+            }
+        }
+
+        if config.new_cluster && !node.raft.is_initialized().await? {
+            if !ids.contains_key(&id) {
+                anyhow::bail!("this member ({}) is not in --initial-cluster", config.name);
+            }
+            // Every member of a new cluster initializes with the same membership, which
+            // openraft allows; the first election decides the leader.
+            if let Err(e) = node.raft.initialize(ids.clone()).await {
+                tracing::info!("initialize: {e}");
+            }
+        }
+
+        let mut client_addrs = Vec::new();
+        for url in &config.listen_client_urls {
+            for addr in resolve(url).await? {
+                let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen on {url}: {e}"))?;
+                client_addrs.push(l.local_addr()?);
+                tasks.spawn(crate::grpc::serve(node.clone(), l));
+            }
+        }
+        tasks.spawn(publish_attributes(node.clone()));
+        tracing::info!(
+            name = %config.name, id = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"),
+            data_dir = %config.data_dir.display(), engine = %config.engine,
+            client = ?client_addrs, peer = ?peer_addrs, "cairn member started"
+        );
+        Ok(NodeHandle { node, client_addrs, peer_addrs, tasks })
+    }
+
+    /// Run `f` on the state machine under its read lock.
+    pub fn read<T>(&self, f: impl FnOnce(&SmState) -> T) -> T {
+        let st = self.sm.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&st)
+    }
+
+    /// A response header: cluster, member, `revision` and the current Raft term.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    /// The current leader's id, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn leader_client(&self, id: u64, member: &Member) -> Option<PeerClient<Channel>> {
+        let mut cache = self.leader_clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&id) {
+            return Some(c.clone());
+        }
+        let c = PeerClient::new(peer_channel(member)?).max_decoding_message_size(64 << 20);
+        cache.insert(id, c.clone());
+        Some(c)
+    }
+
+    /// Propose a write on this member only (used by the leader for forwarded writes).
+    pub async fn propose_local(&self, req: RaftRequest) -> std::result::Result<RaftResponse, tonic::Status> {
+        match self.raft.client_write(Request(req)).await {
+            Ok(r) => Ok(r.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER))
+            }
+            Err(e) => Err(tonic::Status::unavailable(format!("{}: {e}", crate::error::msg::STOPPED))),
+        }
+    }
+
+    /// Replicate a write through Raft and return its applied result. From a follower
+    /// the write is forwarded to the leader. Apply errors come back as `Err`.
+    pub async fn propose(&self, req: RaftRequest) -> Result<RaftResponse> {
+        if req.encoded_len() > self.config.max_request_bytes {
+            return Err(Error::InvalidArgument(crate::error::msg::REQUEST_TOO_LARGE));
+        }
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            match self.raft.client_write(Request(req.clone())).await {
+                Ok(r) => return into_result(r.data.0),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let (Some(lid), Some(member)) = (f.leader_id, f.leader_node) {
+                        if let Some(mut client) = self.leader_client(lid, &member) {
+                            let mut r = tonic::Request::new(ProposeRequest {
+                                cluster_id: self.cluster_id,
+                                request: Some(req.clone()),
+                            });
+                            r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                            match client.propose(r).await {
+                                Ok(resp) => return into_result(resp.into_inner()),
+                                // The leader moved before it proposed, or the request never
+                                // reached it (connection refused): safe to retry.
+                                Err(s) if s.message() == crate::error::msg::NOT_LEADER || never_sent(&s) => {}
+                                // The outcome is unknown: never retry a write blindly.
+                                Err(s)
+                                    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Cancelled =>
+                                {
+                                    return Err(Error::ConnectionLost)
+                                }
+                                Err(s) if s.code() == tonic::Code::DeadlineExceeded => return Err(Error::Timeout),
+                                Err(s) => return Err(s.into()),
+                            }
+                        }
+                    }
+                }
+                Err(RaftError::APIError(e)) => return Err(Error::Internal(e.to_string())),
+                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+            }
+            if Instant::now() >= deadline {
+                return Err(if self.leader().is_none() { Error::NoLeader } else { Error::Timeout });
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// The log index a linearizable read must observe, as the leader sees it now.
+    pub async fn read_index_local(&self) -> std::result::Result<u64, tonic::Status> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER))
+            }
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        }
+    }
+
+    /// Wait until this member has applied everything committed before the call, as
+    /// confirmed by the leader (read index): after it, a local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            let index = match self.raft.get_read_log_id().await {
+                Ok((read, _)) => Some(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(lid), Some(member)) => match self.leader_client(lid, &member) {
+                            Some(mut c) => {
+                                let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.cluster_id });
+                                r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                                c.read_index(r).await.ok().map(|r| r.into_inner().index)
+                            }
+                            None => None,
+                        },
+                        _ => None,
+                    }
+                }
+                Err(RaftError::APIError(_)) => None,
+                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+            };
+            if let Some(index) = index {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                return match self.raft.wait(Some(wait)).applied_index_at_least(Some(index), "read barrier").await {
+                    Ok(_) => Ok(()),
+                    Err(openraft::metrics::WaitError::Timeout(..)) => Err(Error::Timeout),
+                    Err(openraft::metrics::WaitError::ShuttingDown) => Err(Error::Stopped),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(if self.leader().is_none() { Error::NoLeader } else { Error::Timeout });
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Whether a failed call never reached the other side (the connection could not be made),
+/// so that retrying it cannot apply a write twice.
+fn never_sent(s: &tonic::Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        src = e.source();
+    }
+    false
+}
+
+fn into_result(r: RaftResponse) -> Result<RaftResponse> {
+    match r.response {
+        Some(raft_response::Response::Error(e)) => Err(Error::Remote { code: e.code, message: e.message }),
+        _ => Ok(r),
+    }
+}
+
+/// Publish this member's name and client URLs through Raft (as etcd does), retrying
+/// until they are applied, so every member can list them.
+async fn publish_attributes(node: Arc<Node>) {
+    let want = MemberAttributes {
+        id: node.id,
+        name: node.config.name.clone(),
+        client_urls: node.config.advertise_client_urls.clone(),
+    };
+    loop {
+        if node.read(|st| st.attrs.get(&node.id) == Some(&want)) {
+            return;
+        }
+        let req = RaftRequest { request: Some(raft_request::Request::Publish(want.clone())) };
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = node.propose(req) => match r {
+                Ok(_) => return,
+                Err(e) => tracing::debug!("publishing member attributes: {e}"),
+            },
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}

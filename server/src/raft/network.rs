@@ -1,0 +1,113 @@
+//! openraft's network: each RPC to another member is one unary call on its peer port,
+//! carrying the postcard-encoded openraft message, the cluster id and the target's
+//! member id (the receiver rejects messages meant for another cluster or member).
+//! Connections are made lazily; an unreachable peer is reported as `Unreachable` so
+//! openraft backs off.
+
+use super::{decode, encode, Member, TypeConfig};
+use cairn_api::cairnpb::peer_client::PeerClient;
+use cairn_api::cairnpb::RaftPayload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Makes a [`PeerConnection`] per target member.
+#[derive(Clone)]
+pub struct Network {
+    /// This cluster's id, stamped on every message.
+    pub cluster_id: u64,
+}
+
+/// A lazily connected client to one member's peer port.
+pub struct PeerConnection {
+    cluster_id: u64,
+    target: u64,
+    client: Option<PeerClient<Channel>>,
+}
+
+/// Open a lazy channel to the first usable peer URL.
+pub fn peer_channel(member: &Member) -> Option<Channel> {
+    member.peer_urls.iter().find_map(|u| {
+        Endpoint::from_shared(u.clone())
+            .ok()
+            .map(|e| e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
+    })
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
+        PeerConnection {
+            cluster_id: self.cluster_id,
+            target,
+            client: peer_channel(node).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
+        }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, Member, RaftError<u64, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(&mut self, method: &'static str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                "member has no usable peer URL",
+            ))));
+        };
+        let mut request =
+            tonic::Request::new(RaftPayload { cluster_id: self.cluster_id, target: self.target, data: encode(req) });
+        request.set_timeout(option.hard_ttl());
+        let fut = match method {
+            "append" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        };
+        let payload = match fut {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => return Err(RPCError::Unreachable(Unreachable::new(&s))),
+            Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
+        };
+        let res: Result<Resp, RaftError<u64, E>> =
+            decode(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
+        self.call("vote", &rpc, &option).await
+    }
+}

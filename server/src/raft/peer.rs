@@ -1,0 +1,92 @@
+//! The peer-port service: receives openraft RPCs from other members, and the two
+//! leader-side calls followers make (Propose for forwarded writes, ReadIndex for
+//! linearizable reads). Every message must carry this cluster's id, and Raft messages
+//! this member's id; anything else is refused without touching Raft.
+
+use super::{decode, encode};
+use crate::node::Node;
+use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
+use cairn_api::cairnpb::{ProposeRequest, RaftPayload, RaftResponse, ReadIndexRequest, ReadIndexResponse};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// The Peer gRPC service of one member.
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+/// Serve the peer port on `listener` until the member shuts down.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let token = node.shutdown.clone();
+    let svc =
+        PeerServer::new(PeerService { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let res = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .await;
+    if let Err(e) = res {
+        tracing::error!("peer server: {e}");
+    }
+}
+
+impl PeerService {
+    fn check(&self, cluster_id: u64, target: Option<u64>) -> Result<(), Status> {
+        if cluster_id != self.node.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: this member belongs to cluster {:x}, the message to {cluster_id:x}",
+                self.node.cluster_id
+            )));
+        }
+        if let Some(t) = target {
+            if t != self.node.id {
+                return Err(Status::failed_precondition(format!(
+                    "member ID mismatch: this member is {:x}, the message is for {t:x}",
+                    self.node.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn payload<T: serde::de::DeserializeOwned>(&self, p: &RaftPayload) -> Result<T, Status> {
+        self.check(p.cluster_id, Some(p.target))?;
+        decode(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    }
+
+    fn reply<T: serde::Serialize>(&self, v: &T) -> Response<RaftPayload> {
+        Response::new(RaftPayload { cluster_id: self.node.cluster_id, target: 0, data: encode(v) })
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = self.payload(req.get_ref())?;
+        Ok(self.reply(&self.node.raft.append_entries(rpc).await))
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = self.payload(req.get_ref())?;
+        Ok(self.reply(&self.node.raft.vote(rpc).await))
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = self.payload(req.get_ref())?;
+        Ok(self.reply(&self.node.raft.install_snapshot(rpc).await))
+    }
+
+    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<RaftResponse>, Status> {
+        let req = req.into_inner();
+        self.check(req.cluster_id, None)?;
+        let request = req.request.ok_or_else(|| Status::invalid_argument("empty proposal"))?;
+        Ok(Response::new(self.node.propose_local(request).await?))
+    }
+
+    async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        self.check(req.get_ref().cluster_id, None)?;
+        Ok(Response::new(ReadIndexResponse { index: self.node.read_index_local().await? }))
+    }
+}

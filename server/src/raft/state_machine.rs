@@ -1,0 +1,283 @@
+//! openraft's state machine over the MVCC store.
+//!
+//! Each `apply` call takes the store's write lock once, applies every entry of the
+//! batch ([`crate::apply`]), and commits the store mutations together with the new
+//! `last_applied` log id and membership in one atomic engine batch (not fsynced: the
+//! Raft log is the durable record, and after a crash the entries after the persisted
+//! `last_applied` are applied again).
+//!
+//! Snapshots are files under `<data-dir>/snap/`: a dump of the `Kv` and `Meta` tables
+//! taken under the store's read lock, so it matches `last_applied` exactly.
+
+use super::{decode, encode, storage_err, LogId, Member, StorageError, StoredMembership, TypeConfig};
+use crate::apply::apply;
+use cairn_api::cairnpb::{MemberAttributes, RaftResponse};
+use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, SnapshotMeta};
+use prost::Message;
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Seek, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+
+const KEY_APPLIED: &[u8] = b"raft_applied";
+const KEY_MEMBERSHIP: &[u8] = b"raft_membership";
+const ATTR_PREFIX: &[u8] = b"member_attr/";
+
+/// Everything the state machine owns, behind one lock.
+pub struct SmState {
+    /// The MVCC key-value store.
+    pub mvcc: Mvcc,
+    /// The last applied log id.
+    pub last_applied: Option<LogId>,
+    /// The last applied membership.
+    pub membership: StoredMembership,
+    /// Published member attributes (name, client URLs) by member id.
+    pub attrs: BTreeMap<u64, MemberAttributes>,
+    /// Staged changes to write with the next commit (member attributes).
+    staged: WriteBatch,
+}
+
+impl SmState {
+    /// Record a member's published attributes.
+    pub fn publish(&mut self, attrs: MemberAttributes) {
+        let mut key = ATTR_PREFIX.to_vec();
+        key.extend_from_slice(&attrs.id.to_be_bytes());
+        self.staged.put(Table::Meta, key, attrs.encode_to_vec());
+        self.attrs.insert(attrs.id, attrs);
+    }
+
+    fn load_meta(&mut self) -> Result<(), cairn_store::StoreError> {
+        let engine = self.mvcc.engine().clone();
+        let corrupt = |e: postcard::Error| cairn_store::StoreError::Corrupt(e.to_string());
+        self.last_applied = match engine.get(Table::Meta, KEY_APPLIED)? {
+            Some(b) => decode(&b).map_err(corrupt)?,
+            None => None,
+        };
+        self.membership = match engine.get(Table::Meta, KEY_MEMBERSHIP)? {
+            Some(b) => decode(&b).map_err(corrupt)?,
+            None => StoredMembership::default(),
+        };
+        let mut attrs = BTreeMap::new();
+        let mut end = ATTR_PREFIX.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        engine.scan(Table::Meta, ATTR_PREFIX, Some(&end), &mut |_, v| {
+            let a = MemberAttributes::decode(v)?;
+            attrs.insert(a.id, a);
+            Ok(true)
+        })?;
+        self.attrs = attrs;
+        Ok(())
+    }
+
+    fn applied_batch(&mut self) -> WriteBatch {
+        let mut b = std::mem::take(&mut self.staged);
+        b.put(Table::Meta, KEY_APPLIED, encode(&self.last_applied));
+        b.put(Table::Meta, KEY_MEMBERSHIP, encode(&self.membership));
+        b
+    }
+}
+
+/// The state machine handed to openraft; clones share the same state.
+#[derive(Clone)]
+pub struct StateMachine {
+    /// The shared state; gRPC handlers read the store through it.
+    pub state: Arc<RwLock<SmState>>,
+    /// Publishes the store revision after every applied batch.
+    pub revision_tx: Arc<watch::Sender<i64>>,
+    snap_dir: PathBuf,
+    current: Arc<Mutex<Option<(SnapshotMeta<u64, Member>, PathBuf)>>>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    storage_err(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    storage_err(ErrorSubject::Snapshot(None), verb, e)
+}
+
+impl StateMachine {
+    /// Open the state machine on `engine`; snapshots go to `snap_dir`.
+    pub fn open(engine: Arc<dyn Engine>, snap_dir: PathBuf) -> Result<Self, cairn_store::StoreError> {
+        std::fs::create_dir_all(&snap_dir).map_err(|e| cairn_store::StoreError::Engine(e.to_string()))?;
+        let mut st = SmState {
+            mvcc: Mvcc::open(engine)?,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            attrs: BTreeMap::new(),
+            staged: WriteBatch::new(),
+        };
+        st.load_meta()?;
+        let (revision_tx, _) = watch::channel(st.mvcc.current_revision());
+        Ok(Self {
+            state: Arc::new(RwLock::new(st)),
+            revision_tx: Arc::new(revision_tx),
+            snap_dir,
+            current: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SmState> {
+        // A poisoned lock means a panic mid-apply; the data on disk is still consistent
+        // (batches are atomic), so keep serving what is there.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let st = self.read();
+        let last = st.last_applied;
+        let id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "0-0-0".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id: last, last_membership: st.membership.clone(), snapshot_id: id.clone() };
+        let tmp = self.snap_dir.join(format!("{id}.snap.tmp"));
+        let path = self.snap_dir.join(format!("{id}.snap"));
+        {
+            let f = std::fs::File::create(&tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let mut w = BufWriter::new(f);
+            snapshot::dump(st.mvcc.engine().as_ref(), &mut w).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let f = w.into_inner().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            f.sync_all().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        }
+        drop(st);
+        std::fs::rename(&tmp, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file = std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.set_current(meta.clone(), path);
+        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+    }
+
+    /// Make `path` the current snapshot and delete older snapshot files.
+    fn set_current(&self, meta: SnapshotMeta<u64, Member>, path: PathBuf) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = cur.take() {
+            if old != path {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        *cur = Some((meta, path));
+    }
+
+    fn publish_revision(&self, rev: i64) {
+        self.revision_tx.send_replace(rev);
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build()).await.map_err(|e| snap_err(ErrorVerb::Write, e))?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let st = self.read();
+        Ok((st.last_applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<super::Response>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let rev = {
+            let mut st = self.write();
+            for entry in entries {
+                let log_id = *entry.get_log_id();
+                st.last_applied = Some(log_id);
+                let resp = match entry.payload {
+                    EntryPayload::Blank => RaftResponse::default(),
+                    EntryPayload::Normal(req) => apply(&mut st, &req.0).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                    EntryPayload::Membership(m) => {
+                        st.membership = StoredMembership::new(Some(log_id), m);
+                        RaftResponse::default()
+                    }
+                };
+                out.push(super::Response(resp));
+            }
+            let extra = st.applied_batch();
+            st.mvcc.commit(extra, false).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            st.mvcc.current_revision()
+        };
+        self.publish_revision(rev);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snap_dir.join("incoming.snap.tmp");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let mut file = snapshot.into_std().await;
+        let this = self.clone();
+        let meta = meta.clone();
+        let rev = tokio::task::spawn_blocking(move || -> Result<i64, StorageError> {
+            file.flush().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            file.rewind().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            let mut st = this.write();
+            let engine = st.mvcc.engine().clone();
+            st.last_applied = meta.last_log_id;
+            st.membership = meta.last_membership.clone();
+            let mut extra = WriteBatch::new();
+            extra.put(Table::Meta, KEY_APPLIED, encode(&meta.last_log_id));
+            extra.put(Table::Meta, KEY_MEMBERSHIP, encode(&meta.last_membership));
+            snapshot::load(engine.as_ref(), &mut BufReader::new(file), extra)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            st.mvcc.reload().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            st.load_meta().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let path = this.snap_dir.join(format!("{}.snap", meta.snapshot_id));
+            std::fs::rename(this.snap_dir.join("incoming.snap.tmp"), &path)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let rev = st.mvcc.current_revision();
+            drop(st);
+            this.set_current(meta, path);
+            Ok(rev)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        self.publish_revision(rev);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match cur {
+            Some((meta, path)) => {
+                let f = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                Ok(Some(Snapshot { meta, snapshot: Box::new(f) }))
+            }
+            // No snapshot since this member started: build one from the current state.
+            None if self.read().last_applied.is_some() => self.build_snapshot().await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Bad input gets etcd's error, and the server keeps serving.
+
+use super::harness::{etcdctl_ok, Cluster};
+use cairn_api::cairnpb::peer_client::PeerClient;
+use cairn_api::cairnpb::{ProposeRequest, RaftPayload, RaftRequest};
+use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::{
+    request_op, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
+use std::io::Write;
+use tonic::Code;
+
+fn put_op(k: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: "v".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Assert that a call failed with exactly this gRPC code and message.
+fn expect_status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, code: Code, msg: &str) {
+    match r {
+        Ok(resp) => panic!("expected {code:?} {msg:?}, got {resp:?}"),
+        Err(s) => assert_eq!((s.code(), s.message()), (code, msg)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_errors_for_invalid_requests() {
+    let c = Cluster::start(1, &[]).await;
+    let mut kv = c.kv(0).await;
+    let e = kv.put(PutRequest { key: "big".into(), value: vec![7u8; 1_600_000], ..Default::default() }).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: request is too large");
+    // Past gRPC's receive limit the transport refuses it, as with etcd.
+    let e = kv.put(PutRequest { key: "big".into(), value: vec![7u8; 3 << 20], ..Default::default() }).await;
+    assert_eq!(e.expect_err("a 3 MiB request must be refused").code(), Code::ResourceExhausted);
+
+    let many = TxnRequest { success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(), ..Default::default() };
+    let e = kv.txn(many).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: too many operations in txn request");
+    let dup = TxnRequest { success: vec![put_op("a"), put_op("a")], ..Default::default() };
+    let e = kv.txn(dup).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: duplicate key given in txn request");
+    let e = kv.range(RangeRequest::default()).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: key is not provided");
+    let e = kv.delete_range(DeleteRangeRequest::default()).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: key is not provided");
+    let e = kv.put(PutRequest { key: "k".into(), value: "v".into(), ignore_value: true, ..Default::default() }).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: value is provided");
+    let e = kv.put(PutRequest { key: "k".into(), lease: 5, ignore_lease: true, ..Default::default() }).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: lease is provided");
+    let e = kv.compact(CompactionRequest { revision: 1000, physical: true }).await;
+    expect_status(e, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision");
+    // Nothing of the refused writes landed, and the server still serves.
+    let r =
+        kv.range(RangeRequest { key: "\0".into(), range_end: "\0".into(), ..Default::default() }).await.expect("range");
+    assert_eq!(r.get_ref().count, 0);
+    assert_eq!(r.get_ref().header.as_ref().map(|h| h.revision), Some(1));
+    // Services a later issue implements say so instead of failing silently.
+    let mut lease = LeaseClient::connect(c.members[0].client_url.clone()).await.expect("connect");
+    let e = lease.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await.expect_err("lease is not served yet");
+    assert_eq!(e.code(), Code::Unimplemented);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_and_foreign_peers_do_not_hurt() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    etcdctl_ok(&ep, &["put", "before", "1"]);
+    // Garbage on both ports, including something that looks like an HTTP/2 preface.
+    for url in [&c.members[0].client_url, &c.members[0].peer_url] {
+        let addr = url.trim_start_matches("http://");
+        for junk in
+            [&b"\x00\xff\x13garbage\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xde\xad\xbe\xef", &[0u8; 4096]]
+        {
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                let _ = s.write_all(junk);
+            }
+        }
+    }
+    // A peer of another cluster (wrong cluster id) is refused without touching Raft.
+    let mut peer = PeerClient::connect(c.members[0].peer_url.clone()).await.expect("peer connect");
+    let e =
+        peer.append_entries(RaftPayload { cluster_id: 42, target: 1, data: vec![1, 2, 3] }).await.expect_err("foreign");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("cluster ID mismatch"), "{}", e.message());
+    let e = peer
+        .propose(ProposeRequest { cluster_id: 42, request: Some(RaftRequest::default()) })
+        .await
+        .expect_err("foreign proposal");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // Undecodable Raft payload with the right ids: refused, not a crash.
+    let status =
+        cairn_api::etcdserverpb::maintenance_client::MaintenanceClient::connect(c.members[0].client_url.clone())
+            .await
+            .expect("connect")
+            .status(cairn_api::etcdserverpb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+    let cluster_id = status.header.as_ref().map_or(0, |h| h.cluster_id);
+    let member_id = status.header.as_ref().map_or(0, |h| h.member_id);
+    let e = peer.vote(RaftPayload { cluster_id, target: member_id, data: vec![0xff; 3] }).await.expect_err("garbage");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Still serving, nothing lost.
+    assert_eq!(etcdctl_ok(&ep, &["get", "before", "--print-value-only"]), "1\n");
+    etcdctl_ok(&ep, &["put", "after", "2"]);
+    assert_eq!(etcdctl_ok(&ep, &["get", "after", "--print-value-only"]), "2\n");
+}

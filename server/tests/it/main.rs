@@ -1,0 +1,9 @@
+//! cairn-server integration tests: real `cairn` processes on ephemeral loopback ports,
+//! driven by the real `etcdctl` (etcd 3.4, Debian's etcd-client) and by the generated
+//! gRPC client. One binary, a module per topic.
+
+mod bad_input;
+mod cluster;
+mod crash;
+mod etcdctl;
+mod harness;
