@@ -7,6 +7,10 @@
 //! - [`network`]: openraft's RPCs to other members over tonic (client side), and
 //!   [`peer`]: the peer-port service that receives them.
 
+// openraft's traits return its own `StorageError` (over 200 bytes); our helpers return
+// the same type so that `?` needs no boxing and unboxing around every call.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod network;
 pub mod peer;

@@ -82,6 +82,9 @@ impl SmState {
     }
 }
 
+/// The newest snapshot file and its metadata.
+type CurrentSnapshot = (SnapshotMeta<u64, Member>, PathBuf);
+
 /// The state machine handed to openraft; clones share the same state.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -90,7 +93,7 @@ pub struct StateMachine {
     /// Publishes the store revision after every applied batch.
     pub revision_tx: Arc<watch::Sender<i64>>,
     snap_dir: PathBuf,
-    current: Arc<Mutex<Option<(SnapshotMeta<u64, Member>, PathBuf)>>>,
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {

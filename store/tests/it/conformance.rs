@@ -15,7 +15,10 @@ fn put(m: &mut Mvcc, k: &str, v: &str) -> i64 {
     r.header.expect("header").revision
 }
 
-fn get(m: &Mvcc, k: &str, end: &str, rev: i64) -> Result<Vec<(String, String, i64, i64, i64)>, StoreError> {
+/// (key, value, create_revision, mod_revision, version)
+type Row = (String, String, i64, i64, i64);
+
+fn get(m: &Mvcc, k: &str, end: &str, rev: i64) -> Result<Vec<Row>, StoreError> {
     let r = m.range(&RangeRequest { key: k.into(), range_end: end.into(), revision: rev, ..Default::default() })?;
     Ok(r.kvs
         .into_iter()
