@@ -4,7 +4,9 @@
 
 use crate::error::Error;
 use crate::raft::state_machine::SmState;
-use cairn_api::cairnpb::{raft_request, raft_response, ApplyError, Empty, RaftRequest, RaftResponse};
+use cairn_api::cairnpb::{
+    raft_request, raft_response, ApplyError, Empty, RaftBatchResponse, RaftRequest, RaftResponse,
+};
 use cairn_api::etcdserverpb::CompactionResponse;
 use cairn_store::StoreError;
 
@@ -17,13 +19,24 @@ fn lease_exists(_id: i64) -> bool {
 /// is a storage failure that must stop this member.
 pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, StoreError> {
     use raft_response::Response as R;
-    let mvcc = &mut state.mvcc;
     let result = match &req.request {
-        Some(raft_request::Request::Put(p)) => mvcc.put(p, &lease_exists).map(R::Put),
-        Some(raft_request::Request::DeleteRange(d)) => mvcc.delete_range(d).map(R::DeleteRange),
-        Some(raft_request::Request::Txn(t)) => mvcc.txn(t, &lease_exists).map(R::Txn),
+        Some(raft_request::Request::Put(p)) => state.mvcc.put(p, &lease_exists).map(R::Put),
+        Some(raft_request::Request::DeleteRange(d)) => state.mvcc.delete_range(d).map(R::DeleteRange),
+        Some(raft_request::Request::Txn(t)) => state.mvcc.txn(t, &lease_exists).map(R::Txn),
         Some(raft_request::Request::Compaction(c)) => {
-            mvcc.compact(c.revision).map(|_| R::Compaction(CompactionResponse::default()))
+            state.mvcc.compact(c.revision).map(|_| R::Compaction(CompactionResponse::default()))
+        }
+        Some(raft_request::Request::Batch(batch)) => {
+            let mut responses = Vec::with_capacity(batch.requests.len());
+            for r in &batch.requests {
+                // One level only: the proposer never nests batches.
+                if matches!(r.request, Some(raft_request::Request::Batch(_))) {
+                    responses.push(RaftResponse::default());
+                    continue;
+                }
+                responses.push(apply(state, r)?);
+            }
+            Ok(R::Batch(RaftBatchResponse { responses }))
         }
         Some(raft_request::Request::Publish(attrs)) => {
             state.publish(attrs.clone());

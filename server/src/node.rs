@@ -3,19 +3,19 @@
 //! (a write through Raft, forwarded to the leader from a follower) and
 //! [`Node::read_barrier`] (a linearizable read point by read index).
 
+use crate::batch::{Batcher, NotDone};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{peer_channel, Network};
 use crate::raft::state_machine::{SmState, StateMachine};
-use crate::raft::{Member, Raft, Request};
+use crate::raft::{Member, Raft};
 use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::{
     raft_request, raft_response, MemberAttributes, ProposeRequest, RaftRequest, RaftResponse, ReadIndexRequest,
 };
 use cairn_api::etcdserverpb::ResponseHeader;
 use cairn_store::{Engine, Table, WriteBatch};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +48,8 @@ pub struct Node {
     pub engine: Arc<dyn Engine>,
     /// Cancelled when the member shuts down.
     pub shutdown: CancellationToken,
+    /// Group commit and shared read-index rounds.
+    batcher: Batcher,
     leader_clients: Mutex<HashMap<u64, PeerClient<Channel>>>,
 }
 
@@ -154,6 +156,9 @@ impl Node {
         }
         .validate()?;
         let raft = Raft::new(id, Arc::new(raft_config), Network { cluster_id }, log, sm.clone()).await?;
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let batcher = Batcher::start(raft.clone(), &tasks, shutdown.clone());
         let node = Arc::new(Node {
             config: config.clone(),
             id,
@@ -161,10 +166,10 @@ impl Node {
             raft,
             sm,
             engine,
-            shutdown: CancellationToken::new(),
+            shutdown,
+            batcher,
             leader_clients: Mutex::new(HashMap::new()),
         });
-        let tasks = TaskTracker::new();
 
         let mut peer_addrs = Vec::new();
         for url in &config.listen_peer_urls {
@@ -234,14 +239,13 @@ impl Node {
         Some(c)
     }
 
-    /// Propose a write on this member only (used by the leader for forwarded writes).
+    /// Propose a write on this member only (the leader, for writes forwarded to it).
     pub async fn propose_local(&self, req: RaftRequest) -> std::result::Result<RaftResponse, tonic::Status> {
-        match self.raft.client_write(Request(req)).await {
-            Ok(r) => Ok(r.data.0),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER))
-            }
-            Err(e) => Err(tonic::Status::unavailable(format!("{}: {e}", crate::error::msg::STOPPED))),
+        match self.batcher.propose(req).await {
+            Ok(r) => Ok(r),
+            Err(NotDone::Forward(_)) => Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER)),
+            Err(NotDone::Stopped) => Err(tonic::Status::unavailable(crate::error::msg::STOPPED)),
+            Err(NotDone::Other(e)) => Err(tonic::Status::unavailable(e)),
         }
     }
 
@@ -253,10 +257,10 @@ impl Node {
         }
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
-            match self.raft.client_write(Request(req.clone())).await {
-                Ok(r) => return into_result(r.data.0),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let (Some(lid), Some(member)) = (f.leader_id, f.leader_node) {
+            match self.batcher.propose(req.clone()).await {
+                Ok(r) => return into_result(r),
+                Err(NotDone::Forward(leader)) => {
+                    if let Some((lid, member)) = leader {
                         if let Some(mut client) = self.leader_client(lid, &member) {
                             let mut r = tonic::Request::new(ProposeRequest {
                                 cluster_id: self.cluster_id,
@@ -280,8 +284,9 @@ impl Node {
                         }
                     }
                 }
-                Err(RaftError::APIError(e)) => return Err(Error::Internal(e.to_string())),
-                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+                // No quorum or a leader change under way: retry until the deadline.
+                Err(NotDone::Other(e)) => tracing::debug!("proposal not committed, retrying: {e}"),
+                Err(NotDone::Stopped) => return Err(Error::Stopped),
             }
             if Instant::now() >= deadline {
                 return Err(if self.leader().is_none() { Error::NoLeader } else { Error::Timeout });
@@ -292,12 +297,11 @@ impl Node {
 
     /// The log index a linearizable read must observe, as the leader sees it now.
     pub async fn read_index_local(&self) -> std::result::Result<u64, tonic::Status> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER))
-            }
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        match self.batcher.read_index().await {
+            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            Err(NotDone::Forward(_)) => Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER)),
+            Err(NotDone::Stopped) => Err(tonic::Status::unavailable(crate::error::msg::STOPPED)),
+            Err(NotDone::Other(e)) => Err(tonic::Status::unavailable(e)),
         }
     }
 
@@ -306,23 +310,18 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
-            let index = match self.raft.get_read_log_id().await {
-                Ok((read, _)) => Some(read.map_or(0, |l| l.index)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    match (f.leader_id, f.leader_node) {
-                        (Some(lid), Some(member)) => match self.leader_client(lid, &member) {
-                            Some(mut c) => {
-                                let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.cluster_id });
-                                r.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                                c.read_index(r).await.ok().map(|r| r.into_inner().index)
-                            }
-                            None => None,
-                        },
-                        _ => None,
+            let index = match self.batcher.read_index().await {
+                Ok(read) => Some(read.map_or(0, |l| l.index)),
+                Err(NotDone::Forward(Some((lid, member)))) => match self.leader_client(lid, &member) {
+                    Some(mut c) => {
+                        let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.cluster_id });
+                        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                        c.read_index(r).await.ok().map(|r| r.into_inner().index)
                     }
-                }
-                Err(RaftError::APIError(_)) => None,
-                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+                    None => None,
+                },
+                Err(NotDone::Forward(None)) | Err(NotDone::Other(_)) => None,
+                Err(NotDone::Stopped) => return Err(Error::Stopped),
             };
             if let Some(index) = index {
                 let wait = deadline.saturating_duration_since(Instant::now());

@@ -4,12 +4,12 @@
 //! this member's id; anything else is refused without touching Raft.
 
 use super::{decode, encode};
+use crate::grpc::incoming;
 use crate::node::Node;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
 use cairn_api::cairnpb::{ProposeRequest, RaftPayload, RaftResponse, ReadIndexRequest, ReadIndexResponse};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// The Peer gRPC service of one member.
@@ -23,9 +23,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let svc =
         PeerServer::new(PeerService { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     let res = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned())
         .await;
     if let Err(e) = res {
         tracing::error!("peer server: {e}");

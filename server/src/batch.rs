@@ -1,0 +1,173 @@
+//! Batching on the leader: group commit for writes and shared read-index rounds.
+//!
+//! openraft 0.9 appends (and fsyncs) each proposal before it takes the next, so one
+//! client write per entry would mean one fsync per write. The write loop instead takes
+//! every request queued while earlier batches are in flight and proposes them as one
+//! entry (`RaftRequest.batch`), applied in order with a revision each: one fsync, and one
+//! replication round, covers the whole batch. Two batches may be in flight, so applying
+//! one overlaps appending the next.
+//!
+//! Linearizable reads likewise share rounds: every read waiting when a round starts is
+//! served by that round's read index; reads arriving during a round wait for the next,
+//! so each read's index is taken after the read arrived.
+
+use crate::raft::{LogId, Member, Raft, Request};
+use cairn_api::cairnpb::{raft_request, raft_response, RaftBatch, RaftRequest, RaftResponse};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use prost::Message;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Most requests in one batch.
+const MAX_BATCH: usize = 1024;
+/// Most encoded bytes in one batch (a request alone may be larger).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches in flight at once.
+const IN_FLIGHT: usize = 2;
+
+/// Why a batched proposal or read index did not complete here.
+#[derive(Debug, Clone)]
+pub enum NotDone {
+    /// This member is not the leader; the leader, if known.
+    Forward(Option<(u64, Member)>),
+    /// Raft has stopped.
+    Stopped,
+    /// Anything else (for example no quorum); the message says what.
+    Other(String),
+}
+
+type WriteReply = oneshot::Sender<Result<RaftResponse, NotDone>>;
+type ReadReply = oneshot::Sender<Result<Option<LogId>, NotDone>>;
+
+/// Handle to the batching loops of one member.
+#[derive(Clone)]
+pub struct Batcher {
+    writes: mpsc::Sender<(RaftRequest, WriteReply)>,
+    reads: mpsc::Sender<ReadReply>,
+}
+
+impl Batcher {
+    /// Start the loops on `tasks`; they end with `shutdown`.
+    pub fn start(raft: Raft, tasks: &TaskTracker, shutdown: CancellationToken) -> Batcher {
+        let (wtx, wrx) = mpsc::channel(8192);
+        let (rtx, rrx) = mpsc::channel(8192);
+        tasks.spawn(write_loop(raft.clone(), wrx, tasks.clone(), shutdown.clone()));
+        tasks.spawn(read_loop(raft, rrx, shutdown));
+        Batcher { writes: wtx, reads: rtx }
+    }
+
+    /// Propose `req` (possibly together with others) and wait for its applied result.
+    pub async fn propose(&self, req: RaftRequest) -> Result<RaftResponse, NotDone> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((req, tx)).await.map_err(|_| NotDone::Stopped)?;
+        rx.await.map_err(|_| NotDone::Stopped)?
+    }
+
+    /// A read index obtained after this call began.
+    pub async fn read_index(&self) -> Result<Option<LogId>, NotDone> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(tx).await.map_err(|_| NotDone::Stopped)?;
+        rx.await.map_err(|_| NotDone::Stopped)?
+    }
+}
+
+fn forward(leader_id: Option<u64>, leader_node: Option<Member>) -> NotDone {
+    NotDone::Forward(leader_id.zip(leader_node))
+}
+
+async fn write_loop(
+    raft: Raft,
+    mut rx: mpsc::Receiver<(RaftRequest, WriteReply)>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let mut bytes = first.0.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.0.encoded_len();
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let (mut reqs, replies): (Vec<RaftRequest>, Vec<WriteReply>) = batch.into_iter().unzip();
+            let single = reqs.len() == 1;
+            let entry = match reqs.pop() {
+                Some(r) if single => r,
+                last => {
+                    reqs.extend(last);
+                    RaftRequest { request: Some(raft_request::Request::Batch(RaftBatch { requests: reqs })) }
+                }
+            };
+            let result = match raft.client_write(Request(entry)).await {
+                Ok(r) => Ok(r.data.0),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(forward(f.leader_id, f.leader_node))
+                }
+                Err(RaftError::APIError(e)) => Err(NotDone::Other(e.to_string())),
+                Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
+            };
+            match result {
+                Ok(resp) if single => {
+                    let _ = replies.into_iter().next().map(|tx| tx.send(Ok(resp)));
+                }
+                Ok(RaftResponse { response: Some(raft_response::Response::Batch(b)), .. })
+                    if b.responses.len() == replies.len() =>
+                {
+                    for (tx, r) in replies.into_iter().zip(b.responses) {
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(other) => {
+                    let e = NotDone::Other(format!("unexpected batch result {other:?}"));
+                    for tx in replies {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<ReadReply>, shutdown: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let mut waiting = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiting.push(w);
+        }
+        let result = match raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(forward(f.leader_id, f.leader_node))
+            }
+            Err(RaftError::APIError(e)) => Err(NotDone::Other(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
+        };
+        for w in waiting {
+            let _ = w.send(result.clone());
+        }
+    }
+}
