@@ -138,7 +138,7 @@ impl Node {
                 cid
             }
         };
-        let log = LogStore::new(engine.clone());
+        let log = LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"))?;
         let sm = StateMachine::open(engine.clone(), config.data_dir.join("snap"))?;
         let et = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
@@ -200,6 +200,7 @@ impl Node {
             }
         }
         tasks.spawn(publish_attributes(node.clone()));
+        tasks.spawn(checkpoint(node.clone()));
         tracing::info!(
             name = %config.name, id = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"),
             data_dir = %config.data_dir.display(), engine = %config.engine,
@@ -357,6 +358,33 @@ fn into_result(r: RaftResponse) -> Result<RaftResponse> {
         Some(raft_response::Response::Error(e)) => Err(Error::Remote { code: e.code, message: e.message }),
         _ => Ok(r),
     }
+}
+
+/// How often applied state is made durable. Between checkpoints it is recoverable from
+/// the WAL, which is never purged past a durable checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Make the state machine's writes durable once a second when anything was applied, so
+/// a restart re-applies at most about a second of the log.
+async fn checkpoint(node: Arc<Node>) {
+    let mut rev = node.sm.revision_tx.subscribe();
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            changed = rev.changed() => if changed.is_err() { break },
+        }
+        let engine = node.engine.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.sync()).await {
+            tracing::error!("checkpointing the store: {e}");
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+    }
+    // Final checkpoint on shutdown.
+    let engine = node.engine.clone();
+    let _ = tokio::task::spawn_blocking(move || engine.sync()).await;
 }
 
 /// Publish this member's name and client URLs through Raft (as etcd does), retrying

@@ -15,6 +15,7 @@ pub mod key_index;
 pub mod mvcc;
 pub mod revision;
 pub mod snapshot;
+pub mod wal;
 
 pub use engine::{Engine, EngineKind, Table, WriteBatch};
 pub use error::{Result, StoreError};

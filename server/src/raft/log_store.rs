@@ -1,35 +1,39 @@
-//! The Raft log and vote, stored in the engine's `RaftLog` and `RaftState` tables.
+//! The Raft log in a segmented write-ahead log ([`cairn_store::wal`]), and Raft's vote,
+//! committed and purged ids in the engine's `RaftState` table.
 //!
-//! Group commit: `append` writes entries without fsync (they are readable at once) and
-//! hands the completion callback to a flusher thread. The flusher takes every callback
-//! queued so far, makes one `sync` — a single fsync covering all of them — and only
-//! then reports the entries persisted, so openraft acknowledges nothing that is not
-//! on disk. Under load one fsync covers many client writes.
+//! `append` writes the entries to the WAL without syncing (they are readable at once) and
+//! hands the completion callback, with the files to sync, to a flusher thread. The flusher
+//! takes every callback queued so far, `fdatasync`s the files once, and only then reports
+//! the entries persisted: openraft acknowledges nothing that is not on disk. (openraft 0.9
+//! waits for each append's callback before the next append, so the batching that matters
+//! happens before Raft, in [`crate::batch`]; the flusher still merges whatever queues.)
 //!
-//! Votes, truncations and purges are written durably before returning.
+//! Votes, truncations and purges are durable before they return. A purge first makes the
+//! engine durable, so the state machine is on disk at or past every purged entry.
 
 use super::{decode, encode, storage_err, LogId, StorageError, TypeConfig};
+use cairn_store::wal::{read_located, Wal};
 use cairn_store::{Engine, Table, WriteBatch};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, Vote};
+use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, Vote};
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
 
 const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// Log storage over a shared engine. Cheap to clone (readers are clones).
+/// Work for the flusher: a completion callback and the files its entries are in.
+type Flush = (LogFlushed<TypeConfig>, Vec<Arc<File>>);
+
+/// Log storage. Cheap to clone (readers are clones).
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
-}
-
-fn idx_key(i: u64) -> [u8; 8] {
-    i.to_be_bytes()
+    wal: Arc<Mutex<Wal>>,
+    flusher: mpsc::Sender<Flush>,
 }
 
 fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -37,15 +41,24 @@ fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    /// A log store on `engine`; starts the flusher thread.
-    pub fn new(engine: Arc<dyn Engine>) -> Self {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let e = engine.clone();
+    /// Open the WAL in `wal_dir` (Raft state in `engine`) and start the flusher thread.
+    pub fn open(engine: Arc<dyn Engine>, wal_dir: &Path) -> Result<Self, cairn_store::StoreError> {
+        let mut wal = Wal::open(wal_dir, cairn_store::wal::SEGMENT_BYTES)?;
+        if let Some(b) = engine.get(Table::RaftState, KEY_PURGED)? {
+            let purged: LogId = decode(&b).map_err(|e| cairn_store::StoreError::Corrupt(e.to_string()))?;
+            wal.purge(purged.index)?;
+        }
+        let (tx, rx) = mpsc::channel::<Flush>();
         std::thread::Builder::new()
-            .name("cairn-log-flusher".into())
-            .spawn(move || flusher(e, rx))
-            .expect("spawning the log flusher thread");
-        Self { engine, flusher: tx }
+            .name("cairn-wal-flusher".into())
+            .spawn(move || flusher(rx))
+            .map_err(|e| cairn_store::StoreError::Engine(format!("starting the wal flusher: {e}")))?;
+        Ok(Self { engine, wal: Arc::new(Mutex::new(wal)), flusher: tx })
+    }
+
+    fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        // Only bookkeeping happens under the lock; a poisoned lock still holds a usable log.
+        self.wal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -54,17 +67,34 @@ impl LogStore {
             Some(b) => decode(&b).map(Some).map_err(|e| log_err(ErrorVerb::Read, e)),
         }
     }
+
+    fn read(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let located = self.wal().locate(from, to);
+        read_located(located)
+            .map_err(|e| log_err(ErrorVerb::Read, e))?
+            .into_iter()
+            .map(|(_, b)| decode::<Entry<TypeConfig>>(&b).map_err(|e| log_err(ErrorVerb::Read, e)))
+            .collect()
+    }
 }
 
-/// Waits for completion callbacks, batches all that are queued, fsyncs once, and
-/// completes them. Exits when every `LogStore` clone is dropped.
-fn flusher(engine: Arc<dyn Engine>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// Waits for callbacks, takes all that are queued, fsyncs their files once, completes them.
+/// Exits when every `LogStore` clone is dropped.
+fn flusher(rx: mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let res = engine.sync().map_err(|e| std::io::Error::other(e.to_string()));
-        for cb in waiting {
-            cb.log_io_completed(res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        let mut files: Vec<Arc<File>> = Vec::new();
+        for (_, fs) in &waiting {
+            for f in fs {
+                if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
+                    files.push(f.clone());
+                }
+            }
+        }
+        let res: Result<(), String> = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
+        for (cb, _) in waiting {
+            cb.log_io_completed(res.clone().map_err(std::io::Error::other));
         }
     }
 }
@@ -76,23 +106,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
+            Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(i) => Some(i.saturating_add(1)),
-            Bound::Excluded(i) => Some(*i),
-            Bound::Unbounded => None,
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut out = Vec::new();
-        let end_key = end.map(idx_key);
-        self.engine
-            .scan(Table::RaftLog, &idx_key(start), end_key.as_ref().map(|k| k.as_slice()), &mut |_, v| {
-                out.push(decode::<Entry<TypeConfig>>(v).map_err(|e| cairn_store::StoreError::Corrupt(e.to_string()))?);
-                Ok(true)
-            })
-            .map_err(|e| log_err(ErrorVerb::Read, e))?;
-        Ok(out)
+        self.read(start, end)
     }
 }
 
@@ -101,13 +123,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last = match self.engine.last(Table::RaftLog).map_err(|e| log_err(ErrorVerb::Read, e))? {
-            Some((_, v)) => {
-                Some(*decode::<Entry<TypeConfig>>(&v).map_err(|e| log_err(ErrorVerb::Read, e))?.get_log_id())
-            }
+        let last_index = self.wal().last_index();
+        let last_log_id = match last_index {
+            Some(i) => self.read(i, i + 1)?.pop().map(|e| e.log_id).or(last_purged_log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -124,45 +145,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsynced: openraft only uses it to re-apply faster after a restart; the
-        // next fsync (any append) persists it.
-        let mut b = WriteBatch::new();
-        b.put(Table::RaftState, KEY_COMMITTED, encode(&committed));
-        self.engine.write(b, false).map_err(|e| log_err(ErrorVerb::Write, e))
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
-    }
+    // `save_committed` / `read_committed` keep openraft's defaults (not stored): a
+    // restarted member re-applies past its checkpoint once the leader confirms the
+    // commit index, and the hot path saves an engine write per commit.
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut b = WriteBatch::new();
-        for e in entries {
-            b.put(Table::RaftLog, idx_key(e.log_id.index).to_vec(), encode(&e));
-        }
-        self.engine.write(b, false).map_err(|e| log_err(ErrorVerb::Write, e))?;
-        // The flusher completes the callback after the fsync that covers this write.
-        self.flusher.send(callback).map_err(|_| log_err(ErrorVerb::Write, "log flusher thread has stopped"))?;
-        Ok(())
+        let records: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
+        let files = {
+            let mut wal = self.wal();
+            wal.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            wal.sync_handles()
+        };
+        self.flusher.send((callback, files)).map_err(|_| log_err(ErrorVerb::Write, "the wal flusher has stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut b = WriteBatch::new();
-        b.delete_range(Table::RaftLog, idx_key(log_id.index).to_vec(), None);
-        self.engine.write(b, true).map_err(|e| log_err(ErrorVerb::Delete, e))
+        self.wal().truncate(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Durable, and so it also persists every state-machine write before it: the
-        // applied state never falls behind the purged log.
+        // One durable engine write: records the purge and persists every earlier
+        // state-machine write, so the applied state never falls behind the purged log.
         let mut b = WriteBatch::new();
         b.put(Table::RaftState, KEY_PURGED, encode(&log_id));
-        b.delete_range(Table::RaftLog, Vec::new(), Some(idx_key(log_id.index.saturating_add(1)).to_vec()));
-        self.engine.write(b, true).map_err(|e| log_err(ErrorVerb::Delete, e))
+        self.engine.write(b, true).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        self.wal().purge(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))
     }
 }

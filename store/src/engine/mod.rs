@@ -1,15 +1,15 @@
 //! The storage-engine boundary: a few ordered byte tables written in atomic batches.
 //!
-//! Everything Cairn persists — MVCC revisions, store metadata, the Raft log and Raft's
-//! vote — lives in one engine instance, so one batch can update several tables
+//! Everything Cairn persists except the Raft log (see [`crate::wal`]) — MVCC revisions,
+//! store metadata and Raft's vote — lives in one engine instance, so one batch can update several tables
 //! atomically (data and `last_applied` together). Two engines implement the trait:
 //! [`redb`](RedbEngine) (the default) and [`sled`](SledEngine).
 //!
 //! Durability model: `write(batch, durable=false)` makes the batch visible to readers
 //! and atomic with respect to crashes (after a crash the engine holds a prefix of the
 //! batches), but may not be on disk yet; `write(batch, durable=true)` and [`Engine::sync`]
-//! return only once every earlier batch is on disk. This lets the Raft log do group
-//! commit: many cheap non-durable appends, then one fsync for all of them.
+//! return only once every earlier batch is on disk. The state machine commits cheaply and
+//! makes its state durable at checkpoints.
 
 mod redb_engine;
 mod sled_engine;
@@ -28,22 +28,19 @@ pub enum Table {
     Kv,
     /// Store metadata: current and compacted revision, applied log id, members.
     Meta,
-    /// The Raft log: 8-byte big-endian index -> serialized entry.
-    RaftLog,
-    /// Raft's own state: vote, committed and purged log ids.
+    /// Raft's own state: vote, committed and purged log ids, cluster id.
     RaftState,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 4] = [Table::Kv, Table::Meta, Table::RaftLog, Table::RaftState];
+    pub const ALL: [Table; 3] = [Table::Kv, Table::Meta, Table::RaftState];
 
     /// Stable name of the table on disk.
     pub fn name(self) -> &'static str {
         match self {
             Table::Kv => "kv",
             Table::Meta => "meta",
-            Table::RaftLog => "raft_log",
             Table::RaftState => "raft_state",
         }
     }
@@ -53,7 +50,6 @@ impl Table {
         match self {
             Table::Kv => 1,
             Table::Meta => 2,
-            Table::RaftLog => 3,
             Table::RaftState => 4,
         }
     }

@@ -10,14 +10,12 @@ type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 const KV: Def = TableDefinition::new("kv");
 const META: Def = TableDefinition::new("meta");
-const RAFT_LOG: Def = TableDefinition::new("raft_log");
 const RAFT_STATE: Def = TableDefinition::new("raft_state");
 
 fn def(table: Table) -> Def {
     match table {
         Table::Kv => KV,
         Table::Meta => META,
-        Table::RaftLog => RAFT_LOG,
         Table::RaftState => RAFT_STATE,
     }
 }

@@ -38,28 +38,28 @@ fn engine_basics(kind: EngineKind) {
     let (_d, e) = fresh(kind);
     let mut b = WriteBatch::new();
     for i in 0u8..10 {
-        b.put(Table::RaftLog, vec![i], vec![i; 3]);
+        b.put(Table::RaftState, vec![i], vec![i; 3]);
     }
     b.put(Table::Meta, b"m".to_vec(), b"x".to_vec());
     e.write(b, true).unwrap();
-    assert_eq!(e.get(Table::RaftLog, &[3]).unwrap(), Some(vec![3; 3]));
+    assert_eq!(e.get(Table::RaftState, &[3]).unwrap(), Some(vec![3; 3]));
     assert_eq!(e.get(Table::Kv, &[3]).unwrap(), None, "tables are separate");
-    assert_eq!(e.last(Table::RaftLog).unwrap().map(|(k, _)| k), Some(vec![9]));
+    assert_eq!(e.last(Table::RaftState).unwrap().map(|(k, _)| k), Some(vec![9]));
     let mut seen = vec![];
-    e.scan(Table::RaftLog, &[2], Some(&[5]), &mut |k, _| {
+    e.scan(Table::RaftState, &[2], Some(&[5]), &mut |k, _| {
         seen.push(k[0]);
         Ok(true)
     })
     .unwrap();
     assert_eq!(seen, vec![2, 3, 4]);
     let mut b = WriteBatch::new();
-    b.delete_range(Table::RaftLog, vec![7], None);
-    b.delete_range(Table::RaftLog, vec![], Some(vec![2]));
-    b.delete(Table::RaftLog, vec![4]);
+    b.delete_range(Table::RaftState, vec![7], None);
+    b.delete_range(Table::RaftState, vec![], Some(vec![2]));
+    b.delete(Table::RaftState, vec![4]);
     e.write(b, false).unwrap();
     e.sync().unwrap();
     let mut seen = vec![];
-    e.scan(Table::RaftLog, &[], None, &mut |k, _| {
+    e.scan(Table::RaftState, &[], None, &mut |k, _| {
         seen.push(k[0]);
         Ok(true)
     })
