@@ -136,12 +136,15 @@ fn endpoints(procs: &[Proc]) -> String {
     procs.iter().map(|p| p.client.clone()).collect::<Vec<_>>().join(",")
 }
 
+/// Runs one workload with the given options.
+type RunFn = fn(Opts) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Report>>>>;
+
 /// One workload of the matrix.
 struct Case {
     name: &'static str,
     members: usize,
     opts: Opts,
-    run: fn(Opts) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Report>>>>,
+    run: RunFn,
 }
 
 fn cases(base: &Opts, quick: bool, topology: Topology) -> Vec<Case> {

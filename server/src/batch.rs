@@ -31,7 +31,7 @@ const IN_FLIGHT: usize = 2;
 #[derive(Debug, Clone)]
 pub enum NotDone {
     /// This member is not the leader; the leader, if known.
-    Forward(Option<(u64, Member)>),
+    Forward(Option<Box<(u64, Member)>>),
     /// Raft has stopped.
     Stopped,
     /// Anything else (for example no quorum); the message says what.
@@ -74,7 +74,7 @@ impl Batcher {
 }
 
 fn forward(leader_id: Option<u64>, leader_node: Option<Member>) -> NotDone {
-    NotDone::Forward(leader_id.zip(leader_node))
+    NotDone::Forward(leader_id.zip(leader_node).map(Box::new))
 }
 
 async fn write_loop(
@@ -123,7 +123,9 @@ async fn write_loop(
             };
             match result {
                 Ok(resp) if single => {
-                    let _ = replies.into_iter().next().map(|tx| tx.send(Ok(resp)));
+                    if let Some(tx) = replies.into_iter().next() {
+                        let _ = tx.send(Ok(resp));
+                    }
                 }
                 Ok(RaftResponse { response: Some(raft_response::Response::Batch(b)), .. })
                     if b.responses.len() == replies.len() =>

@@ -60,6 +60,9 @@ pub struct Flags {
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Interval of watch progress notifications (e.g. 10m, 500ms).
+    #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub watch_progress_notify_interval: Duration,
     /// Storage engine: redb (default) or sled.
     #[arg(long, env = "CAIRN_STORAGE_ENGINE", default_value = "redb")]
     pub storage_engine: EngineKind,
@@ -102,6 +105,8 @@ pub struct Config {
     pub log_level: String,
     /// Storage engine.
     pub engine: EngineKind,
+    /// Interval of watch progress notifications.
+    pub watch_progress_notify_interval: Duration,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -175,6 +180,7 @@ impl Config {
             quota_backend_bytes: if f.quota_backend_bytes == 0 { 2 << 30 } else { f.quota_backend_bytes },
             log_level: f.log_level,
             engine: f.storage_engine,
+            watch_progress_notify_interval: f.watch_progress_notify_interval.max(Duration::from_millis(10)),
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;

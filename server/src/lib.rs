@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod node;
 pub mod raft;
+pub mod watch;
 
 pub use config::Config;
 pub use node::{Node, NodeHandle};

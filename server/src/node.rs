@@ -50,6 +50,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Group commit and shared read-index rounds.
     batcher: Batcher,
+    /// Every task of this member.
+    pub tasks: TaskTracker,
     leader_clients: Mutex<HashMap<u64, PeerClient<Channel>>>,
 }
 
@@ -105,6 +107,7 @@ impl NodeHandle {
     pub async fn stop(self) {
         self.node.shutdown.cancel();
         self.tasks.close();
+        self.node.sm.hub.stop().await;
         let _ = self.node.raft.shutdown().await;
         self.tasks.wait().await;
     }
@@ -139,7 +142,7 @@ impl Node {
             }
         };
         let log = LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"))?;
-        let sm = StateMachine::open(engine.clone(), config.data_dir.join("snap"))?;
+        let sm = StateMachine::open(engine.clone(), config.data_dir.join("snap"), config.max_request_bytes)?;
         let et = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: config.cluster_token.clone(),
@@ -168,8 +171,17 @@ impl Node {
             engine,
             shutdown,
             batcher,
+            tasks: tasks.clone(),
             leader_clients: Mutex::new(HashMap::new()),
         });
+        {
+            let n = Arc::downgrade(&node);
+            node.sm.hub.set_header(Box::new(move |rev| match n.upgrade() {
+                Some(n) => n.header(rev),
+                None => ResponseHeader { revision: rev, ..Default::default() },
+            }));
+        }
+        tasks.spawn(node.sm.hub.clone().run_progress(config.watch_progress_notify_interval));
 
         let mut peer_addrs = Vec::new();
         for url in &config.listen_peer_urls {
@@ -261,7 +273,7 @@ impl Node {
             match self.batcher.propose(req.clone()).await {
                 Ok(r) => return into_result(r),
                 Err(NotDone::Forward(leader)) => {
-                    if let Some((lid, member)) = leader {
+                    if let Some((lid, member)) = leader.map(|b| *b) {
                         if let Some(mut client) = self.leader_client(lid, &member) {
                             let mut r = tonic::Request::new(ProposeRequest {
                                 cluster_id: self.cluster_id,
@@ -313,7 +325,7 @@ impl Node {
         loop {
             let index = match self.batcher.read_index().await {
                 Ok(read) => Some(read.map_or(0, |l| l.index)),
-                Err(NotDone::Forward(Some((lid, member)))) => match self.leader_client(lid, &member) {
+                Err(NotDone::Forward(Some(leader))) => match self.leader_client(leader.0, &leader.1) {
                     Some(mut c) => {
                         let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.cluster_id });
                         r.set_timeout(deadline.saturating_duration_since(Instant::now()));

@@ -18,7 +18,7 @@ use cairn_api::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use cairn_api::mvccpb::KeyValue;
+use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub struct Mvcc {
     /// Encoded values written since the last commit (not yet in the engine).
     pending: HashMap<Revision, Vec<u8>>,
     batch: WriteBatch,
+    /// Events of the mutations since the last [`Mvcc::take_events`], in revision order.
+    events: Vec<Event>,
 }
 
 /// A write transaction in progress: every change shares `rev`, with increasing `sub`.
@@ -71,6 +73,7 @@ impl Mvcc {
             compact_rev: 0,
             pending: HashMap::new(),
             batch: WriteBatch::new(),
+            events: Vec::new(),
         };
         m.reload()?;
         Ok(m)
@@ -291,7 +294,9 @@ impl Mvcc {
         self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
         self.pending.insert(rev, enc);
         self.index.put(&req.key, rev);
-        let prev_kv = if req.prev_kv { prev.map(|(_, p)| p) } else { None };
+        let prev = prev.map(|(_, p)| p);
+        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
+        let prev_kv = if req.prev_kv { prev } else { None };
         Ok(PutResponse { header: header(rev.main), prev_kv })
     }
 
@@ -304,16 +309,19 @@ impl Mvcc {
         });
         let mut prev_kvs = Vec::new();
         for (key, ka) in &keys {
+            // Watchers may ask for the deleted value, so it is loaded either way.
+            let prev = self.load(ka.modified)?;
             if req.prev_kv {
-                prev_kvs.push(self.load(ka.modified)?);
+                prev_kvs.push(prev.clone());
             }
             let rev = Revision::new(w.rev, w.sub);
             w.sub += 1;
-            let enc =
-                Self::encode(KIND_DELETE, &KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() });
+            let tomb = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
+            let enc = Self::encode(KIND_DELETE, &tomb);
             self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
             self.pending.insert(rev, enc);
             self.index.tombstone(key, rev);
+            self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev) });
         }
         let rev = if keys.is_empty() { self.current_rev } else { w.rev };
         Ok(DeleteRangeResponse { header: header(rev), deleted: keys.len() as i64, prev_kvs })
@@ -517,6 +525,71 @@ impl Mvcc {
         self.compact_rev = rev;
         self.batch.put(Table::Meta, META_COMPACT_REV, rev.to_be_bytes().to_vec());
         Ok(())
+    }
+
+    /// The events of every mutation since the last call, in revision order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// History: the events with revision in `[from, to]` on keys of the etcd-form range
+    /// `[key, end)`, in revision order, at most `limit` of them (never splitting a
+    /// revision). `prev_kv` loads each event's previous value when it is still retained.
+    /// Fails with `Compacted` when `from` is below the compacted revision.
+    pub fn history(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        to: i64,
+        limit: usize,
+        prev_kv: bool,
+    ) -> Result<Vec<Event>> {
+        if from < self.compact_rev {
+            return Err(StoreError::Compacted);
+        }
+        let mut out: Vec<Event> = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let (lo, hi) = (Revision::new(from, 0).to_bytes(), Revision::new(to.saturating_add(1), 0).to_bytes());
+        let in_range = |k: &[u8]| {
+            if end.is_empty() {
+                k == key
+            } else if end == [0] {
+                k >= key
+            } else {
+                k >= key && k < end
+            }
+        };
+        let mut last_main = 0;
+        self.engine.scan(Table::Kv, &lo, Some(&hi), &mut |k, v| {
+            let rev = Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
+            if out.len() >= limit && rev.main != last_main {
+                return Ok(false);
+            }
+            let (kind, body) = v.split_first().ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
+            let kv = KeyValue::decode(body)?;
+            if in_range(&kv.key) {
+                let r#type = if *kind == KIND_DELETE { EventType::Delete } else { EventType::Put } as i32;
+                out.push(Event { r#type, kv: Some(kv), prev_kv: None });
+                last_main = rev.main;
+            }
+            Ok(true)
+        })?;
+        if prev_kv {
+            for ev in &mut out {
+                if let Some(kv) = &ev.kv {
+                    let before = kv.mod_revision - 1;
+                    if before >= self.compact_rev {
+                        if let Some(ka) = self.index.get(&kv.key, before) {
+                            ev.prev_kv = self.load(ka.modified).ok();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether writes are staged and not yet committed.

@@ -2,13 +2,14 @@
 //! checks and messages), send writes through [`Node::propose`] and read the store after
 //! [`Node::read_barrier`] (linearizable) or directly (serializable).
 //!
-//! Services a later issue implements (Watch, Lease, Auth, Lock, Election) answer
+//! Services a later issue implements (Lease, Auth, Lock, Election) answer
 //! UNIMPLEMENTED until then.
 
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 use crate::node::Node;
 use cairn_api::etcdserverpb::auth_server::{Auth, AuthServer};
@@ -16,7 +17,7 @@ use cairn_api::etcdserverpb::cluster_server::ClusterServer;
 use cairn_api::etcdserverpb::kv_server::KvServer;
 use cairn_api::etcdserverpb::lease_server::{Lease, LeaseServer};
 use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
-use cairn_api::etcdserverpb::watch_server::{Watch, WatchServer};
+use cairn_api::etcdserverpb::watch_server::WatchServer;
 use cairn_api::v3electionpb::election_server::{Election, ElectionServer};
 use cairn_api::v3lockpb::lock_server::{Lock, LockServer};
 use std::sync::Arc;
@@ -27,7 +28,6 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// Services not implemented yet: every RPC answers UNIMPLEMENTED.
 pub struct NotYet;
-impl Watch for NotYet {}
 impl Lease for NotYet {}
 impl Auth for NotYet {}
 impl Lock for NotYet {}
@@ -70,7 +70,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         .add_service(limits!(KvServer::new(kv::KvService::new(node.clone()))))
         .add_service(limits!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))
         .add_service(limits!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
-        .add_service(limits!(WatchServer::new(NotYet)))
+        .add_service(limits!(WatchServer::new(watch::WatchService::new(
+            node.sm.hub.clone(),
+            node.tasks.clone(),
+            node.shutdown.clone()
+        ))))
         .add_service(limits!(LeaseServer::new(NotYet)))
         .add_service(limits!(AuthServer::new(NotYet)))
         .add_service(limits!(LockServer::new(NotYet)))

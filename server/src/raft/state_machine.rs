@@ -11,6 +11,7 @@
 
 use super::{decode, encode, storage_err, LogId, Member, StorageError, StoredMembership, TypeConfig};
 use crate::apply::apply;
+use crate::watch::WatchHub;
 use cairn_api::cairnpb::{MemberAttributes, RaftResponse};
 use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -92,6 +93,8 @@ pub struct StateMachine {
     pub state: Arc<RwLock<SmState>>,
     /// Publishes the store revision after every applied batch.
     pub revision_tx: Arc<watch::Sender<i64>>,
+    /// The watchers of this member, notified of every applied batch's events.
+    pub hub: Arc<WatchHub>,
     snap_dir: PathBuf,
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
 }
@@ -105,8 +108,13 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 }
 
 impl StateMachine {
-    /// Open the state machine on `engine`; snapshots go to `snap_dir`.
-    pub fn open(engine: Arc<dyn Engine>, snap_dir: PathBuf) -> Result<Self, cairn_store::StoreError> {
+    /// Open the state machine on `engine`; snapshots go to `snap_dir`; watch responses are
+    /// fragmented at `max_response_bytes`.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        snap_dir: PathBuf,
+        max_response_bytes: usize,
+    ) -> Result<Self, cairn_store::StoreError> {
         std::fs::create_dir_all(&snap_dir).map_err(|e| cairn_store::StoreError::Engine(e.to_string()))?;
         let mut st = SmState {
             mvcc: Mvcc::open(engine)?,
@@ -116,9 +124,12 @@ impl StateMachine {
             staged: WriteBatch::new(),
         };
         st.load_meta()?;
-        let (revision_tx, _) = watch::channel(st.mvcc.current_revision());
+        let rev = st.mvcc.current_revision();
+        let (revision_tx, _) = watch::channel(rev);
+        let state = Arc::new(RwLock::new(st));
         Ok(Self {
-            state: Arc::new(RwLock::new(st)),
+            hub: WatchHub::new(state.clone(), rev, max_response_bytes),
+            state,
             revision_tx: Arc::new(revision_tx),
             snap_dir,
             current: Arc::new(Mutex::new(None)),
@@ -196,7 +207,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
-        let rev = {
+        let (rev, events) = {
             let mut st = self.write();
             for entry in entries {
                 let log_id = *entry.get_log_id();
@@ -213,8 +224,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let extra = st.applied_batch();
             st.mvcc.commit(extra, false).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            st.mvcc.current_revision()
+            (st.mvcc.current_revision(), st.mvcc.take_events())
         };
+        self.hub.notify(rev, events);
         self.publish_revision(rev);
         Ok(out)
     }
@@ -267,6 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        self.hub.resync(rev);
         self.publish_revision(rev);
         Ok(())
     }

@@ -7,3 +7,4 @@ mod cluster;
 mod crash;
 mod etcdctl;
 mod harness;
+mod watch;

@@ -251,3 +251,13 @@ macro_rules! on_every_engine {
     };
 }
 on_every_engine!(engine_basics, mvcc_semantics, reopen_restores_state, snapshot_round_trip);
+
+#[test]
+fn delete_emits_events() {
+    let (_d, mut m) = fresh_mvcc(EngineKind::Redb);
+    put(&mut m, "foo", "1");
+    let _ = m.take_events();
+    m.delete_range(&DeleteRangeRequest { key: "foo".into(), ..Default::default() }).unwrap();
+    let ev = m.take_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+}
