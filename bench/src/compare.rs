@@ -154,7 +154,7 @@ fn cases(base: &Opts, quick: bool, topology: Topology) -> Vec<Case> {
         clients,
         total: scale(total),
         duration: None,
-        key_space_size: 100_000,
+        key_space_size: if quick { 1_000 } else { 100_000 },
         key_size: 8,
         val_size: 256,
         json: true,
@@ -200,6 +200,18 @@ fn cases(base: &Opts, quick: bool, topology: Topology) -> Vec<Case> {
             members: 1,
             opts: o(16, 64, 100_000),
             run: |o| Box::pin(async move { workloads::txn_mixed(&o, 1.0, Consistency::L).await }),
+        });
+        v.push(Case {
+            name: "watch fan-out: 100 watchers, 16 clients put (events/s)",
+            members: 1,
+            opts: Opts { key_space_size: 1000, val_size: 16, ..o(4, 16, 10_000) },
+            run: |o| Box::pin(async move { workloads::watch(&o, 100, 10, "watch").await }),
+        });
+        v.push(Case {
+            name: "watch latency: 1 watcher, 100 puts/s",
+            members: 1,
+            opts: Opts { rate: if quick { 500.0 } else { 100.0 }, val_size: 16, ..o(1, 1, 1_000) },
+            run: |o| Box::pin(async move { workloads::watch(&o, 1, 1, "watch-latency").await }),
         });
     }
     if cluster {

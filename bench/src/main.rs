@@ -97,6 +97,16 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "l")]
         consistency: Consistency,
     },
+    /// N watchers on one prefix while the clients put under it: events/s delivered and
+    /// put-to-event latency.
+    Watch {
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+    },
+    /// Put-to-event latency of one watcher at a steady --rate (default 100/s).
+    WatchLatency,
     /// Run the same workloads against etcd and Cairn and print one table of ratios.
     Compare(compare::CompareArgs),
 }
@@ -109,6 +119,17 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Range { consistency } => workloads::range(&cli.opts, consistency).await?,
         Cmd::TxnPut { txn_ops } => workloads::txn_put(&cli.opts, txn_ops).await?,
         Cmd::TxnMixed { rw_ratio, consistency } => workloads::txn_mixed(&cli.opts, rw_ratio, consistency).await?,
+        Cmd::Watch { watchers, streams } => workloads::watch(&cli.opts, watchers, streams, "watch").await?,
+        Cmd::WatchLatency => {
+            let mut o = cli.opts.clone();
+            if o.rate <= 0.0 {
+                o.rate = 100.0;
+            }
+            if o.duration.is_none() && o.total == 10_000 {
+                o.total = 1_000;
+            }
+            workloads::watch(&o, 1, 1, "watch-latency").await?
+        }
         Cmd::Compare(args) => return compare::run(args, cli.opts).await,
     };
     if cli.opts.json {

@@ -178,3 +178,118 @@ pub async fn txn_mixed(opts: &Opts, rw_ratio: f64, consistency: Consistency) -> 
     report.extra.insert("writes".into(), writes.load(Ordering::Relaxed).into());
     Ok(report)
 }
+
+/// Watch fan-out: `watchers` watchers on one prefix, spread over `streams` streams,
+/// while the clients put keys under it. Reports events delivered per second and the
+/// put-to-event latency (each value carries its send time).
+pub async fn watch(opts: &Opts, watchers: usize, streams: usize, name: &str) -> anyhow::Result<Report> {
+    use cairn_api::etcdserverpb::watch_client::WatchClient;
+    use cairn_api::etcdserverpb::watch_request::RequestUnion;
+    use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
+    use tokio::time::Instant;
+
+    const PREFIX: &str = "bench-watch/";
+    let chans = connect(opts).await?;
+    let epoch = Instant::now();
+    let streams = streams.clamp(1, watchers.max(1));
+    let puts = if opts.duration.is_some() { u64::MAX } else { opts.total };
+    let deadline = epoch + std::time::Duration::from_secs(opts.max_seconds);
+    let mut readers = Vec::new();
+    for s in 0..streams {
+        let n = watchers / streams + usize::from(s < watchers % streams);
+        let mut client = WatchClient::new(chans[s % chans.len()].clone()).max_decoding_message_size(64 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel(n.max(1) + 1);
+        for _ in 0..n {
+            let mut end = PREFIX.as_bytes().to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            let create = WatchCreateRequest { key: PREFIX.into(), range_end: end, ..Default::default() };
+            tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await?;
+        }
+        let mut inbound = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let mut created = 0;
+        while created < n {
+            match inbound.message().await? {
+                Some(r) if r.created => created += 1,
+                Some(_) => {}
+                None => anyhow::bail!("watch stream closed while creating watchers"),
+            }
+        }
+        readers.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            let mut h = crate::runner::histogram();
+            let (mut events, mut last) = (0u64, epoch);
+            let want = (n as u64).saturating_mul(puts);
+            while events < want {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                };
+                let Ok(Some(r)) = msg else { break };
+                let now = Instant::now();
+                for e in r.events {
+                    if let Some(sent) =
+                        e.kv.as_ref()
+                            .and_then(|kv| kv.value.get(..8))
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes)
+                    {
+                        let us = (now - epoch).as_micros() as u64;
+                        let _ = h.record(us.saturating_sub(sent).max(1));
+                    }
+                    events += 1;
+                    last = now;
+                }
+            }
+            (events, h, last)
+        }));
+    }
+    let keys = opts.clone();
+    let kvs = kv_clients(opts).await?;
+    let size = opts.val_size.max(8);
+    let first_put = Instant::now();
+    let put_report = drive("puts", opts, move |c, seq| {
+        let mut kv = kvs[c % kvs.len()].clone();
+        let mut key = PREFIX.as_bytes().to_vec();
+        key.extend_from_slice(&crate::workloads::key(&keys, seq));
+        let mut value = vec![b'v'; size];
+        value[..8].copy_from_slice(&((Instant::now() - epoch).as_micros() as u64).to_le_bytes());
+        async move { kv.put(PutRequest { key, value, ..Default::default() }).await.map(|_| ()) }
+    })
+    .await;
+    // With --duration, readers stop once the puts they can expect have arrived or time runs out.
+    let mut h = crate::runner::histogram();
+    let (mut events, mut last) = (0u64, first_put);
+    let expected = put_report.ops * watchers as u64;
+    let wait_until = Instant::now() + std::time::Duration::from_secs(30);
+    for r in readers {
+        let res = if opts.duration.is_some() {
+            // Readers wait for u64::MAX puts; give them until the grace period ends.
+            tokio::time::timeout_at(wait_until, r).await.ok().and_then(|x| x.ok())
+        } else {
+            r.await.ok()
+        };
+        if let Some((n, rh, l)) = res {
+            events += n;
+            let _ = h.add(&rh);
+            last = last.max(l);
+        }
+    }
+    let seconds = (last - first_put).as_secs_f64().max(1e-9);
+    let mut report = Report {
+        workload: name.to_string(),
+        ops: events,
+        errors: put_report.errors + expected.saturating_sub(events),
+        seconds,
+        throughput: events as f64 / seconds,
+        latency_ms: crate::runner::Latency::of(&h),
+        first_error: put_report.first_error.clone(),
+        extra: Default::default(),
+    };
+    report.extra.insert("watchers".into(), watchers.into());
+    report.extra.insert("puts".into(), put_report.ops.into());
+    report.extra.insert("put_throughput".into(), put_report.throughput.into());
+    report.extra.insert("events_expected".into(), expected.into());
+    Ok(report)
+}

@@ -1,0 +1,107 @@
+//! cairn-bench smoke tests: every workload runs briefly against a real Cairn member and
+//! reports exactly the operations it made (counts, never speed).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+async fn member(dir: &std::path::Path) -> cairn_server::NodeHandle {
+    let (c, p) = (free_port(), free_port());
+    let config = cairn_server::Config::parse_from([
+        "cairn".to_string(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--listen-client-urls".into(),
+        format!("http://127.0.0.1:{c}"),
+        "--advertise-client-urls".into(),
+        format!("http://127.0.0.1:{c}"),
+        "--listen-peer-urls".into(),
+        format!("http://127.0.0.1:{p}"),
+        "--initial-advertise-peer-urls".into(),
+        format!("http://127.0.0.1:{p}"),
+    ])
+    .expect("flags");
+    let h = cairn_server::Node::start(config).await.expect("start");
+    while h.node.leader().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    h
+}
+
+fn bench(endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["--endpoints", endpoint, "--json", "--max-seconds", "60"])
+        .args(args)
+        .output()
+        .expect("running cairn-bench");
+    assert!(out.status.success(), "cairn-bench {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_counts_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = member(dir.path()).await;
+    let ep = h.client_addrs[0].to_string();
+    let ep = ep.as_str();
+    for (args, ops) in [
+        (vec!["put", "--total", "300", "--clients", "8", "--conns", "2"], 300),
+        (vec!["put", "--total", "100", "--sequential-keys", "--key-space-size", "50"], 100),
+        (vec!["range", "--total", "300", "--clients", "8", "--key-space-size", "100"], 300),
+        (vec!["range", "--consistency", "s", "--total", "300", "--clients", "8"], 300),
+        (vec!["txn-put", "--total", "200", "--clients", "4", "--txn-ops", "3", "--key-space-size", "1000"], 200),
+        (vec!["txn-mixed", "--total", "200", "--clients", "4", "--rw-ratio", "3"], 200),
+        (vec!["watch", "--watchers", "20", "--streams", "4", "--total", "50", "--clients", "4"], 1000),
+        (vec!["watch-latency", "--total", "20", "--rate", "200"], 20),
+        (vec!["put", "--total", "40", "--rate", "400", "--target-leader"], 40),
+    ] {
+        let r = bench(ep, &args);
+        assert_eq!(r["ops"], ops, "{args:?}: {r}");
+        assert_eq!(r["errors"], 0, "{args:?}: {r}");
+        assert!(r["latency_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0, "{args:?}: {r}");
+    }
+    let mixed = bench(ep, &["txn-mixed", "--total", "100", "--rw-ratio", "1"]);
+    let (reads, writes) =
+        (mixed["extra"]["reads"].as_u64().unwrap_or(0), mixed["extra"]["writes"].as_u64().unwrap_or(0));
+    assert_eq!(reads + writes, 100);
+    // --duration bounds a run by time instead of count.
+    let timed = bench(ep, &["put", "--duration", "1"]);
+    assert!(timed["ops"].as_u64().unwrap_or(0) > 0 && timed["seconds"].as_f64().unwrap_or(9.0) < 5.0, "{timed}");
+    h.stop().await;
+}
+
+/// The side-by-side comparison, briefly, against Debian's etcd (installed by ./scripts/test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_against_real_etcd() {
+    let etcd = which("etcd").expect("etcd is required: apt-get install -y etcd-server (./scripts/test installs it)");
+    let cairn = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cairn");
+    assert!(cairn.exists(), "{} is missing: build the workspace first (cargo build --bin cairn)", cairn.display());
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["--json", "compare", "--quick", "--topology", "single", "--memory-keys", "1000"])
+        .arg("--etcd-bin")
+        .arg(&etcd)
+        .arg("--cairn-bin")
+        .arg(&cairn)
+        .arg("--workdir")
+        .arg(work.path())
+        .output()
+        .expect("running compare");
+    assert!(out.status.success(), "compare failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON rows");
+    assert!(rows.len() >= 16, "{rows:?}");
+    for r in &rows {
+        assert!(
+            r["etcd"].as_f64().unwrap_or(0.0) > 0.0 && r["cairn"].as_f64().unwrap_or(0.0) > 0.0,
+            "empty figure in {r}"
+        );
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(bin)).find(|p| p.exists())
+}
