@@ -2,27 +2,63 @@
 //! mutations and a [`RaftResponse`]. Deterministic: no clock, no randomness, no I/O
 //! beyond the store, so every member reaches the same state at the same revision.
 
-use crate::error::Error;
-use crate::raft::state_machine::SmState;
+use crate::error::{msg, Error};
+use crate::raft::state_machine::{LeaseChange, SmState};
 use cairn_api::cairnpb::{
-    raft_request, raft_response, ApplyError, Empty, RaftBatchResponse, RaftRequest, RaftResponse,
+    raft_request, raft_response, ApplyError, Empty, LeaseRecord, RaftBatchResponse, RaftRequest, RaftResponse,
 };
-use cairn_api::etcdserverpb::CompactionResponse;
+use cairn_api::etcdserverpb::{CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse};
 use cairn_store::StoreError;
+use tonic::Code;
 
-/// Leases do not exist until the lease service lands, so every non-zero lease is unknown.
-fn lease_exists(_id: i64) -> bool {
-    false
+/// A client-visible failure decided during apply.
+fn refused(code: Code, message: &str) -> raft_response::Response {
+    raft_response::Response::Error(ApplyError { code: code as i32, message: message.to_string() })
 }
 
 /// Apply one request. Client-visible failures come back inside the response; an `Err`
 /// is a storage failure that must stop this member.
 pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, StoreError> {
     use raft_response::Response as R;
+    let leases = &state.leases;
+    let lease_exists = |id: i64| leases.contains_key(&id);
     let result = match &req.request {
         Some(raft_request::Request::Put(p)) => state.mvcc.put(p, &lease_exists).map(R::Put),
         Some(raft_request::Request::DeleteRange(d)) => state.mvcc.delete_range(d).map(R::DeleteRange),
         Some(raft_request::Request::Txn(t)) => state.mvcc.txn(t, &lease_exists).map(R::Txn),
+        Some(raft_request::Request::LeaseGrant(g)) => Ok(if g.id <= 0 {
+            refused(Code::InvalidArgument, "etcdserver: lease id must be chosen before proposing")
+        } else if state.leases.contains_key(&g.id) {
+            refused(Code::FailedPrecondition, msg::LEASE_EXISTS)
+        } else {
+            let rec = LeaseRecord { id: g.id, ttl: g.ttl, remaining_ttl: 0 };
+            state.put_lease(rec);
+            state.lease_changed(LeaseChange::Granted(rec));
+            R::LeaseGrant(LeaseGrantResponse { id: g.id, ttl: g.ttl, ..Default::default() })
+        }),
+        Some(raft_request::Request::LeaseRevoke(r)) => {
+            if state.leases.contains_key(&r.id) {
+                // Every attached key goes in one revision, so watchers see one batch.
+                let keys = state.mvcc.lease_keys(r.id);
+                state.mvcc.delete_keys(&keys).map(|_| {
+                    state.remove_lease(r.id);
+                    state.lease_changed(LeaseChange::Revoked(r.id));
+                    R::LeaseRevoke(LeaseRevokeResponse::default())
+                })
+            } else {
+                Ok(refused(Code::NotFound, msg::LEASE_NOT_FOUND))
+            }
+        }
+        Some(raft_request::Request::LeaseCheckpoint(c)) => {
+            for cp in &c.checkpoints {
+                if let Some(mut rec) = state.leases.get(&cp.id).cloned() {
+                    rec.remaining_ttl = cp.remaining_ttl;
+                    state.put_lease(rec);
+                    state.lease_changed(LeaseChange::Checkpointed(cp.id, cp.remaining_ttl));
+                }
+            }
+            Ok(R::Empty(Empty {}))
+        }
         Some(raft_request::Request::Compaction(c)) => {
             state.mvcc.compact(c.revision).map(|_| R::Compaction(CompactionResponse::default()))
         }

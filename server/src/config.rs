@@ -63,6 +63,12 @@ pub struct Flags {
     /// Interval of watch progress notifications (e.g. 10m, 500ms).
     #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = humantime::parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader checkpoints remaining lease TTLs through Raft.
+    #[arg(long, env = "ETCD_LEASE_CHECKPOINT_INTERVAL", alias = "experimental-lease-checkpoint-interval", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lease_checkpoint_interval: Duration,
+    /// Most expired leases revoked per second (revocation storms are paced).
+    #[arg(long, env = "CAIRN_LEASE_REVOKE_RATE", default_value_t = 1000)]
+    pub lease_revoke_rate: u32,
     /// Storage engine: redb (default) or sled.
     #[arg(long, env = "CAIRN_STORAGE_ENGINE", default_value = "redb")]
     pub storage_engine: EngineKind,
@@ -107,6 +113,10 @@ pub struct Config {
     pub engine: EngineKind,
     /// Interval of watch progress notifications.
     pub watch_progress_notify_interval: Duration,
+    /// Interval of lease checkpoints.
+    pub lease_checkpoint_interval: Duration,
+    /// Most lease revocations per second.
+    pub lease_revoke_rate: u32,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -181,6 +191,8 @@ impl Config {
             log_level: f.log_level,
             engine: f.storage_engine,
             watch_progress_notify_interval: f.watch_progress_notify_interval.max(Duration::from_millis(10)),
+            lease_checkpoint_interval: f.lease_checkpoint_interval.max(Duration::from_millis(100)),
+            lease_revoke_rate: f.lease_revoke_rate.max(1),
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;

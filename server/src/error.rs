@@ -22,6 +22,8 @@ pub mod msg {
     pub const TIMEOUT: &str = "etcdserver: request timed out";
     pub const TIMEOUT_CONN_LOST: &str = "etcdserver: request timed out, possibly due to connection lost";
     pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+    pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
+    pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 }
 
 /// Everything a request can fail with.

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod lease;
 pub mod node;
 pub mod raft;
 pub mod watch;

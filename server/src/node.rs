@@ -6,15 +6,19 @@
 use crate::batch::{Batcher, NotDone};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::lease::Lessor;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{peer_channel, Network};
 use crate::raft::state_machine::{SmState, StateMachine};
 use crate::raft::{Member, Raft};
 use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::{
-    raft_request, raft_response, MemberAttributes, ProposeRequest, RaftRequest, RaftResponse, ReadIndexRequest,
+    raft_request, raft_response, LeaseRenewRequest, LeaseTtlRequest, MemberAttributes, ProposeRequest, RaftRequest,
+    RaftResponse, ReadIndexRequest,
 };
-use cairn_api::etcdserverpb::ResponseHeader;
+use cairn_api::etcdserverpb::{
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
+};
 use cairn_store::{Engine, Table, WriteBatch};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -52,6 +56,8 @@ pub struct Node {
     batcher: Batcher,
     /// Every task of this member.
     pub tasks: TaskTracker,
+    /// Lease expiry (acts only on the leader).
+    pub lessor: Arc<Lessor>,
     leader_clients: Mutex<HashMap<u64, PeerClient<Channel>>>,
 }
 
@@ -142,7 +148,9 @@ impl Node {
             }
         };
         let log = LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"))?;
-        let sm = StateMachine::open(engine.clone(), config.data_dir.join("snap"), config.max_request_bytes)?;
+        let lessor = Arc::new(Lessor::new(config.election_timeout));
+        let sm =
+            StateMachine::open(engine.clone(), config.data_dir.join("snap"), config.max_request_bytes, lessor.clone())?;
         let et = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: config.cluster_token.clone(),
@@ -172,6 +180,7 @@ impl Node {
             shutdown,
             batcher,
             tasks: tasks.clone(),
+            lessor,
             leader_clients: Mutex::new(HashMap::new()),
         });
         {
@@ -212,6 +221,9 @@ impl Node {
             }
         }
         tasks.spawn(publish_attributes(node.clone()));
+        tasks.spawn(crate::lease::run_leadership(node.clone()));
+        tasks.spawn(crate::lease::run_expiry(node.clone(), config.lease_revoke_rate));
+        tasks.spawn(crate::lease::run_checkpoints(node.clone(), config.lease_checkpoint_interval));
         tasks.spawn(checkpoint(node.clone()));
         tracing::info!(
             name = %config.name, id = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"),
@@ -363,6 +375,91 @@ fn never_sent(s: &tonic::Status) -> bool {
         src = e.source();
     }
     false
+}
+
+impl Node {
+    /// Wait (bounded) until this member's lessor acts as leader, if Raft says it leads;
+    /// returns the leader to forward to otherwise.
+    async fn lease_leader(&self) -> Result<Option<(u64, Member)>> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            if self.lessor.is_leader() {
+                return Ok(None);
+            }
+            let m = self.raft.metrics().borrow().clone();
+            match m.current_leader {
+                Some(l) if l != self.id => {
+                    if let Some(member) = m.membership_config.membership().get_node(&l) {
+                        return Ok(Some((l, member.clone())));
+                    }
+                }
+                // This member leads but has not promoted its lessor yet, or no leader.
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(if m.current_leader.is_none() { Error::NoLeader } else { Error::Timeout });
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Renew lease `id` (a keepalive): its TTL, or 0 if it does not exist or expired.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+        match self.lease_leader().await? {
+            None => match self.lessor.renew(id) {
+                Some((ttl, reset)) => {
+                    if reset {
+                        // A later leader must not honour the remaining TTL checkpointed
+                        // before this keepalive.
+                        let cp =
+                            LeaseCheckpointRequest { checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: ttl }] };
+                        self.propose(RaftRequest { request: Some(raft_request::Request::LeaseCheckpoint(cp)) }).await?;
+                    }
+                    Ok(ttl)
+                }
+                None => Ok(0),
+            },
+            Some((lid, member)) => {
+                let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
+                let r = c.lease_renew(LeaseRenewRequest { cluster_id: self.cluster_id, id }).await?;
+                Ok(r.into_inner().ttl)
+            }
+        }
+    }
+
+    /// A lease's granted and remaining TTL (TTL -1 if it does not exist, as etcd).
+    pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse> {
+        match self.lease_leader().await? {
+            None => {
+                let rev = self.read(|st| st.mvcc.current_revision());
+                Ok(match self.lessor.time_to_live(req.id) {
+                    Some((granted, remaining)) => LeaseTimeToLiveResponse {
+                        header: Some(self.header(rev)),
+                        id: req.id,
+                        ttl: remaining,
+                        granted_ttl: granted,
+                        keys: if req.keys { self.read(|st| st.mvcc.lease_keys(req.id)) } else { vec![] },
+                    },
+                    None => LeaseTimeToLiveResponse {
+                        header: Some(self.header(rev)),
+                        id: req.id,
+                        ttl: -1,
+                        ..Default::default()
+                    },
+                })
+            }
+            Some((lid, member)) => {
+                let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
+                let mut r = c
+                    .lease_time_to_live(LeaseTtlRequest { cluster_id: self.cluster_id, request: Some(req) })
+                    .await?
+                    .into_inner();
+                let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                r.header = Some(self.header(rev));
+                Ok(r)
+            }
+        }
+    }
 }
 
 fn into_result(r: RaftResponse) -> Result<RaftResponse> {

@@ -20,7 +20,7 @@ use cairn_api::etcdserverpb::{
 };
 use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 const KIND_PUT: u8 = 0;
@@ -42,6 +42,8 @@ pub struct Mvcc {
     batch: WriteBatch,
     /// Events of the mutations since the last [`Mvcc::take_events`], in revision order.
     events: Vec<Event>,
+    /// Live keys attached to each lease.
+    attached: HashMap<i64, BTreeSet<Vec<u8>>>,
 }
 
 /// A write transaction in progress: every change shares `rev`, with increasing `sub`.
@@ -74,6 +76,7 @@ impl Mvcc {
             pending: HashMap::new(),
             batch: WriteBatch::new(),
             events: Vec::new(),
+            attached: HashMap::new(),
         };
         m.reload()?;
         Ok(m)
@@ -85,14 +88,24 @@ impl Mvcc {
         self.batch = WriteBatch::new();
         let mut index = TreeIndex::default();
         let mut last = 0;
+        // The lease of every live key with one, tracked through history in order.
+        let mut lease_of: HashMap<Vec<u8>, i64> = HashMap::new();
         self.engine.scan(Table::Kv, &[], None, &mut |k, v| {
             let rev = Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
             let (kind, body) = v.split_first().ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
             let kv = KeyValue::decode(body)?;
             match *kind {
-                KIND_PUT => index.put(&kv.key, rev),
+                KIND_PUT => {
+                    index.put(&kv.key, rev);
+                    if kv.lease != 0 {
+                        lease_of.insert(kv.key, kv.lease);
+                    } else {
+                        lease_of.remove(&kv.key);
+                    }
+                }
                 KIND_DELETE => {
                     index.tombstone(&kv.key, rev);
+                    lease_of.remove(&kv.key);
                 }
                 other => return Err(StoreError::Corrupt(format!("kv kind {other}"))),
             }
@@ -104,6 +117,10 @@ impl Mvcc {
         // etcd starts at revision 1 on an empty store.
         self.current_rev = stored.max(last).max(self.compact_rev).max(1);
         self.index = index;
+        self.attached.clear();
+        for (key, lease) in lease_of {
+            self.attached.entry(lease).or_default().insert(key);
+        }
         Ok(())
     }
 
@@ -295,6 +312,12 @@ impl Mvcc {
         self.pending.insert(rev, enc);
         self.index.put(&req.key, rev);
         let prev = prev.map(|(_, p)| p);
+        if let Some(p) = &prev {
+            self.detach(p.lease, &req.key);
+        }
+        if lease != 0 {
+            self.attached.entry(lease).or_default().insert(req.key.clone());
+        }
         self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
         let prev_kv = if req.prev_kv { prev } else { None };
         Ok(PutResponse { header: header(rev.main), prev_kv })
@@ -321,10 +344,45 @@ impl Mvcc {
             self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
             self.pending.insert(rev, enc);
             self.index.tombstone(key, rev);
+            self.detach(prev.lease, key);
             self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev) });
         }
         let rev = if keys.is_empty() { self.current_rev } else { w.rev };
         Ok(DeleteRangeResponse { header: header(rev), deleted: keys.len() as i64, prev_kvs })
+    }
+
+    fn detach(&mut self, lease: i64, key: &[u8]) {
+        if lease == 0 {
+            return;
+        }
+        if let Some(keys) = self.attached.get_mut(&lease) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.attached.remove(&lease);
+            }
+        }
+    }
+
+    /// The live keys attached to `lease`, in key order.
+    pub fn lease_keys(&self, lease: i64) -> Vec<Vec<u8>> {
+        self.attached.get(&lease).map(|k| k.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Delete `keys` in one write transaction (one revision); returns how many existed.
+    pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> Result<i64> {
+        let mut w = self.begin();
+        let mut deleted = 0;
+        for k in keys {
+            match self.write_delete(&mut w, &DeleteRangeRequest { key: k.clone(), ..Default::default() }) {
+                Ok(r) => deleted += r.deleted,
+                Err(e) => {
+                    self.end(w);
+                    return Err(e);
+                }
+            }
+        }
+        self.end(w);
+        Ok(deleted)
     }
 
     /// Put one key (a one-operation write transaction).

@@ -1,4 +1,4 @@
-//! A portable dump of the replicated tables (`Kv` and `Meta`), used for Raft snapshots:
+//! A portable dump of the replicated tables (`Kv`, `Meta` and `Lease`), used for Raft snapshots:
 //! a sequence of `(table id: u8, key len: u32, key, value len: u32, value)` records.
 
 use crate::engine::{Engine, Table, WriteBatch};
@@ -6,7 +6,7 @@ use crate::error::{Result, StoreError};
 use std::io::{Read, Write};
 
 /// The tables a snapshot carries: the state machine's, not Raft's own.
-pub const SNAPSHOT_TABLES: [Table; 2] = [Table::Kv, Table::Meta];
+pub const SNAPSHOT_TABLES: [Table; 3] = [Table::Kv, Table::Meta, Table::Lease];
 
 fn io(e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("snapshot i/o: {e}"))

@@ -2,11 +2,12 @@
 //! checks and messages), send writes through [`Node::propose`] and read the store after
 //! [`Node::read_barrier`] (linearizable) or directly (serializable).
 //!
-//! Services a later issue implements (Lease, Auth, Lock, Election) answer
+//! Services a later issue implements (Auth, Lock, Election) answer
 //! UNIMPLEMENTED until then.
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod validate;
 pub mod watch;
@@ -15,7 +16,7 @@ use crate::node::Node;
 use cairn_api::etcdserverpb::auth_server::{Auth, AuthServer};
 use cairn_api::etcdserverpb::cluster_server::ClusterServer;
 use cairn_api::etcdserverpb::kv_server::KvServer;
-use cairn_api::etcdserverpb::lease_server::{Lease, LeaseServer};
+use cairn_api::etcdserverpb::lease_server::LeaseServer;
 use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_api::etcdserverpb::watch_server::WatchServer;
 use cairn_api::v3electionpb::election_server::{Election, ElectionServer};
@@ -28,7 +29,6 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// Services not implemented yet: every RPC answers UNIMPLEMENTED.
 pub struct NotYet;
-impl Lease for NotYet {}
 impl Auth for NotYet {}
 impl Lock for NotYet {}
 impl Election for NotYet {}
@@ -75,7 +75,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             node.tasks.clone(),
             node.shutdown.clone()
         ))))
-        .add_service(limits!(LeaseServer::new(NotYet)))
+        .add_service(limits!(LeaseServer::new(lease::LeaseService::new(node.clone()))))
         .add_service(limits!(AuthServer::new(NotYet)))
         .add_service(limits!(LockServer::new(NotYet)))
         .add_service(limits!(ElectionServer::new(NotYet)))

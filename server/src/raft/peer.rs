@@ -7,7 +7,11 @@ use super::{decode, encode};
 use crate::grpc::incoming;
 use crate::node::Node;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
-use cairn_api::cairnpb::{ProposeRequest, RaftPayload, RaftResponse, ReadIndexRequest, ReadIndexResponse};
+use cairn_api::cairnpb::{
+    LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, ProposeRequest, RaftPayload, RaftResponse,
+    ReadIndexRequest, ReadIndexResponse,
+};
+use cairn_api::etcdserverpb::LeaseTimeToLiveResponse;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -82,6 +86,27 @@ impl Peer for PeerService {
         self.check(req.cluster_id, None)?;
         let request = req.request.ok_or_else(|| Status::invalid_argument("empty proposal"))?;
         Ok(Response::new(self.node.propose_local(request).await?))
+    }
+
+    async fn lease_renew(&self, req: Request<LeaseRenewRequest>) -> Result<Response<LeaseRenewResponse>, Status> {
+        self.check(req.get_ref().cluster_id, None)?;
+        if !self.node.lessor.is_leader() {
+            return Err(Status::failed_precondition(crate::error::msg::NOT_LEADER));
+        }
+        Ok(Response::new(LeaseRenewResponse { ttl: self.node.lease_renew(req.get_ref().id).await? }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTtlRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = req.into_inner();
+        self.check(req.cluster_id, None)?;
+        if !self.node.lessor.is_leader() {
+            return Err(Status::failed_precondition(crate::error::msg::NOT_LEADER));
+        }
+        let r = req.request.ok_or_else(|| Status::invalid_argument("empty request"))?;
+        Ok(Response::new(self.node.lease_time_to_live(r).await?))
     }
 
     async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

@@ -11,8 +11,9 @@
 
 use super::{decode, encode, storage_err, LogId, Member, StorageError, StoredMembership, TypeConfig};
 use crate::apply::apply;
+use crate::lease::Lessor;
 use crate::watch::WatchHub;
-use cairn_api::cairnpb::{MemberAttributes, RaftResponse};
+use cairn_api::cairnpb::{LeaseRecord, MemberAttributes, RaftResponse};
 use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, SnapshotMeta};
@@ -37,8 +38,23 @@ pub struct SmState {
     pub membership: StoredMembership,
     /// Published member attributes (name, client URLs) by member id.
     pub attrs: BTreeMap<u64, MemberAttributes>,
-    /// Staged changes to write with the next commit (member attributes).
+    /// Leases by id.
+    pub leases: BTreeMap<i64, LeaseRecord>,
+    /// Lease changes since the lessor last took them.
+    lease_changes: Vec<LeaseChange>,
+    /// Staged changes to write with the next commit (member attributes, leases).
     staged: WriteBatch,
+}
+
+/// A change to the lease table, for the lessor (which keeps expiry times).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Granted (or replaced by a snapshot): the record as stored.
+    Granted(LeaseRecord),
+    /// Revoked.
+    Revoked(i64),
+    /// A new checkpointed remaining TTL.
+    Checkpointed(i64, i64),
 }
 
 impl SmState {
@@ -48,6 +64,28 @@ impl SmState {
         key.extend_from_slice(&attrs.id.to_be_bytes());
         self.staged.put(Table::Meta, key, attrs.encode_to_vec());
         self.attrs.insert(attrs.id, attrs);
+    }
+
+    /// Store a new or changed lease record.
+    pub fn put_lease(&mut self, rec: LeaseRecord) {
+        self.staged.put(Table::Lease, rec.id.to_be_bytes().to_vec(), rec.encode_to_vec());
+        self.leases.insert(rec.id, rec);
+    }
+
+    /// Remove a lease record.
+    pub fn remove_lease(&mut self, id: i64) -> Option<LeaseRecord> {
+        self.staged.delete(Table::Lease, id.to_be_bytes().to_vec());
+        self.leases.remove(&id)
+    }
+
+    /// Note a lease change for the lessor.
+    pub fn lease_changed(&mut self, c: LeaseChange) {
+        self.lease_changes.push(c);
+    }
+
+    /// Take the lease changes since the last call.
+    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
+        std::mem::take(&mut self.lease_changes)
     }
 
     fn load_meta(&mut self) -> Result<(), cairn_store::StoreError> {
@@ -72,6 +110,14 @@ impl SmState {
             Ok(true)
         })?;
         self.attrs = attrs;
+        let mut leases = BTreeMap::new();
+        engine.scan(Table::Lease, &[], None, &mut |_, v| {
+            let l = LeaseRecord::decode(v)?;
+            leases.insert(l.id, l);
+            Ok(true)
+        })?;
+        self.leases = leases;
+        self.lease_changes = self.leases.values().cloned().map(LeaseChange::Granted).collect();
         Ok(())
     }
 
@@ -95,6 +141,8 @@ pub struct StateMachine {
     pub revision_tx: Arc<watch::Sender<i64>>,
     /// The watchers of this member, notified of every applied batch's events.
     pub hub: Arc<WatchHub>,
+    /// Lease expiry, fed with every applied lease change.
+    pub lessor: Arc<Lessor>,
     snap_dir: PathBuf,
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
 }
@@ -114,6 +162,7 @@ impl StateMachine {
         engine: Arc<dyn Engine>,
         snap_dir: PathBuf,
         max_response_bytes: usize,
+        lessor: Arc<Lessor>,
     ) -> Result<Self, cairn_store::StoreError> {
         std::fs::create_dir_all(&snap_dir).map_err(|e| cairn_store::StoreError::Engine(e.to_string()))?;
         let mut st = SmState {
@@ -121,14 +170,19 @@ impl StateMachine {
             last_applied: None,
             membership: StoredMembership::default(),
             attrs: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_changes: Vec::new(),
             staged: WriteBatch::new(),
         };
         st.load_meta()?;
+        st.lease_changes.clear();
+        lessor.reset(st.leases.values().cloned());
         let rev = st.mvcc.current_revision();
         let (revision_tx, _) = watch::channel(rev);
         let state = Arc::new(RwLock::new(st));
         Ok(Self {
             hub: WatchHub::new(state.clone(), rev, max_response_bytes),
+            lessor,
             state,
             revision_tx: Arc::new(revision_tx),
             snap_dir,
@@ -207,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
-        let (rev, events) = {
+        let (rev, events, lease_changes) = {
             let mut st = self.write();
             for entry in entries {
                 let log_id = *entry.get_log_id();
@@ -224,8 +278,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let extra = st.applied_batch();
             st.mvcc.commit(extra, false).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            (st.mvcc.current_revision(), st.mvcc.take_events())
+            (st.mvcc.current_revision(), st.mvcc.take_events(), st.take_lease_changes())
         };
+        self.lessor.apply(lease_changes);
         self.hub.notify(rev, events);
         self.publish_revision(rev);
         Ok(out)
@@ -269,6 +324,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             st.mvcc.reload().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             st.load_meta().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            st.lease_changes.clear();
+            this.lessor.reset(st.leases.values().cloned());
             let path = this.snap_dir.join(format!("{}.snap", meta.snapshot_id));
             std::fs::rename(this.snap_dir.join("incoming.snap.tmp"), &path)
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?;

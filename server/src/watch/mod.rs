@@ -618,7 +618,8 @@ mod tests {
     /// A state machine on a fresh engine, and a way to put keys and publish their events.
     fn setup(dir: &std::path::Path) -> StateMachine {
         let engine = cairn_store::engine::open(cairn_store::EngineKind::Redb, &dir.join("db")).expect("engine");
-        StateMachine::open(engine, dir.join("snap"), 1 << 20).expect("state machine")
+        let lessor = Arc::new(crate::lease::Lessor::new(Duration::from_secs(1)));
+        StateMachine::open(engine, dir.join("snap"), 1 << 20, lessor).expect("state machine")
     }
 
     fn put(sm: &StateMachine, k: &str, v: &str) {

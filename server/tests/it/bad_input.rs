@@ -3,9 +3,9 @@
 use super::harness::{etcdctl_ok, Cluster};
 use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::{ProposeRequest, RaftPayload, RaftRequest};
-use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::auth_client::AuthClient;
 use cairn_api::etcdserverpb::{
-    request_op, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    request_op, AuthStatusRequest, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
 };
 use std::io::Write;
@@ -61,8 +61,8 @@ async fn etcd_errors_for_invalid_requests() {
     assert_eq!(r.get_ref().count, 0);
     assert_eq!(r.get_ref().header.as_ref().map(|h| h.revision), Some(1));
     // Services a later issue implements say so instead of failing silently.
-    let mut lease = LeaseClient::connect(c.members[0].client_url.clone()).await.expect("connect");
-    let e = lease.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await.expect_err("lease is not served yet");
+    let mut auth = AuthClient::connect(c.members[0].client_url.clone()).await.expect("connect");
+    let e = auth.auth_status(AuthStatusRequest {}).await.expect_err("auth is not served yet");
     assert_eq!(e.code(), Code::Unimplemented);
 }
 

@@ -7,4 +7,5 @@ mod cluster;
 mod crash;
 mod etcdctl;
 mod harness;
+mod lease;
 mod watch;

@@ -30,11 +30,13 @@ pub enum Table {
     Meta,
     /// Raft's own state: vote, committed and purged log ids, cluster id.
     RaftState,
+    /// Leases: 8-byte big-endian id -> encoded lease record.
+    Lease,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 3] = [Table::Kv, Table::Meta, Table::RaftState];
+    pub const ALL: [Table; 4] = [Table::Kv, Table::Meta, Table::RaftState, Table::Lease];
 
     /// Stable name of the table on disk.
     pub fn name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Table {
             Table::Kv => "kv",
             Table::Meta => "meta",
             Table::RaftState => "raft_state",
+            Table::Lease => "lease",
         }
     }
 
@@ -51,6 +54,7 @@ impl Table {
             Table::Kv => 1,
             Table::Meta => 2,
             Table::RaftState => 4,
+            Table::Lease => 5,
         }
     }
 }

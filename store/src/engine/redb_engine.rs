@@ -11,12 +11,14 @@ type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const KV: Def = TableDefinition::new("kv");
 const META: Def = TableDefinition::new("meta");
 const RAFT_STATE: Def = TableDefinition::new("raft_state");
+const LEASE: Def = TableDefinition::new("lease");
 
 fn def(table: Table) -> Def {
     match table {
         Table::Kv => KV,
         Table::Meta => META,
         Table::RaftState => RAFT_STATE,
+        Table::Lease => LEASE,
     }
 }
 

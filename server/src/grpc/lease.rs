@@ -1,0 +1,126 @@
+//! etcd's Lease service: Grant, Revoke, KeepAlive (a stream), TimeToLive, Leases.
+//! Grants and revocations go through Raft; keepalives and TTL queries are answered by the
+//! leader's lessor (a follower forwards them).
+
+use crate::error::{msg, Error};
+use crate::lease::MAX_TTL;
+use crate::node::Node;
+use cairn_api::cairnpb::{raft_request, raft_response, RaftRequest};
+use cairn_api::etcdserverpb::lease_server::Lease;
+use cairn_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Responses buffered per keepalive stream.
+const KEEPALIVE_BUFFER: usize = 64;
+
+/// The Lease service of one member.
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    /// The Lease service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn revision(&self) -> i64 {
+        self.node.read(|st| st.mvcc.current_revision())
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut r = req.into_inner();
+        if r.ttl > MAX_TTL {
+            return Err(Status::out_of_range(msg::LEASE_TTL_TOO_LARGE));
+        }
+        // As etcd: anything below the minimum TTL (zero and negatives included) is raised to it.
+        r.ttl = r.ttl.max(self.node.lessor.min_ttl);
+        let chosen = r.id != 0;
+        if r.id < 0 {
+            return Err(Status::invalid_argument("etcdserver: lease id must be positive"));
+        }
+        loop {
+            if !chosen {
+                // A random positive id; a collision is refused at apply and retried here.
+                r.id = (rand::random::<u64>() >> 1).max(1) as i64;
+            }
+            let req = RaftRequest { request: Some(raft_request::Request::LeaseGrant(r)) };
+            match self.node.propose(req).await {
+                Ok(resp) => {
+                    let rev = resp.revision;
+                    return match resp.response {
+                        Some(raft_response::Response::LeaseGrant(mut g)) => {
+                            g.header = Some(self.node.header(rev));
+                            Ok(Response::new(g))
+                        }
+                        other => Err(Status::internal(format!("etcdserver: unexpected apply result {other:?}"))),
+                    };
+                }
+                Err(Error::Remote { message, .. }) if !chosen && message == msg::LEASE_EXISTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let req = RaftRequest { request: Some(raft_request::Request::LeaseRevoke(req.into_inner())) };
+        let resp = self.node.propose(req).await?;
+        Ok(Response::new(LeaseRevokeResponse { header: Some(self.node.header(resp.revision)) }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
+        let node = self.node.clone();
+        self.node.tasks.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = node.shutdown.cancelled() => break,
+                    _ = tx.closed() => break,
+                    m = inbound.message() => m,
+                };
+                // The stream ends (or breaks): nothing is kept for it.
+                let Ok(Some(ka)) = msg else { break };
+                let reply = match node.lease_renew(ka.id).await {
+                    Ok(ttl) => {
+                        let rev = node.read(|st| st.mvcc.current_revision());
+                        Ok(LeaseKeepAliveResponse { header: Some(node.header(rev)), id: ka.id, ttl })
+                    }
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(self.node.lease_time_to_live(req.into_inner()).await?))
+    }
+
+    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.node.read_barrier().await?;
+        let leases = self.node.read(|st| st.leases.keys().map(|id| LeaseStatus { id: *id }).collect());
+        Ok(Response::new(LeaseLeasesResponse { header: Some(self.node.header(self.revision())), leases }))
+    }
+}
