@@ -208,6 +208,18 @@ fn cases(base: &Opts, quick: bool, topology: Topology) -> Vec<Case> {
             run: |o| Box::pin(async move { workloads::watch(&o, 100, 10, "watch").await }),
         });
         v.push(Case {
+            name: "lease keepalive, 64 clients",
+            members: 1,
+            opts: o(16, 64, 100_000),
+            run: |o| Box::pin(async move { workloads::lease_keepalive(&o).await }),
+        });
+        v.push(Case {
+            name: "lease grant+revoke, 16 clients",
+            members: 1,
+            opts: o(4, 16, 10_000),
+            run: |o| Box::pin(async move { workloads::lease_grant_revoke(&o).await }),
+        });
+        v.push(Case {
             name: "watch latency: 1 watcher, 100 puts/s",
             members: 1,
             opts: Opts { rate: if quick { 500.0 } else { 100.0 }, val_size: 16, ..o(1, 1, 1_000) },

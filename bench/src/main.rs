@@ -107,6 +107,10 @@ enum Cmd {
     },
     /// Put-to-event latency of one watcher at a steady --rate (default 100/s).
     WatchLatency,
+    /// Each client renews its own lease over a keepalive stream.
+    LeaseKeepalive,
+    /// Grant a lease, then revoke it (both calls are one operation).
+    LeaseGrantRevoke,
     /// Run the same workloads against etcd and Cairn and print one table of ratios.
     Compare(compare::CompareArgs),
 }
@@ -130,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
             }
             workloads::watch(&o, 1, 1, "watch-latency").await?
         }
+        Cmd::LeaseKeepalive => workloads::lease_keepalive(&cli.opts).await?,
+        Cmd::LeaseGrantRevoke => workloads::lease_grant_revoke(&cli.opts).await?,
         Cmd::Compare(args) => return compare::run(args, cli.opts).await,
     };
     if cli.opts.json {

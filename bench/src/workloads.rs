@@ -293,3 +293,62 @@ pub async fn watch(opts: &Opts, watchers: usize, streams: usize, name: &str) -> 
     report.extra.insert("events_expected".into(), expected.into());
     Ok(report)
 }
+
+/// Lease keepalives: each client grants one lease and renews it over its own keepalive
+/// stream, one request at a time (latency = request to response).
+pub async fn lease_keepalive(opts: &Opts) -> anyhow::Result<Report> {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
+    use tokio::sync::Mutex;
+
+    let chans = connect(opts).await?;
+    let mut streams = Vec::new();
+    for c in 0..opts.clients.max(1) {
+        let mut lc = LeaseClient::new(chans[c % chans.len()].clone());
+        let id = lc.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await?.into_inner().id;
+        let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1);
+        // Prime the stream: etcd (grpc-go) sends no response headers before its first
+        // message, so awaiting the call before sending anything would never return.
+        tx.send(LeaseKeepAliveRequest { id }).await?;
+        let mut inbound = lc.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        inbound.message().await?;
+        streams.push((id, lc, Arc::new(Mutex::new((tx, inbound)))));
+    }
+    let handles: Arc<Vec<(i64, Arc<Mutex<_>>)>> = Arc::new(streams.iter().map(|(id, _, s)| (*id, s.clone())).collect());
+    let report = drive("lease-keepalive", opts, move |c, _| {
+        let (id, s) = handles[c % handles.len()].clone();
+        async move {
+            let mut s = s.lock().await;
+            s.0.send(LeaseKeepAliveRequest { id })
+                .await
+                .map_err(|_| tonic::Status::unavailable("keepalive stream closed"))?;
+            match s.1.message().await? {
+                Some(r) if r.ttl > 0 => Ok(()),
+                Some(_) => Err(tonic::Status::not_found("lease expired")),
+                None => Err(tonic::Status::unavailable("keepalive stream ended")),
+            }
+        }
+    })
+    .await;
+    for (id, mut lc, _) in streams {
+        let _ = lc.lease_revoke(LeaseRevokeRequest { id }).await;
+    }
+    Ok(report)
+}
+
+/// Grant a lease and revoke it again: one operation = both calls.
+pub async fn lease_grant_revoke(opts: &Opts) -> anyhow::Result<Report> {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+
+    let clients: Arc<Vec<LeaseClient<Channel>>> =
+        Arc::new(connect(opts).await?.into_iter().map(LeaseClient::new).collect());
+    Ok(drive("lease-grant-revoke", opts, move |c, _| {
+        let mut lc = clients[c % clients.len()].clone();
+        async move {
+            let id = lc.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await?.into_inner().id;
+            lc.lease_revoke(LeaseRevokeRequest { id }).await.map(|_| ())
+        }
+    })
+    .await)
+}

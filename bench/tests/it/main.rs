@@ -58,6 +58,8 @@ async fn every_workload_counts_exactly() {
         (vec!["watch", "--watchers", "20", "--streams", "4", "--total", "50", "--clients", "4"], 1000),
         (vec!["watch-latency", "--total", "20", "--rate", "200"], 20),
         (vec!["put", "--total", "40", "--rate", "400", "--target-leader"], 40),
+        (vec!["lease-keepalive", "--total", "300", "--clients", "8"], 300),
+        (vec!["lease-grant-revoke", "--total", "100", "--clients", "4"], 100),
     ] {
         let r = bench(ep, &args);
         assert_eq!(r["ops"], ops, "{args:?}: {r}");
@@ -93,7 +95,7 @@ async fn compare_runs_against_real_etcd() {
         .expect("running compare");
     assert!(out.status.success(), "compare failed: {}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON rows");
-    assert!(rows.len() >= 16, "{rows:?}");
+    assert!(rows.len() >= 20, "{rows:?}");
     for r in &rows {
         assert!(
             r["etcd"].as_f64().unwrap_or(0.0) > 0.0 && r["cairn"].as_f64().unwrap_or(0.0) > 0.0,
