@@ -220,6 +220,13 @@ fn cases(base: &Opts, quick: bool, topology: Topology) -> Vec<Case> {
             run: |o| Box::pin(async move { workloads::lease_grant_revoke(&o).await }),
         });
         v.push(Case {
+            name: "lease storm: 20,000 leases expire, 16 clients put",
+            members: 1,
+            // `total` is the number of leases; the puts run for `duration`.
+            opts: Opts { duration: Some(if quick { 3 } else { 15 }), ..o(4, 16, 20_000) },
+            run: |o| Box::pin(async move { workloads::lease_storm(&o, o.total).await }),
+        });
+        v.push(Case {
             name: "watch latency: 1 watcher, 100 puts/s",
             members: 1,
             opts: Opts { rate: if quick { 500.0 } else { 100.0 }, val_size: 16, ..o(1, 1, 1_000) },
@@ -360,6 +367,7 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
     let mut rows = Vec::new();
     for case in cases(base, args.quick, args.topology) {
         let (mut e_tp, mut c_tp, mut e_p99, mut c_p99) = (vec![], vec![], vec![], vec![]);
+        let (mut e_extra, mut c_extra) = (vec![], vec![]);
         for _ in 0..args.rounds.max(1) {
             for (kind, bin) in [(Kind::Etcd, &args.etcd_bin), (Kind::Cairn, &args.cairn_bin)] {
                 let procs = start(bin, kind, case.members, root).await?;
@@ -376,11 +384,17 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
                 let (tp, p99) = if kind == Kind::Etcd { (&mut e_tp, &mut e_p99) } else { (&mut c_tp, &mut c_p99) };
                 tp.push(r.throughput);
                 p99.push(r.latency_ms.p99);
+                if let Some(x) = r.extra.get("all_revoked_after_s").and_then(|v| v.as_f64()) {
+                    if kind == Kind::Etcd { &mut e_extra } else { &mut c_extra }.push(x);
+                }
                 eprintln!("{:<45} {:?}: {:>9.0} ops/s  p99 {:.2} ms", case.name, kind, r.throughput, r.latency_ms.p99);
             }
         }
         rows.push(row(case.name, "ops/s", median(e_tp), median(c_tp), true));
         rows.push(row(case.name, "p99 ms", median(e_p99), median(c_p99), false));
+        if !e_extra.is_empty() && !c_extra.is_empty() {
+            rows.push(row(case.name, "s until all revoked", median(e_extra), median(c_extra), false));
+        }
     }
     if args.memory_keys > 0 && args.topology != Topology::Cluster {
         let keys = if args.quick { args.memory_keys.min(5_000) } else { args.memory_keys };

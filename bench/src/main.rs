@@ -111,6 +111,12 @@ enum Cmd {
     LeaseKeepalive,
     /// Grant a lease, then revoke it (both calls are one operation).
     LeaseGrantRevoke,
+    /// Grant --leases leases of the minimum TTL, then put (for --duration, default 10 s)
+    /// while they all expire; reports the puts and when the last lease was revoked.
+    LeaseStorm {
+        #[arg(long, default_value_t = 20_000)]
+        leases: u64,
+    },
     /// Run the same workloads against etcd and Cairn and print one table of ratios.
     Compare(compare::CompareArgs),
 }
@@ -136,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::LeaseKeepalive => workloads::lease_keepalive(&cli.opts).await?,
         Cmd::LeaseGrantRevoke => workloads::lease_grant_revoke(&cli.opts).await?,
+        Cmd::LeaseStorm { leases } => workloads::lease_storm(&cli.opts, leases).await?,
         Cmd::Compare(args) => return compare::run(args, cli.opts).await,
     };
     if cli.opts.json {

@@ -352,3 +352,57 @@ pub async fn lease_grant_revoke(opts: &Opts) -> anyhow::Result<Report> {
     })
     .await)
 }
+
+/// A revocation storm: `leases` leases of the minimum TTL (every tenth with a key), then
+/// the normal put workload while they all expire. Reports the puts made during the storm
+/// and, in `extra`, how long after the last grant every lease was gone.
+pub async fn lease_storm(opts: &Opts, leases: u64) -> anyhow::Result<Report> {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseLeasesRequest};
+    use tokio::time::Instant;
+
+    let chans = connect(opts).await?;
+    let granters = 64u64;
+    let mut set = tokio::task::JoinSet::new();
+    for g in 0..granters {
+        let ch = chans[g as usize % chans.len()].clone();
+        set.spawn(async move {
+            let mut lc = LeaseClient::new(ch.clone());
+            let mut kv = KvClient::new(ch);
+            for i in (g..leases).step_by(granters as usize) {
+                let id = lc.lease_grant(LeaseGrantRequest { ttl: 1, id: 0 }).await?.into_inner().id;
+                if i % 10 == 0 {
+                    let key = format!("bench-storm/{i:08}").into_bytes();
+                    kv.put(PutRequest { key, value: b"v".to_vec(), lease: id, ..Default::default() }).await?;
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let granted_at = Instant::now();
+    let mut lc = LeaseClient::new(chans[0].clone());
+    let limit = std::time::Duration::from_secs(opts.max_seconds);
+    let watcher = tokio::spawn(async move {
+        loop {
+            match lc.lease_leases(LeaseLeasesRequest {}).await {
+                Ok(r) if r.get_ref().leases.is_empty() => return Some(granted_at.elapsed().as_secs_f64()),
+                _ if granted_at.elapsed() > limit => return None,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let during = Opts { duration: Some(opts.duration.unwrap_or(10)), ..opts.clone() };
+    let mut report = put(&during).await?;
+    report.workload = "lease-storm (puts while leases expire)".into();
+    let revoked = watcher.await.ok().flatten();
+    report.extra.insert("leases".into(), leases.into());
+    report.extra.insert("all_revoked_after_s".into(), revoked.map_or(serde_json::Value::Null, Into::into));
+    if revoked.is_none() {
+        report.errors += 1;
+        report.first_error.get_or_insert_with(|| "leases still present at --max-seconds".into());
+    }
+    Ok(report)
+}

@@ -236,6 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn etcd_environment_variables_are_fallbacks() {
+        // nextest runs each test in its own process, so the environment is ours.
+        std::env::set_var("ETCD_NAME", "from-env");
+        std::env::set_var("ETCD_MAX_TXN_OPS", "7");
+        std::env::set_var("ETCD_INITIAL_CLUSTER", "from-env=http://127.0.0.1:2380");
+        let c = Config::parse_from(["cairn"]).unwrap();
+        assert_eq!((c.name.as_str(), c.max_txn_ops), ("from-env", 7));
+        assert_eq!(c.data_dir, PathBuf::from("from-env.cairn"));
+        // A flag wins over the environment.
+        let c = Config::parse_from(["cairn", "--max-txn-ops", "9"]).unwrap();
+        assert_eq!(c.max_txn_ops, 9);
+        for v in ["ETCD_NAME", "ETCD_MAX_TXN_OPS", "ETCD_INITIAL_CLUSTER"] {
+            std::env::remove_var(v);
+        }
+    }
+
+    #[test]
     fn rejects_inconsistent_cluster_flags() {
         let e = Config::parse_from(["cairn", "--name", "a", "--initial-cluster", "b=http://127.0.0.1:1"]).unwrap_err();
         assert!(e.contains("no member named"), "{e}");

@@ -70,6 +70,13 @@ async fn every_workload_counts_exactly() {
     let (reads, writes) =
         (mixed["extra"]["reads"].as_u64().unwrap_or(0), mixed["extra"]["writes"].as_u64().unwrap_or(0));
     assert_eq!(reads + writes, 100);
+    // A small storm: every lease revoked, puts made meanwhile.
+    let storm = bench(ep, &["lease-storm", "--leases", "300", "--duration", "3", "--clients", "4"]);
+    assert_eq!(storm["errors"], 0, "{storm}");
+    assert!(
+        storm["ops"].as_u64().unwrap_or(0) > 0 && storm["extra"]["all_revoked_after_s"].as_f64().is_some(),
+        "{storm}"
+    );
     // --duration bounds a run by time instead of count.
     let timed = bench(ep, &["put", "--duration", "1"]);
     assert!(timed["ops"].as_u64().unwrap_or(0) > 0 && timed["seconds"].as_f64().unwrap_or(9.0) < 5.0, "{timed}");

@@ -273,3 +273,60 @@ async fn abandoned_keepalive_streams_leave_nothing_behind() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_follow_puts_and_txns() {
+    use cairn_api::etcdserverpb::{request_op, RequestOp, TxnRequest};
+    let c = Cluster::start(1, &[]).await;
+    let url = c.members[0].client_url.clone();
+    let mut lc = lease_client(&url).await;
+    // A client-chosen id, and the duplicate refused.
+    let a = lc.lease_grant(LeaseGrantRequest { ttl: 60, id: 4242 }).await.expect("grant").into_inner();
+    assert_eq!(a.id, 4242);
+    let e = lc.lease_grant(LeaseGrantRequest { ttl: 60, id: 4242 }).await.expect_err("duplicate id");
+    assert_eq!((e.code(), e.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
+    let b = grant(&url, 60).await;
+    let mut kv = c.kv(0).await;
+    let keys = |id: i64| {
+        let url = url.clone();
+        async move {
+            let r = lease_client(&url)
+                .await
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+                .await
+                .expect("ttl");
+            r.into_inner().keys.into_iter().map(|k| String::from_utf8_lossy(&k).into_owned()).collect::<Vec<_>>()
+        }
+    };
+    kv.put(PutRequest { key: "x".into(), value: "1".into(), lease: 4242, ..Default::default() }).await.expect("put");
+    // ignore_lease keeps the lease; a put with another lease moves the key; a plain put detaches.
+    kv.put(PutRequest { key: "x".into(), value: "2".into(), ignore_lease: true, ..Default::default() })
+        .await
+        .expect("put");
+    assert_eq!(keys(4242).await, vec!["x"]);
+    kv.put(PutRequest { key: "x".into(), value: "3".into(), lease: b, ..Default::default() }).await.expect("put");
+    assert!(keys(4242).await.is_empty());
+    assert_eq!(keys(b).await, vec!["x"]);
+    kv.put(PutRequest { key: "x".into(), value: "4".into(), ..Default::default() }).await.expect("put");
+    assert!(keys(b).await.is_empty());
+    // A txn attaches too, and refuses an unknown lease as a whole.
+    let put = |k: &str, lease: i64| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: "t".into(),
+            lease,
+            ..Default::default()
+        })),
+    };
+    kv.txn(TxnRequest { success: vec![put("t1", b), put("t2", b)], ..Default::default() }).await.expect("txn");
+    assert_eq!(keys(b).await, vec!["t1", "t2"]);
+    let e = kv
+        .txn(TxnRequest { success: vec![put("t3", 0), put("t4", 999)], ..Default::default() })
+        .await
+        .expect_err("unknown lease");
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+    assert!(!exists(&c, 0, "t3").await, "nothing of a refused txn is applied");
+    // Revoking deletes exactly the attached keys.
+    lc.lease_revoke(LeaseRevokeRequest { id: b }).await.expect("revoke");
+    assert!(!exists(&c, 0, "t1").await && !exists(&c, 0, "t2").await && exists(&c, 0, "x").await);
+}

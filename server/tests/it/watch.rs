@@ -156,10 +156,12 @@ async fn many_watchers_cancel_filters_progress_and_errors() {
     seen.sort();
     assert_eq!(seen, vec![(0, EventType::Put as i32), (0, EventType::Delete as i32), (7, EventType::Delete as i32)]);
 
-    // Cancel: confirmed, and no more events for it.
+    // Cancel: confirmed, and no more events for it. An unknown id gets no answer (as
+    // etcd), and the stream keeps working.
+    s.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 12345 })).await;
     s.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 0 })).await;
     let r = s.next().await;
-    assert!(r.canceled && r.watch_id == 0);
+    assert!(r.canceled && r.watch_id == 0, "{r:?}");
     // Progress: the current revision, watch_id -1.
     let rev = put(&c, 0, "zzz", "1").await;
     s.send(RequestUnion::ProgressRequest(WatchProgressRequest {})).await;
