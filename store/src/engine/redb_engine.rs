@@ -37,7 +37,7 @@ impl RedbEngine {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::builder()
             // Hot pages of the key space stay cached; the MVCC index itself is in memory.
-            .set_cache_size(256 << 20)
+            .set_cache_size(32 << 20)
             .create(path)
             .map_err(err)?;
         // Create every table up front so readers never meet a missing table.
