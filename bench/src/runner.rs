@@ -65,23 +65,28 @@ pub struct Report {
 }
 
 impl Report {
-    /// Human-readable summary.
+    /// Human-readable summary (a closed stdout, as with `| head`, is not an error).
     pub fn print(&self) {
-        println!(
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let l = &self.latency_ms;
+        let _ = writeln!(
+            out,
             "{}: {} ops in {:.2} s = {:.0} ops/s, {} errors",
             self.workload, self.ops, self.seconds, self.throughput, self.errors
-        );
-        let l = &self.latency_ms;
-        println!(
-            "  latency ms: min {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
-            l.min, l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-        );
-        for (k, v) in &self.extra {
-            println!("  {k}: {v}");
-        }
-        if let Some(e) = &self.first_error {
-            println!("  first error: {e}");
-        }
+        )
+        .and_then(|_| {
+            writeln!(
+                out,
+                "  latency ms: min {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
+                l.min, l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+            )
+        })
+        .and_then(|_| self.extra.iter().try_for_each(|(k, v)| writeln!(out, "  {k}: {v}")))
+        .and_then(|_| match &self.first_error {
+            Some(e) => writeln!(out, "  first error: {e}"),
+            None => Ok(()),
+        });
     }
 }
 
