@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod lease;
 pub mod node;
 pub mod raft;
+pub mod testing;
 pub mod watch;
 
 pub use config::Config;

@@ -4,31 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 async fn member(dir: &std::path::Path) -> cairn_server::NodeHandle {
-    let (c, p) = (free_port(), free_port());
-    let config = cairn_server::Config::parse_from([
-        "cairn".to_string(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--listen-client-urls".into(),
-        format!("http://127.0.0.1:{c}"),
-        "--advertise-client-urls".into(),
-        format!("http://127.0.0.1:{c}"),
-        "--listen-peer-urls".into(),
-        format!("http://127.0.0.1:{p}"),
-        "--initial-advertise-peer-urls".into(),
-        format!("http://127.0.0.1:{p}"),
-    ])
-    .expect("flags");
-    let h = cairn_server::Node::start(config).await.expect("start");
-    while h.node.leader().is_none() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    h
+    cairn_server::testing::start_loopback(dir, &[]).await.expect("member starts")
 }
 
 fn bench(endpoint: &str, args: &[&str]) -> serde_json::Value {

@@ -213,46 +213,8 @@ pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// Total size of a directory tree.
-#[allow(dead_code)]
-pub fn dir_size(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Start `cairn` in this process on ephemeral loopback ports (for tests that look at the
 /// member's internals, such as watcher counts).
 pub async fn in_process(dir: &Path, extra: &[&str]) -> cairn_server::NodeHandle {
-    let (c, p) = (free_port(), free_port());
-    let mut args: Vec<String> = vec![
-        "cairn".into(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--listen-client-urls".into(),
-        format!("http://127.0.0.1:{c}"),
-        "--advertise-client-urls".into(),
-        format!("http://127.0.0.1:{c}"),
-        "--listen-peer-urls".into(),
-        format!("http://127.0.0.1:{p}"),
-        "--initial-advertise-peer-urls".into(),
-        format!("http://127.0.0.1:{p}"),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let config = cairn_server::Config::parse_from(args).expect("valid flags");
-    let h = cairn_server::Node::start(config).await.expect("in-process node starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.node.leader().is_none() {
-        assert!(Instant::now() < deadline, "in-process node elected no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    h
+    cairn_server::testing::start_loopback(dir, extra).await.expect("in-process member starts")
 }
