@@ -591,8 +591,8 @@ impl Mvcc {
     }
 
     /// History: the events with revision in `[from, to]` on keys of the etcd-form range
-    /// `[key, end)`, in revision order, at most `limit` of them (never splitting a
-    /// revision). `prev_kv` loads each event's previous value when it is still retained.
+    /// `[key, end)`, in revision order, at most `limit` of them and about `limit_bytes` of
+    /// keys and values (never splitting a revision). `prev_kv` loads each event's previous value when it is still retained.
     /// Fails with `Compacted` when `from` is below the compacted revision.
     pub fn history(
         &self,
@@ -600,7 +600,7 @@ impl Mvcc {
         end: &[u8],
         from: i64,
         to: i64,
-        limit: usize,
+        (limit, limit_bytes): (usize, usize),
         prev_kv: bool,
     ) -> Result<Vec<Event>> {
         if from < self.compact_rev {
@@ -620,15 +620,16 @@ impl Mvcc {
                 k >= key && k < end
             }
         };
-        let mut last_main = 0;
+        let (mut last_main, mut bytes) = (0, 0usize);
         self.engine.scan(Table::Kv, &lo, Some(&hi), &mut |k, v| {
             let rev = Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
-            if out.len() >= limit && rev.main != last_main {
+            if (out.len() >= limit || bytes >= limit_bytes) && rev.main != last_main {
                 return Ok(false);
             }
             let (kind, body) = v.split_first().ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
             let kv = KeyValue::decode(body)?;
             if in_range(&kv.key) {
+                bytes += kv.key.len() + kv.value.len();
                 let r#type = if *kind == KIND_DELETE { EventType::Delete } else { EventType::Put } as i32;
                 out.push(Event { r#type, kv: Some(kv), prev_kv: None });
                 last_main = rev.main;

@@ -30,8 +30,10 @@ use tonic::Status;
 
 /// Responses buffered per stream before its watchers are treated as slow.
 pub const STREAM_BUFFER: usize = 256;
-/// Events replayed from history per step of a catch-up.
+/// Events replayed from history per step of a catch-up, and about how many bytes of keys
+/// and values (so one step fragments into a few responses, well within a stream's buffer).
 const HISTORY_BATCH: usize = 1000;
+const HISTORY_BYTES: usize = 4 << 20;
 
 /// What a stream's sender carries.
 pub type StreamTx = mpsc::Sender<Result<WatchResponse, Status>>;
@@ -416,18 +418,22 @@ impl WatchHub {
                     continue;
                 }
                 let n = shaped.len() as u64;
-                let mut ok = true;
-                for r in self.responses(header, wk.1, shaped, w.fragment) {
-                    if tx.try_send(Ok(r)).is_err() {
-                        ok = false;
-                        break;
+                let parts = self.responses(header, wk.1, shaped, w.fragment);
+                // All parts of a fragmented response go, or none: reserve every slot at once
+                // (catch-up tasks and control responses share the stream's channel).
+                let ok = match tx.try_reserve_many(parts.len()) {
+                    Ok(permits) => {
+                        for (permit, r) in permits.zip(parts) {
+                            permit.send(Ok(r));
+                        }
+                        true
                     }
-                }
+                    Err(_) => false,
+                };
                 if ok {
                     self.metrics.events_sent.fetch_add(n, Ordering::Relaxed);
                 } else {
                     // Slow (or gone): move aside and catch up from the first event it lacks.
-                    // A partly delivered fragmented response is resent whole.
                     w.synced = false;
                     w.epoch += 1;
                     slow.push((wk, first_rev, w.epoch));
@@ -467,7 +473,7 @@ impl WatchHub {
             let (cur, history) = {
                 let st = self.sm.read().unwrap_or_else(|p| p.into_inner());
                 let cur = st.mvcc.current_revision();
-                (cur, st.mvcc.history(&key, &end, next, cur, HISTORY_BATCH, prev_kv))
+                (cur, st.mvcc.history(&key, &end, next, cur, (HISTORY_BATCH, HISTORY_BYTES), prev_kv))
             };
             let events = match history {
                 Ok(evs) => evs,
@@ -483,7 +489,15 @@ impl WatchHub {
                     return;
                 }
             };
-            let full = events.len() >= HISTORY_BATCH;
+            // Stopped early (by count or bytes) before reaching the current revision.
+            let full = events.last().and_then(|e| e.kv.as_ref()).is_some_and(|kv| kv.mod_revision < cur)
+                && (events.len() >= HISTORY_BATCH
+                    || events
+                        .iter()
+                        .filter_map(|e| e.kv.as_ref())
+                        .map(|kv| kv.key.len() + kv.value.len())
+                        .sum::<usize>()
+                        >= HISTORY_BYTES);
             let last = events.last().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision);
             let (shaped, fragment) = {
                 let h = self.lock();
@@ -495,12 +509,15 @@ impl WatchHub {
             if !shaped.is_empty() {
                 let n = shaped.len() as u64;
                 let header_rev = if full { last.unwrap_or(cur) } else { cur };
-                for r in self.responses(self.header(header_rev), wk.1, shaped, fragment) {
-                    // Waiting here blocks only this watcher.
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        sent = tx.send(Ok(r)) => if sent.is_err() { return },
-                    }
+                let parts = self.responses(self.header(header_rev), wk.1, shaped, fragment);
+                // Waiting here blocks only this watcher; the parts of a fragmented response
+                // are reserved together so nothing else lands between them.
+                let permits = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    p = tx.reserve_many(parts.len()) => match p { Ok(p) => p, Err(_) => return },
+                };
+                for (permit, r) in permits.zip(parts) {
+                    permit.send(Ok(r));
                 }
                 self.metrics.events_sent.fetch_add(n, Ordering::Relaxed);
             }
