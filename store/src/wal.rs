@@ -348,18 +348,22 @@ impl Wal {
             self.locs.pop_front();
             self.first += 1;
         }
-        if self.locs.is_empty() {
-            self.first = upto + 1;
-        }
-        // A segment may go when the next one starts at or below upto + 1.
         let keys: Vec<u64> = self.segments.keys().copied().collect();
-        let mut removed = false;
-        for pair in keys.windows(2) {
-            if pair[1] <= upto + 1 {
-                self.segments.remove(&pair[0]);
-                std::fs::remove_file(self.dir.join(name(pair[0]))).map_err(|e| io("remove segment", e))?;
-                removed = true;
-            }
+        let doomed: Vec<u64> = if self.locs.is_empty() {
+            // Nothing is left (a snapshot went past the end of the log): every segment holds
+            // only purged records, and the next append must not land after them in a file,
+            // or recovery would stop at the index jump and drop the new records.
+            self.first = upto + 1;
+            self.dirty.clear();
+            keys
+        } else {
+            // A segment may go when the next one starts at or below upto + 1.
+            keys.windows(2).filter(|pair| pair[1] <= upto + 1).map(|pair| pair[0]).collect()
+        };
+        let removed = !doomed.is_empty();
+        for seg in doomed {
+            self.segments.remove(&seg);
+            std::fs::remove_file(self.dir.join(name(seg))).map_err(|e| io("remove segment", e))?;
         }
         if removed {
             sync_dir(&self.dir)?;
@@ -445,6 +449,21 @@ mod tests {
     fn w_len(dir: &Path) -> u64 {
         let w = Wal::open(dir, 1 << 20).unwrap();
         w.segments.values().map(|s| s.len).sum()
+    }
+
+    #[test]
+    fn purging_past_the_end_then_appending_survives_a_restart() {
+        // A follower installs a snapshot at 150 while its log ends at 5.
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), 1 << 20).unwrap();
+        w.append(&recs(1, 6)).unwrap();
+        w.purge(150).unwrap();
+        w.append(&recs(151, 161)).unwrap();
+        drop(w);
+        let mut w = Wal::open(d.path(), 1 << 20).unwrap();
+        w.purge(150).unwrap();
+        assert_eq!((w.first_index(), w.last_index()), (Some(151), Some(160)));
+        assert_eq!(w.read(151, 161).unwrap(), recs(151, 161));
     }
 
     #[test]

@@ -103,7 +103,19 @@ async fn lagging_member_catches_up_by_snapshot() {
         .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "snap")).count())
         .unwrap_or(0);
     assert!(snaps >= 1, "the lagging member holds no snapshot");
-    // It keeps applying new writes after the snapshot.
-    etcdctl_ok(&ep, &["put", "after-snapshot", "yes"]);
-    assert_eq!(etcdctl_ok(&c.members[lagger].endpoint(), &["get", "after-snapshot", "--print-value-only"]), "yes\n");
+    // It keeps applying new writes after the snapshot, and they survive its own crash:
+    // its log restarted past a snapshot, and recovery must keep what came after.
+    for n in 0..10 {
+        etcdctl_ok(&ep, &["put", &format!("after-snapshot/{n}"), "yes"]);
+    }
+    assert_eq!(etcdctl_ok(&c.members[lagger].endpoint(), &["get", "after-snapshot/9", "--print-value-only"]), "yes\n");
+    c.members[lagger].kill();
+    c.members[lagger].start();
+    c.wait_ready(lagger).await;
+    converge(&c, lagger, leader).await;
+    let v = json(&etcdctl_ok(
+        &c.members[lagger].endpoint(),
+        &["get", "after-snapshot/", "--prefix", "--keys-only", "--consistency", "s", "-w", "json"],
+    ));
+    assert_eq!(v["count"], 10);
 }
