@@ -1,7 +1,7 @@
 //! A portable dump of the replicated tables (`Kv`, `Meta` and `Lease`), used for Raft snapshots:
 //! a sequence of `(table id: u8, key len: u32, key, value len: u32, value)` records.
 
-use crate::engine::{Engine, Table, WriteBatch};
+use crate::engine::{Engine, ReadView, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use std::io::{Read, Write};
 
@@ -12,11 +12,12 @@ fn io(e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("snapshot i/o: {e}"))
 }
 
-/// Write every record of the snapshot tables to `out`; returns the number of records.
-pub fn dump(engine: &dyn Engine, out: &mut dyn Write) -> Result<u64> {
+/// Write every record of the snapshot tables seen by `view` to `out`; returns the number
+/// of records.
+pub fn dump(view: &dyn ReadView, out: &mut dyn Write) -> Result<u64> {
     let mut n = 0u64;
     for t in SNAPSHOT_TABLES {
-        engine.scan(t, &[], None, &mut |k, v| {
+        view.scan(t, &[], None, &mut |k, v| {
             out.write_all(&[t.id()]).map_err(io)?;
             out.write_all(&(k.len() as u32).to_be_bytes()).map_err(io)?;
             out.write_all(k).map_err(io)?;

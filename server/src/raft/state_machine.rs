@@ -14,6 +14,7 @@ use crate::apply::apply;
 use crate::lease::Lessor;
 use crate::watch::WatchHub;
 use cairn_api::cairnpb::{LeaseRecord, MemberAttributes, RaftResponse};
+use cairn_store::engine::{Live, ReadView};
 use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, SnapshotMeta};
@@ -210,14 +211,30 @@ impl StateMachine {
         let meta = SnapshotMeta { last_log_id: last, last_membership: st.membership.clone(), snapshot_id: id.clone() };
         let tmp = self.snap_dir.join(format!("{id}.snap.tmp"));
         let path = self.snap_dir.join(format!("{id}.snap"));
+        // Applies commit before they release the lock, so the engine now holds exactly the
+        // state `meta` describes. A frozen view (redb) keeps it while applies go on, and the
+        // lock is released before the dump; without one (sled) writes wait for the dump.
+        let engine = st.mvcc.engine().clone();
+        let frozen = engine.frozen_view().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let held = if frozen.is_some() {
+            drop(st);
+            None
+        } else {
+            Some(st)
+        };
         {
+            let live = Live(engine.as_ref());
+            let view: &dyn ReadView = match &frozen {
+                Some(v) => v.as_ref(),
+                None => &live,
+            };
             let f = std::fs::File::create(&tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let mut w = BufWriter::new(f);
-            snapshot::dump(st.mvcc.engine().as_ref(), &mut w).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            snapshot::dump(view, &mut w).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let f = w.into_inner().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             f.sync_all().map_err(|e| snap_err(ErrorVerb::Write, e))?;
         }
-        drop(st);
+        drop(held);
         std::fs::rename(&tmp, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let file = std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.set_current(meta.clone(), path);

@@ -114,6 +114,21 @@ impl WriteBatch {
 /// Visitor for [`Engine::scan`]: return `Ok(false)` to stop early.
 pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
+/// A read-only view of the engine.
+pub trait ReadView: Send {
+    /// Visit keys in `[from, to)` in ascending order (`to = None`: to the end).
+    fn scan(&self, table: Table, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()>;
+}
+
+/// The live engine as a [`ReadView`] (sees later writes).
+pub struct Live<'a>(pub &'a dyn Engine);
+
+impl ReadView for Live<'_> {
+    fn scan(&self, table: Table, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        self.0.scan(table, from, to, f)
+    }
+}
+
 /// An ordered, transactional key-value engine.
 pub trait Engine: Send + Sync + 'static {
     /// Read one key.
@@ -128,6 +143,9 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, batch: WriteBatch, durable: bool) -> Result<()>;
     /// Make every earlier batch durable.
     fn sync(&self) -> Result<()>;
+    /// A view frozen at this moment that later batches do not change, if the engine can
+    /// give one (`None`: the caller must keep writers out while it reads).
+    fn frozen_view(&self) -> Result<Option<Box<dyn ReadView>>>;
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
     /// Engine name, for logs and status.

@@ -1,6 +1,6 @@
 //! The redb engine: one redb table per [`Table`], one redb write transaction per batch.
 
-use super::{Engine, EngineKind, Op, ScanFn, Table, WriteBatch};
+use super::{Engine, EngineKind, Op, ReadView, ScanFn, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
@@ -50,6 +50,35 @@ impl RedbEngine {
     }
 }
 
+/// A redb read transaction: a snapshot of the database at the time it began.
+struct Frozen(redb::ReadTransaction);
+
+impl ReadView for Frozen {
+    fn scan(&self, table: Table, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
+        scan_in(&self.0, table, from, to, f)
+    }
+}
+
+fn scan_in(
+    txn: &redb::ReadTransaction,
+    table: Table,
+    from: &[u8],
+    to: Option<&[u8]>,
+    f: &mut ScanFn<'_>,
+) -> Result<()> {
+    if to.is_some_and(|to| to <= from) {
+        return Ok(());
+    }
+    let t = txn.open_table(def(table)).map_err(err)?;
+    for item in t.range::<&[u8]>(bounds(from, to)).map_err(err)? {
+        let (k, v) = item.map_err(err)?;
+        if !f(k.value(), v.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn bounds<'a>(from: &'a [u8], to: Option<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
     (Bound::Included(from), to.map_or(Bound::Unbounded, Bound::Excluded))
 }
@@ -62,18 +91,11 @@ impl Engine for RedbEngine {
     }
 
     fn scan(&self, table: Table, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()> {
-        if to.is_some_and(|to| to <= from) {
-            return Ok(());
-        }
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(def(table)).map_err(err)?;
-        for item in t.range::<&[u8]>(bounds(from, to)).map_err(err)? {
-            let (k, v) = item.map_err(err)?;
-            if !f(k.value(), v.value())? {
-                break;
-            }
-        }
-        Ok(())
+        scan_in(&self.db.begin_read().map_err(err)?, table, from, to, f)
+    }
+
+    fn frozen_view(&self) -> Result<Option<Box<dyn ReadView>>> {
+        Ok(Some(Box::new(Frozen(self.db.begin_read().map_err(err)?))))
     }
 
     fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>> {

@@ -1,7 +1,7 @@
 //! The sled engine: one sled tree whose keys are prefixed with the table id, so that
 //! a whole [`WriteBatch`] — across tables — is one atomic `apply_batch`.
 
-use super::{Engine, EngineKind, Op, ScanFn, Table, WriteBatch};
+use super::{Engine, EngineKind, Op, ReadView, ScanFn, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use std::path::{Path, PathBuf};
 
@@ -93,6 +93,11 @@ impl Engine for SledEngine {
             self.sync()?;
         }
         Ok(())
+    }
+
+    fn frozen_view(&self) -> Result<Option<Box<dyn ReadView>>> {
+        // sled iterators see concurrent writes: no frozen view.
+        Ok(None)
     }
 
     fn sync(&self) -> Result<()> {
