@@ -187,16 +187,6 @@ impl TreeIndex {
         }
     }
 
-    /// Count keys of a range that exist at revision `at`.
-    pub fn count(&self, key: &[u8], end: &[u8], at: i64) -> usize {
-        let mut n = 0;
-        self.range(key, end, at, |_, _| {
-            n += 1;
-            true
-        });
-        n
-    }
-
     /// Compact every key at `at`; returns the revisions no longer needed on disk.
     pub fn compact(&mut self, at: i64) -> Vec<Revision> {
         let mut removed = Vec::new();

@@ -139,11 +139,6 @@ impl Mvcc {
         self.compact_rev
     }
 
-    /// Number of keys with retained history.
-    pub fn key_count(&self) -> usize {
-        self.index.len()
-    }
-
     fn encode(kind: u8, kv: &KeyValue) -> Vec<u8> {
         let mut v = Vec::with_capacity(1 + kv.encoded_len());
         v.push(kind);
@@ -649,11 +644,6 @@ impl Mvcc {
             }
         }
         Ok(out)
-    }
-
-    /// Whether writes are staged and not yet committed.
-    pub fn has_pending(&self) -> bool {
-        !self.batch.is_empty()
     }
 
     /// Write everything staged since the last commit, plus `extra`, in one atomic batch.

@@ -370,11 +370,6 @@ impl Wal {
         }
         Ok(())
     }
-
-    /// Total bytes of all segment files (preallocated space included).
-    pub fn size(&self) -> u64 {
-        self.segments.values().map(|s| s.capacity).sum()
-    }
 }
 
 /// Read records located by [`Wal::locate`] (positional reads; no lock needed).

@@ -38,16 +38,6 @@ impl Table {
     /// Every table, in a fixed order.
     pub const ALL: [Table; 4] = [Table::Kv, Table::Meta, Table::RaftState, Table::Lease];
 
-    /// Stable name of the table on disk.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Kv => "kv",
-            Table::Meta => "meta",
-            Table::RaftState => "raft_state",
-            Table::Lease => "lease",
-        }
-    }
-
     /// Stable one-byte id of the table (used as a key prefix by engines with one keyspace).
     pub fn id(self) -> u8 {
         match self {
@@ -101,10 +91,6 @@ impl WriteBatch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
-    /// The queued changes.
-    pub fn ops(&self) -> &[Op] {
-        &self.ops
-    }
     /// Append every change of `other`.
     pub fn extend(&mut self, other: WriteBatch) {
         self.ops.extend(other.ops);
@@ -148,8 +134,6 @@ pub trait Engine: Send + Sync + 'static {
     fn frozen_view(&self) -> Result<Option<Box<dyn ReadView>>>;
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
-    /// Engine name, for logs and status.
-    fn kind(&self) -> EngineKind;
 }
 
 /// Which engine to use.

@@ -1,6 +1,6 @@
 //! The redb engine: one redb table per [`Table`], one redb write transaction per batch.
 
-use super::{Engine, EngineKind, Op, ReadView, ScanFn, Table, WriteBatch};
+use super::{Engine, Op, ReadView, ScanFn, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
@@ -141,9 +141,5 @@ impl Engine for RedbEngine {
 
     fn size_on_disk(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
-    }
-
-    fn kind(&self) -> EngineKind {
-        EngineKind::Redb
     }
 }

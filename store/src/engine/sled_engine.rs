@@ -1,7 +1,7 @@
 //! The sled engine: one sled tree whose keys are prefixed with the table id, so that
 //! a whole [`WriteBatch`] — across tables — is one atomic `apply_batch`.
 
-use super::{Engine, EngineKind, Op, ReadView, ScanFn, Table, WriteBatch};
+use super::{Engine, Op, ReadView, ScanFn, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use std::path::{Path, PathBuf};
 
@@ -106,10 +106,6 @@ impl Engine for SledEngine {
 
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or_else(|_| dir_size(&self.path))
-    }
-
-    fn kind(&self) -> EngineKind {
-        EngineKind::Sled
     }
 }
 
