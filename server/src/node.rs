@@ -156,7 +156,7 @@ impl Node {
             cluster_name: config.cluster_token.clone(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: et,
-            election_timeout_max: et * 2,
+            election_timeout_max: et * 3 / 2,
             install_snapshot_timeout: 10_000.max(et * 10),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             // Keep some entries after a snapshot so a briefly lagging follower catches up
@@ -404,62 +404,93 @@ impl Node {
     }
 
     /// Renew lease `id` (a keepalive): its TTL, or 0 if it does not exist or expired.
+    /// From a follower the renewal is forwarded to the leader; while the leader is dying or
+    /// moving it is re-sent (renewing twice is harmless) until the request timeout, as etcd
+    /// does, so keepalives ride through an election.
     pub async fn lease_renew(&self, id: i64) -> Result<i64> {
-        match self.lease_leader().await? {
-            None => match self.lessor.renew(id) {
-                Some((ttl, reset)) => {
-                    if reset {
-                        // A later leader must not honour the remaining TTL checkpointed
-                        // before this keepalive.
-                        let cp =
-                            LeaseCheckpointRequest { checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: ttl }] };
-                        self.propose(RaftRequest { request: Some(raft_request::Request::LeaseCheckpoint(cp)) }).await?;
-                    }
-                    Ok(ttl)
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            match self.lease_leader().await? {
+                None => {
+                    return match self.lessor.renew(id) {
+                        Some((ttl, reset)) => {
+                            if reset {
+                                // A later leader must not honour the remaining TTL checkpointed
+                                // before this keepalive.
+                                let cp = LeaseCheckpointRequest {
+                                    checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: ttl }],
+                                };
+                                self.propose(RaftRequest { request: Some(raft_request::Request::LeaseCheckpoint(cp)) })
+                                    .await?;
+                            }
+                            Ok(ttl)
+                        }
+                        None => Ok(0),
+                    };
                 }
-                None => Ok(0),
-            },
-            Some((lid, member)) => {
-                let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
-                let r = c.lease_renew(LeaseRenewRequest { cluster_id: self.cluster_id, id }).await?;
-                Ok(r.into_inner().ttl)
+                Some((lid, member)) => {
+                    let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
+                    match c.lease_renew(LeaseRenewRequest { cluster_id: self.cluster_id, id }).await {
+                        Ok(r) => return Ok(r.into_inner().ttl),
+                        Err(s) if leader_moving(&s) && Instant::now() < deadline => {}
+                        Err(s) => return Err(s.into()),
+                    }
+                }
             }
+            tokio::time::sleep(RETRY).await;
         }
     }
 
-    /// A lease's granted and remaining TTL (TTL -1 if it does not exist, as etcd).
+    /// A lease's granted and remaining TTL (TTL -1 if it does not exist, as etcd). Asked
+    /// of the leader, again after a leader change, until the request timeout.
     pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse> {
-        match self.lease_leader().await? {
-            None => {
-                let rev = self.read(|st| st.mvcc.current_revision());
-                Ok(match self.lessor.time_to_live(req.id) {
-                    Some((granted, remaining)) => LeaseTimeToLiveResponse {
-                        header: Some(self.header(rev)),
-                        id: req.id,
-                        ttl: remaining,
-                        granted_ttl: granted,
-                        keys: if req.keys { self.read(|st| st.mvcc.lease_keys(req.id)) } else { vec![] },
-                    },
-                    None => LeaseTimeToLiveResponse {
-                        header: Some(self.header(rev)),
-                        id: req.id,
-                        ttl: -1,
-                        ..Default::default()
-                    },
-                })
+        let deadline = Instant::now() + self.config.request_timeout();
+        loop {
+            match self.lease_leader().await? {
+                None => {
+                    let rev = self.read(|st| st.mvcc.current_revision());
+                    return Ok(match self.lessor.time_to_live(req.id) {
+                        Some((granted, remaining)) => LeaseTimeToLiveResponse {
+                            header: Some(self.header(rev)),
+                            id: req.id,
+                            ttl: remaining,
+                            granted_ttl: granted,
+                            keys: if req.keys { self.read(|st| st.mvcc.lease_keys(req.id)) } else { vec![] },
+                        },
+                        None => LeaseTimeToLiveResponse {
+                            header: Some(self.header(rev)),
+                            id: req.id,
+                            ttl: -1,
+                            ..Default::default()
+                        },
+                    });
+                }
+                Some((lid, member)) => {
+                    let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
+                    let ask = LeaseTtlRequest { cluster_id: self.cluster_id, request: Some(req) };
+                    match c.lease_time_to_live(ask).await {
+                        Ok(r) => {
+                            let mut r = r.into_inner();
+                            let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                            r.header = Some(self.header(rev));
+                            return Ok(r);
+                        }
+                        Err(s) if leader_moving(&s) && Instant::now() < deadline => {}
+                        Err(s) => return Err(s.into()),
+                    }
+                }
             }
-            Some((lid, member)) => {
-                let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
-                let mut r = c
-                    .lease_time_to_live(LeaseTtlRequest { cluster_id: self.cluster_id, request: Some(req) })
-                    .await?
-                    .into_inner();
-                let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                r.header = Some(self.header(rev));
-                Ok(r)
-            }
+            tokio::time::sleep(RETRY).await;
         }
     }
+}
+
+/// Whether a call forwarded to the leader failed because the leader is gone or no longer
+/// leads (so a read-like call may be asked again of the next leader).
+fn leader_moving(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+        || s.message() == crate::error::msg::NOT_LEADER
+        || never_sent(s)
 }
 
 fn into_result(r: RaftResponse) -> Result<RaftResponse> {

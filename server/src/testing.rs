@@ -1,9 +1,15 @@
-//! Starting a member in-process on ephemeral loopback ports: for this workspace's tests
-//! (server, bench, and later the SDK's) and for embedding Cairn in other programs' tests.
+//! Test fixtures for this workspace's tests (server, bench, SDK, cairnctl) and for other
+//! programs' tests: a member started in-process on ephemeral loopback ports, and clusters
+//! of real `cairn` (or `etcd`) processes that can be killed and restarted.
 
 use crate::{Config, Node, NodeHandle};
-use std::path::Path;
-use std::time::Duration;
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_api::etcdserverpb::StatusRequest;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
@@ -33,4 +39,197 @@ pub async fn start_loopback(dir: &Path, extra: &[&str]) -> anyhow::Result<NodeHa
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(h)
+}
+
+fn port() -> u16 {
+    free_port().expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// The `cairn` executable for process tests: `$CAIRN_BIN` if set, else `cairn` next to the
+/// running test's `deps/` directory (`target/debug/cairn`). Panics with the command that
+/// builds it when it is missing.
+pub fn cairn_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = dir.join(format!("cairn{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run `cargo build --bin cairn` first (./scripts/test does)", bin.display());
+    bin
+}
+
+/// One `cairn` process and everything needed to restart it.
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Member {
+    /// `host:port` of the client URL, as etcdctl wants it.
+    pub fn endpoint(&self) -> String {
+        self.client_url.trim_start_matches("http://").to_string()
+    }
+
+    /// Start (or restart) the process on its data directory.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The member's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A set of members forming one cluster (or a single node).
+pub struct Cluster {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start `n` `cairn` members with `extra` flags each, and wait until they serve.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_bin(&cairn_binary(), n, extra).await
+    }
+
+    /// Start `n` members of the program `bin` — `cairn`, or a real `etcd`, which takes the
+    /// same flags — and wait until they serve.
+    pub async fn start_bin(bin: &Path, n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+        let token = format!("test-{}", port());
+        let mut members = Vec::new();
+        for (i, (cp, pp)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let client_url = format!("http://127.0.0.1:{cp}");
+            let peer_url = format!("http://127.0.0.1:{pp}");
+            let data_dir = dir.path().join(&name);
+            let mut args: Vec<String> = vec![
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--listen-client-urls".into(),
+                client_url.clone(),
+                "--advertise-client-urls".into(),
+                client_url.clone(),
+                "--listen-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--initial-cluster-token".into(),
+                token.clone(),
+                "--heartbeat-interval".into(),
+                "50".into(),
+                "--election-timeout".into(),
+                "500".into(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let log = dir.path().join(format!("{name}.log"));
+            members.push(Member {
+                name,
+                client_url,
+                peer_url,
+                data_dir,
+                bin: bin.to_path_buf(),
+                args,
+                child: None,
+                log,
+            });
+        }
+        for m in &mut members {
+            m.start();
+        }
+        let c = Cluster { members, _dir: dir };
+        for i in 0..n {
+            c.wait_ready(i).await;
+        }
+        c
+    }
+
+    /// Wait until member `i` answers Status and a leader is known.
+    pub async fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = MaintenanceClient::connect(self.members[i].client_url.clone()).await {
+                if let Ok(s) = c.status(StatusRequest {}).await {
+                    if s.get_ref().leader != 0 {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "member {i} not ready in 20 s; log:\n{}", self.members[i].log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Index of the member that currently leads (asked of the running members).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_running()) {
+                let Ok(mut c) = MaintenanceClient::connect(m.client_url.clone()).await else { continue };
+                let Ok(s) = c.status(StatusRequest {}).await else { continue };
+                let s = s.into_inner();
+                if s.leader != 0 && s.header.as_ref().is_some_and(|h| h.member_id == s.leader) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among running members in 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Comma-separated endpoints of the running members.
+    pub fn endpoints(&self) -> String {
+        self.members.iter().filter(|m| m.is_running()).map(Member::endpoint).collect::<Vec<_>>().join(",")
+    }
+
+    /// A KV client to member `i`.
+    pub async fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::connect(self.members[i].client_url.clone())
+            .await
+            .expect("connecting to cairn")
+            .max_decoding_message_size(64 << 20)
+    }
 }

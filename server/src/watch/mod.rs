@@ -473,7 +473,13 @@ impl WatchHub {
             let (cur, history) = {
                 let st = self.sm.read().unwrap_or_else(|p| p.into_inner());
                 let cur = st.mvcc.current_revision();
-                (cur, st.mvcc.history(&key, &end, next, cur, (HISTORY_BATCH, HISTORY_BYTES), prev_kv))
+                if next > cur {
+                    // A start revision this member has not reached yet (a client resuming
+                    // here after seeing newer events elsewhere): nothing to replay.
+                    (cur, Ok(Vec::new()))
+                } else {
+                    (cur, st.mvcc.history(&key, &end, next, cur, (HISTORY_BATCH, HISTORY_BYTES), prev_kv))
+                }
             };
             let events = match history {
                 Ok(evs) => evs,
@@ -523,7 +529,8 @@ impl WatchHub {
             }
             next = match (full, last) {
                 (true, Some(l)) => l + 1,
-                _ => cur + 1,
+                // Never below the start revision: events before it are not owed.
+                _ => (cur + 1).max(next),
             };
             if full {
                 continue;
@@ -684,6 +691,27 @@ mod tests {
         sm.hub.cancel(sid, 0, &tx).await;
         assert!(recv(&mut rx).await.canceled);
         assert_eq!(sm.hub.metrics.watchers.load(Ordering::Relaxed), 0);
+        sm.hub.close_stream(sid);
+        sm.hub.stop().await;
+    }
+
+    /// Regression: a client that saw revision N on one member resumes on a member that has
+    /// applied less than N. The watch must start at N + 1, not at the member's revision + 1
+    /// (found by the SDK's failover test as a duplicated event).
+    #[tokio::test]
+    async fn a_start_revision_ahead_of_the_member_skips_nothing_and_repeats_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sm = setup(dir.path());
+        put(&sm, "a", "1"); // rev 2
+        let (tx, mut rx) = mpsc::channel(16);
+        let sid = sm.hub.open_stream(tx.clone());
+        sm.hub.create(sid, WatchCreateRequest { key: "a".into(), start_revision: 4, ..Default::default() }, &tx).await;
+        assert!(recv(&mut rx).await.created);
+        wait_synced(&sm.hub).await;
+        put(&sm, "a", "2"); // rev 3: before the start revision, not owed
+        put(&sm, "a", "3"); // rev 4
+        let first = recv(&mut rx).await;
+        assert_eq!(first.events.iter().map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision)).collect::<Vec<_>>(), [4]);
         sm.hub.close_stream(sid);
         sm.hub.stop().await;
     }

@@ -1,0 +1,299 @@
+//! Connecting to a cluster: the endpoint list, failover, and the retry policy every call
+//! goes through.
+//!
+//! The client keeps one HTTP/2 connection, to one member. When that member stops answering
+//! (connection refused or broken, or it has no leader), the next call dials the next
+//! endpoint. Reads are retried there; writes only when they certainly were not applied
+//! (the connection could not be made, or the member had no leader) — like etcd's clientv3.
+
+use crate::error::{Error, Result};
+use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_api::etcdserverpb::StatusRequest;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// How to connect and how long to wait. `ConnectOptions::default()` suits most programs.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// How long to wait for one endpoint's connection before trying the next (default 5 s).
+    pub dial_timeout: Duration,
+    /// The longest a unary call may take, retries included (default 15 s); `None` waits
+    /// forever. Watch and keep-alive streams are not limited by it.
+    pub request_timeout: Option<Duration>,
+    /// HTTP/2 keep-alive ping interval, which detects a dead or paused member under an
+    /// otherwise quiet watch (default 10 s).
+    pub keep_alive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered before the connection is dropped and
+    /// the client fails over (default 5 s).
+    pub keep_alive_timeout: Duration,
+    /// Connect to the current leader when (re)connecting, so writes and linearizable reads
+    /// skip the follower's forwarding hop (default off: connections spread over members).
+    pub prefer_leader: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            dial_timeout: Duration::from_secs(5),
+            request_timeout: Some(Duration::from_secs(15)),
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            prefer_leader: false,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Set [`ConnectOptions::dial_timeout`].
+    pub fn with_dial_timeout(mut self, t: Duration) -> Self {
+        self.dial_timeout = t;
+        self
+    }
+    /// Set [`ConnectOptions::request_timeout`].
+    pub fn with_request_timeout(mut self, t: Option<Duration>) -> Self {
+        self.request_timeout = t;
+        self
+    }
+    /// Set [`ConnectOptions::keep_alive_interval`] and [`ConnectOptions::keep_alive_timeout`].
+    pub fn with_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive_interval = interval;
+        self.keep_alive_timeout = timeout;
+        self
+    }
+    /// Set [`ConnectOptions::prefer_leader`].
+    pub fn with_prefer_leader(mut self, on: bool) -> Self {
+        self.prefer_leader = on;
+        self
+    }
+}
+
+/// A connection to a Cairn (or etcd) cluster. Cheap to clone; clones share the connection.
+///
+/// ```no_run
+/// # async fn demo() -> cairn_sdk::Result<()> {
+/// use cairn_sdk::{Client, ConnectOptions};
+/// let client = Client::connect(["127.0.0.1:2379", "127.0.0.1:22379"], ConnectOptions::default()).await?;
+/// client.put("greeting", "hello", None).await?;
+/// let resp = client.get("greeting", None).await?;
+/// assert_eq!(resp.kvs[0].value, b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("endpoints", &self.inner.endpoints).finish()
+    }
+}
+
+pub(crate) struct Inner {
+    endpoints: Vec<String>,
+    pub(crate) opts: ConnectOptions,
+    conn: Mutex<Conn>,
+}
+
+struct Conn {
+    /// Index of the endpoint in use (or to try first).
+    index: usize,
+    channel: Option<Channel>,
+    /// Bumped on every new connection, so a failure reported for an old one is ignored.
+    generation: u64,
+}
+
+/// A connection handed to one call, with the generation to report failures against.
+#[derive(Clone)]
+pub(crate) struct Conn1 {
+    pub(crate) channel: Channel,
+    generation: u64,
+}
+
+/// Largest response the client accepts (etcd's clientv3 default: 2 GiB - 1).
+pub(crate) const MAX_DECODE: usize = i32::MAX as usize;
+
+impl Client {
+    /// Connect to a cluster. `endpoints` are `host:port` or `http://host:port`; at least one
+    /// must answer within [`ConnectOptions::dial_timeout`].
+    pub async fn connect<E, S>(endpoints: E, opts: ConnectOptions) -> Result<Client>
+    where
+        E: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list = Vec::new();
+        for e in endpoints {
+            let e = e.as_ref().trim();
+            if e.is_empty() {
+                continue;
+            }
+            if e.starts_with("https://") || e.starts_with("unixs://") {
+                return Err(Error::InvalidArgument(format!("{e}: TLS is not supported by this version of cairn-sdk")));
+            }
+            let uri = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            Endpoint::from_shared(uri.clone()).map_err(|err| Error::InvalidArgument(format!("endpoint {e}: {err}")))?;
+            list.push(uri);
+        }
+        if list.is_empty() {
+            return Err(Error::InvalidArgument("no endpoints given".into()));
+        }
+        let inner = Inner { endpoints: list, opts, conn: Mutex::new(Conn { index: 0, channel: None, generation: 0 }) };
+        let client = Client { inner: Arc::new(inner) };
+        client.inner.conn().await?;
+        Ok(client)
+    }
+
+    /// The endpoints this client was given (as URLs).
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The endpoint the client is connected to now (or will try next).
+    pub fn current_endpoint(&self) -> &str {
+        let i = self.inner.lock().index;
+        &self.inner.endpoints[i]
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
+        // The lock is only held for a few field updates; a panic there cannot leave the
+        // struct half-written, so recovering from poisoning is safe.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn endpoint(&self, i: usize) -> Result<Endpoint> {
+        let o = &self.opts;
+        let e = Endpoint::from_shared(self.endpoints[i].clone())
+            .map_err(|err| Error::InvalidArgument(format!("endpoint {}: {err}", self.endpoints[i])))?;
+        Ok(e.connect_timeout(o.dial_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(o.keep_alive_interval)
+            .keep_alive_timeout(o.keep_alive_timeout)
+            .keep_alive_while_idle(true))
+    }
+
+    async fn dial(&self, i: usize) -> Result<Channel> {
+        let e = self.endpoint(i)?;
+        match tokio::time::timeout(self.opts.dial_timeout, e.connect()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Unavailable(format!(
+                "error trying to connect: timed out after {:?}",
+                self.opts.dial_timeout
+            ))),
+        }
+    }
+
+    /// The connection in use, dialling endpoints in turn (from the current one) if there is
+    /// none. With `prefer_leader`, the leader's endpoint wins when it is among them.
+    pub(crate) async fn conn(&self) -> Result<Conn1> {
+        let start = {
+            let c = self.lock();
+            if let Some(ch) = &c.channel {
+                return Ok(Conn1 { channel: ch.clone(), generation: c.generation });
+            }
+            c.index
+        };
+        let n = self.endpoints.len();
+        let mut errors = Vec::new();
+        let mut reachable = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            match self.dial(i).await {
+                Ok(ch) => {
+                    if !self.opts.prefer_leader || n == 1 {
+                        return Ok(self.install(i, ch));
+                    }
+                    if is_leader(ch.clone(), self.opts.dial_timeout).await {
+                        return Ok(self.install(i, ch));
+                    }
+                    reachable.push((i, ch));
+                }
+                Err(e) => errors.push(format!("{}: {e}", self.endpoints[i])),
+            }
+        }
+        if let Some((i, ch)) = reachable.into_iter().next() {
+            return Ok(self.install(i, ch));
+        }
+        Err(Error::Unavailable(format!("no endpoint reachable ({})", errors.join("; "))))
+    }
+
+    fn install(&self, i: usize, ch: Channel) -> Conn1 {
+        let mut c = self.lock();
+        if let Some(existing) = &c.channel {
+            // Another call connected meanwhile; share its connection.
+            return Conn1 { channel: existing.clone(), generation: c.generation };
+        }
+        c.index = i;
+        c.channel = Some(ch.clone());
+        c.generation += 1;
+        Conn1 { channel: ch, generation: c.generation }
+    }
+
+    /// Report that `conn` failed: the next call connects to the next endpoint.
+    pub(crate) fn failed(&self, conn: &Conn1) {
+        let mut c = self.lock();
+        if c.generation == conn.generation && c.channel.is_some() {
+            c.channel = None;
+            c.index = (c.index + 1) % self.endpoints.len();
+            tracing::debug!(next = %self.endpoints[c.index], "failing over");
+        }
+    }
+
+    /// Run a unary call with the retry policy: `idempotent` calls are retried on transient
+    /// errors; others only when they certainly did not apply. Bounded by the request timeout
+    /// (or 20 attempts without one).
+    pub(crate) async fn unary<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let attempts = async {
+            let mut backoff = Duration::from_millis(25);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (err, conn) = match self.conn().await {
+                    Ok(conn) => match call(conn.channel.clone()).await {
+                        Ok(r) => return Ok(r.into_inner()),
+                        Err(s) => (Error::from(s), Some(conn)),
+                    },
+                    Err(e) => (e, None),
+                };
+                if matches!(err, Error::Unavailable(_) | Error::NoLeader) {
+                    if let Some(conn) = &conn {
+                        self.failed(conn);
+                    }
+                }
+                let retry = if idempotent { err.is_transient() } else { err.is_safe_to_retry() };
+                if !retry || attempt >= 20 {
+                    return Err(err);
+                }
+                tracing::debug!(%err, attempt, "retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        };
+        match self.opts.request_timeout {
+            Some(t) => tokio::time::timeout(t, attempts).await.map_err(|_| Error::Timeout(t))?,
+            None => attempts.await,
+        }
+    }
+}
+
+async fn is_leader(ch: Channel, timeout: Duration) -> bool {
+    let status = tokio::time::timeout(timeout, MaintenanceClient::new(ch).status(StatusRequest {})).await;
+    match status {
+        Ok(Ok(s)) => {
+            let s = s.into_inner();
+            s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader)
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,74 @@
+//! Killing the member (the leader) a client is connected to: reads, watches and keep-alives carry on
+//! through the other members, and the watch has no gap and no duplicate.
+
+use super::harness::Target;
+use cairn_sdk::{Compare, CompareOp, GetOptions, KeyValueExt, PutOptions, Session, Txn, TxnOp, WatchOptions};
+use std::time::Duration;
+
+crate::on_both!(3: watch_and_session_survive_member_death);
+
+async fn watch_and_session_survive_member_death(mut t: Target) {
+    // The watcher connects to the leader, the writer to another member; the leader is
+    // killed mid-way (so the cluster also elects a new leader under the writes).
+    let victim = t.cluster.leader().await;
+    let watcher = t.client_from(victim).await;
+    let writer = t.client_from((victim + 1) % 3).await;
+    assert!(watcher.current_endpoint().ends_with(&t.cluster.members[victim].endpoint()));
+    let mut w = watcher.watch("f/", WatchOptions::new().with_prefix()).await.unwrap();
+    // A 5 s TTL: renewals every ~1.7 s must ride through the election (about 1-1.5 s).
+    let session = Session::new(&watcher, 5).await.unwrap();
+    writer.put("fs/session", "x", PutOptions::new().with_lease(session.lease_id())).await.unwrap();
+
+    const N: usize = 200;
+    let write =
+        tokio::spawn(async move {
+            for i in 0..N {
+                // Create-if-absent, so a retry after an ambiguous error (the leader died with
+                // the write in flight) cannot write the key twice.
+                let key = format!("f/{i:04}");
+                let create = Txn::new()
+                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, i.to_string(), None)]);
+                let mut attempts = 0;
+                while let Err(e) = writer.txn(create.clone()).await {
+                    attempts += 1;
+                    assert!(attempts < 50, "put {i} kept failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            writer
+        });
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    let mut killed = false;
+    while seen.len() < N {
+        let resp = tokio::time::timeout(Duration::from_secs(20), w.message())
+            .await
+            .unwrap_or_else(|_| panic!("the watch stalled after {} events", seen.len()))
+            .expect("the stream is open")
+            .expect("no watch error");
+        for ev in resp.events {
+            let kv = ev.kv.unwrap_or_default();
+            seen.push((kv.key_str().into_owned(), kv.mod_revision));
+        }
+        if !killed && seen.len() >= N / 4 {
+            t.cluster.members[victim].kill();
+            killed = true;
+        }
+    }
+    let writer = write.await.unwrap();
+    let keys: Vec<String> = seen.iter().map(|(k, _)| k.clone()).collect();
+    let want: Vec<String> = (0..N).map(|i| format!("f/{i:04}")).collect();
+    assert_eq!(keys, want, "every write seen once, in order");
+    assert!(seen.windows(2).all(|p| p[0].1 < p[1].1), "revisions increase");
+    assert!(!watcher.current_endpoint().ends_with(&t.cluster.members[victim].endpoint()), "the watcher failed over");
+
+    // Reads through the failed-over client work, and the session outlived its TTL.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = watcher.get("f/", GetOptions::new().with_prefix().with_count_only()).await.unwrap();
+    assert_eq!(r.count as usize, N);
+    assert!(!session.is_lost(), "the keep-alive failed over");
+    assert_eq!(writer.get("fs/session", None).await.unwrap().count, 1);
+}
