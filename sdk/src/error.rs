@@ -12,7 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The requested revision was compacted away. `compact_revision` is the oldest revision
     /// still available when the server said so (a watch tells; a range does not: 0).
-    #[error("etcdserver: mvcc: required revision has been compacted (compact revision {compact_revision})")]
+    #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted {
         /// The compacted revision, when known (0 otherwise).
         compact_revision: i64,
@@ -227,8 +227,11 @@ impl From<tonic::transport::Error> for Error {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
+            let part = s.to_string();
+            if !msg.contains(&part) {
+                msg.push_str(": ");
+                msg.push_str(&part);
+            }
             src = s.source();
         }
         Error::Unavailable(msg)

@@ -106,8 +106,9 @@ impl WatchResponse {
 /// let mut watch = client.watch("/config/", WatchOptions::new().with_prefix()).await?;
 /// while let Some(resp) = watch.message().await {
 ///     for ev in resp?.events {
+///         let kind = ev.r#type();
 ///         let kv = ev.kv.unwrap_or_default();
-///         println!("{:?} {} = {}", ev.r#type(), kv.key_str(), kv.value_str());
+///         println!("{kind:?} {} = {}", kv.key_str(), kv.value_str());
 ///     }
 /// }
 /// # Ok(()) }

@@ -1,0 +1,750 @@
+//! cairnctl: the command-line client for Cairn (and etcd) — etcdctl's commands, flags and
+//! output formats for what the server supports.
+//!
+//! Exit codes: 0 success; 1 the cluster answered with an error or could not be reached;
+//! 2 an invalid command line or input.
+
+mod output;
+mod txn;
+
+use anyhow::Context as _;
+use cairn_sdk::{
+    AlarmType, Client, ConnectOptions, DeleteOptions, Error, GetOptions, GetResponse, PutOptions, SortOrder,
+    SortTarget, WatchOptions,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use output::{lease_hex, Format};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// Bad input on the command line or stdin (exit code 2).
+#[derive(Debug)]
+pub struct BadArgs(pub String);
+
+impl std::fmt::Display for BadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgs {}
+
+#[derive(Parser)]
+#[command(name = "cairnctl", version, about = "Command-line client for Cairn and etcd (etcdctl's commands and flags)")]
+struct Cli {
+    /// gRPC endpoints, comma-separated.
+    #[arg(long, env = "CAIRNCTL_ENDPOINTS", default_value = "127.0.0.1:2379", value_delimiter = ',', global = true)]
+    endpoints: Vec<String>,
+    /// Timeout for establishing a connection.
+    #[arg(long, env = "CAIRNCTL_DIAL_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    dial_timeout: Duration,
+    /// Timeout for short-running commands (everything but watch and keep-alive).
+    #[arg(long, env = "CAIRNCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    command_timeout: Duration,
+    /// Keys per request when reading a large range (read in pages at one revision).
+    #[arg(long, env = "CAIRNCTL_PAGE_SIZE", default_value_t = 10_000, global = true)]
+    page_size: i64,
+    /// Output format.
+    #[arg(short = 'w', long, env = "CAIRNCTL_WRITE_OUT", value_enum, default_value = "simple", global = true)]
+    write_out: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Get a key or a range of keys.
+    Get(GetArgs),
+    /// Put a key (the value is read from stdin if not given).
+    Put(PutArgs),
+    /// Delete a key or a range of keys.
+    Del(DelArgs),
+    /// Run a transaction read from stdin (etcdctl's syntax; -i prompts for each part).
+    Txn {
+        /// Prompt for compares, success and failure requests.
+        #[arg(short, long)]
+        interactive: bool,
+    },
+    /// Watch a key or range and print its events until interrupted.
+    Watch(WatchArgs),
+    /// Discard the history before a revision.
+    Compaction {
+        /// The revision to compact up to.
+        revision: i64,
+        /// Wait until the space is reclaimed.
+        #[arg(long)]
+        physical: bool,
+    },
+    /// Lease commands.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// Membership commands.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Per-endpoint commands.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Alarm commands.
+    #[command(subcommand)]
+    Alarm(AlarmCmd),
+    /// Print cairnctl's version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Order {
+    #[value(name = "ASCEND", alias = "ascend")]
+    Ascend,
+    #[value(name = "DESCEND", alias = "descend")]
+    Descend,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SortBy {
+    #[value(name = "KEY", alias = "key")]
+    Key,
+    #[value(name = "VERSION", alias = "version")]
+    Version,
+    #[value(name = "CREATE", alias = "create")]
+    Create,
+    #[value(name = "MODIFY", alias = "modify")]
+    Modify,
+    #[value(name = "VALUE", alias = "value")]
+    Value,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// The key (or the range start).
+    key: String,
+    /// The range end (exclusive).
+    range_end: Option<String>,
+    /// Get every key with the prefix `key`.
+    #[arg(long)]
+    prefix: bool,
+    /// Get every key from `key` on.
+    #[arg(long)]
+    from_key: bool,
+    /// Read at this revision.
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    /// At most this many keys.
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+    /// Sort order.
+    #[arg(long, value_enum)]
+    order: Option<Order>,
+    /// Sort target.
+    #[arg(long, value_enum)]
+    sort_by: Option<SortBy>,
+    /// Print keys only.
+    #[arg(long)]
+    keys_only: bool,
+    /// Print only the number of keys.
+    #[arg(long)]
+    count_only: bool,
+    /// Print values only.
+    #[arg(long)]
+    print_value_only: bool,
+    /// l (linearizable) or s (serializable).
+    #[arg(long, default_value = "l")]
+    consistency: String,
+    /// Only keys modified at or after this revision.
+    #[arg(long, default_value_t = 0)]
+    min_mod_rev: i64,
+    /// Only keys modified at or before this revision.
+    #[arg(long, default_value_t = 0)]
+    max_mod_rev: i64,
+    /// Only keys created at or after this revision.
+    #[arg(long, default_value_t = 0)]
+    min_create_rev: i64,
+    /// Only keys created at or before this revision.
+    #[arg(long, default_value_t = 0)]
+    max_create_rev: i64,
+}
+
+impl GetArgs {
+    fn sorted(&self) -> bool {
+        self.order.is_some() || self.sort_by.is_some()
+    }
+
+    pub fn options(&self) -> anyhow::Result<(String, GetOptions)> {
+        let mut o = GetOptions::new()
+            .with_revision(self.rev)
+            .with_limit(self.limit)
+            .with_mod_revision_range(self.min_mod_rev, self.max_mod_rev)
+            .with_create_revision_range(self.min_create_rev, self.max_create_rev);
+        o = span(
+            o,
+            &self.range_end,
+            self.prefix,
+            self.from_key,
+            GetOptions::with_prefix,
+            GetOptions::with_from_key,
+            GetOptions::with_range,
+        )?;
+        if self.sorted() {
+            let target = match self.sort_by.unwrap_or(SortBy::Key) {
+                SortBy::Key => SortTarget::Key,
+                SortBy::Version => SortTarget::Version,
+                SortBy::Create => SortTarget::Create,
+                SortBy::Modify => SortTarget::Mod,
+                SortBy::Value => SortTarget::Value,
+            };
+            let order = match self.order.unwrap_or(Order::Ascend) {
+                Order::Ascend => SortOrder::Ascend,
+                Order::Descend => SortOrder::Descend,
+            };
+            o = o.with_sort(target, order);
+        }
+        if self.keys_only {
+            o = o.with_keys_only();
+        }
+        if self.count_only {
+            o = o.with_count_only();
+        }
+        match self.consistency.as_str() {
+            "l" => {}
+            "s" => o = o.with_serializable(),
+            other => return Err(BadArgs(format!("unknown consistency flag {other:?} (l or s)")).into()),
+        }
+        Ok((self.key.clone(), o))
+    }
+}
+
+/// Apply etcdctl's range flags to an options builder.
+fn span<O>(
+    o: O,
+    end: &Option<String>,
+    prefix: bool,
+    from_key: bool,
+    with_prefix: fn(O) -> O,
+    with_from_key: fn(O) -> O,
+    with_range: fn(O, Vec<u8>) -> O,
+) -> anyhow::Result<O> {
+    match (end, prefix, from_key) {
+        (Some(_), true, _) | (Some(_), _, true) => {
+            Err(BadArgs("too many arguments: a range end with --prefix or --from-key".into()).into())
+        }
+        (_, true, true) => Err(BadArgs("--prefix and --from-key cannot be set at the same time".into()).into()),
+        (Some(e), false, false) => Ok(with_range(o, e.clone().into_bytes())),
+        (None, true, false) => Ok(with_prefix(o)),
+        (None, false, true) => Ok(with_from_key(o)),
+        (None, false, false) => Ok(o),
+    }
+}
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// The key.
+    key: String,
+    /// The value (read from stdin if left out).
+    value: Option<String>,
+    /// Attach the key to this lease (hex ID).
+    #[arg(long)]
+    lease: Option<String>,
+    /// Print the previous pair.
+    #[arg(long)]
+    prev_kv: bool,
+    /// Keep the current value.
+    #[arg(long)]
+    ignore_value: bool,
+    /// Keep the current lease.
+    #[arg(long)]
+    ignore_lease: bool,
+}
+
+fn parse_lease(s: &str) -> anyhow::Result<i64> {
+    i64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| BadArgs(format!("bad lease ID {s:?} (hex expected)")).into())
+}
+
+impl PutArgs {
+    pub fn options(&self) -> anyhow::Result<(String, Option<String>, PutOptions)> {
+        let mut o = PutOptions::new();
+        if let Some(l) = &self.lease {
+            o = o.with_lease(parse_lease(l)?);
+        }
+        if self.prev_kv {
+            o = o.with_prev_kv();
+        }
+        if self.ignore_lease {
+            o = o.with_ignore_lease();
+        }
+        let mut value = self.value.clone();
+        if self.ignore_value {
+            o = o.with_ignore_value();
+            value.get_or_insert_with(String::new);
+        }
+        Ok((self.key.clone(), value, o))
+    }
+}
+
+#[derive(Args)]
+pub struct DelArgs {
+    /// The key (or the range start).
+    key: String,
+    /// The range end (exclusive).
+    range_end: Option<String>,
+    /// Delete every key with the prefix `key`.
+    #[arg(long)]
+    prefix: bool,
+    /// Delete every key from `key` on.
+    #[arg(long)]
+    from_key: bool,
+    /// Print the deleted pairs.
+    #[arg(long)]
+    prev_kv: bool,
+}
+
+impl DelArgs {
+    pub fn options(&self) -> anyhow::Result<(String, DeleteOptions)> {
+        let mut o = DeleteOptions::new();
+        if self.prev_kv {
+            o = o.with_prev_kv();
+        }
+        let o = span(
+            o,
+            &self.range_end,
+            self.prefix,
+            self.from_key,
+            DeleteOptions::with_prefix,
+            DeleteOptions::with_from_key,
+            DeleteOptions::with_range,
+        )?;
+        Ok((self.key.clone(), o))
+    }
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// The key (or the range start).
+    key: String,
+    /// The range end (exclusive).
+    range_end: Option<String>,
+    /// Watch every key with the prefix `key`.
+    #[arg(long)]
+    prefix: bool,
+    /// Replay events from this revision.
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    /// Print each event's previous pair.
+    #[arg(long)]
+    prev_kv: bool,
+    /// Ask for progress notifications.
+    #[arg(long)]
+    progress_notify: bool,
+}
+
+#[derive(Subcommand)]
+enum LeaseCmd {
+    /// Grant a lease of TTL seconds.
+    Grant { ttl: i64 },
+    /// Revoke a lease (its keys are deleted).
+    Revoke { id: String },
+    /// A lease's remaining TTL.
+    Timetolive {
+        id: String,
+        /// Also list the attached keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List live leases.
+    List,
+    /// Keep a lease alive until interrupted.
+    KeepAlive {
+        id: String,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// List the cluster's members.
+    List,
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Status of each endpoint.
+    Status {
+        /// Use every member's client URLs (from the member list) as endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Whether each endpoint can commit a linearizable read.
+    Health {
+        /// Use every member's client URLs (from the member list) as endpoints.
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlarmCmd {
+    /// List active alarms.
+    List,
+    /// Clear every alarm.
+    Disarm,
+}
+
+/// Accept etcdctl's environment variables (ETCDCTL_ENDPOINTS, ...) where no CAIRNCTL_ one is set.
+fn adopt_etcdctl_env() {
+    for name in ["ENDPOINTS", "DIAL_TIMEOUT", "COMMAND_TIMEOUT", "WRITE_OUT"] {
+        let ours = format!("CAIRNCTL_{name}");
+        if std::env::var_os(&ours).is_none() {
+            if let Some(v) = std::env::var_os(format!("ETCDCTL_{name}")) {
+                // Single-threaded here: no runtime or other thread exists yet.
+                std::env::set_var(ours, v);
+            }
+        }
+    }
+}
+
+fn main() {
+    adopt_etcdctl_env();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("Error: {e:#}");
+        let code = if e.downcast_ref::<BadArgs>().is_some() { 2 } else { 1 };
+        std::process::exit(code);
+    }
+}
+
+impl Cli {
+    async fn client(&self) -> anyhow::Result<Client> {
+        self.client_to(&self.endpoints).await
+    }
+
+    async fn client_to(&self, endpoints: &[String]) -> anyhow::Result<Client> {
+        let opts = ConnectOptions::default()
+            .with_dial_timeout(self.dial_timeout)
+            .with_request_timeout(Some(self.command_timeout));
+        Ok(Client::connect(endpoints, opts).await?)
+    }
+
+    /// The endpoints to visit one by one: the given ones, or with `cluster` every member's.
+    async fn each_endpoint(&self, cluster: bool) -> anyhow::Result<Vec<String>> {
+        if !cluster {
+            return Ok(self.endpoints.clone());
+        }
+        let members = self.client().await?.member_list().await?;
+        Ok(members.iter().flat_map(|m| m.client_ur_ls.iter().cloned()).collect())
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let w = cli.write_out;
+    match &cli.cmd {
+        Cmd::Version => {
+            println!("cairnctl version: {}", env!("CARGO_PKG_VERSION"));
+            println!("API version: 3.5");
+        }
+        Cmd::Get(a) => {
+            let (key, opts) = a.options()?;
+            let c = cli.client().await?;
+            let paged =
+                (a.prefix || a.from_key || a.range_end.is_some()) && a.limit == 0 && !a.count_only && !a.sorted();
+            let r = if paged {
+                get_paged(&c, &key, opts, a, cli.page_size.max(1)).await?
+            } else {
+                c.get(key, opts).await?
+            };
+            output::print_get(&r, w, a.print_value_only, a.count_only);
+        }
+        Cmd::Put(a) => {
+            let (key, value, opts) = a.options()?;
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::stdin().read_to_string(&mut v).context("reading the value from stdin")?;
+                    v
+                }
+            };
+            let r = cli.client().await?.put(key, value, opts).await?;
+            output::print_put(&r, w);
+        }
+        Cmd::Del(a) => {
+            let (key, opts) = a.options()?;
+            let r = cli.client().await?.delete(key, opts).await?;
+            output::print_del(&r, w);
+        }
+        Cmd::Txn { interactive } => {
+            let t = txn::read(std::io::stdin().lock(), *interactive)?;
+            let r = cli.client().await?.txn(t).await?;
+            output::print_txn(&r, w);
+        }
+        Cmd::Compaction { revision, physical } => {
+            cli.client().await?.compact(*revision, *physical).await?;
+            println!("compacted revision {revision}");
+        }
+        Cmd::Watch(a) => watch(&cli, a).await?,
+        Cmd::Lease(l) => lease(&cli, l).await?,
+        Cmd::Member(MemberCmd::List) => {
+            let c = cli.client().await?;
+            let members = c.member_list().await?;
+            output::print_members(&members, None, w);
+        }
+        Cmd::Endpoint(EndpointCmd::Status { cluster }) => {
+            let mut rows = Vec::new();
+            let mut failed = Vec::new();
+            for ep in cli.each_endpoint(*cluster).await? {
+                match async { anyhow::Ok(cli.client_to(std::slice::from_ref(&ep)).await?.status().await?) }.await {
+                    Ok(s) => rows.push((ep, s)),
+                    Err(e) => failed.push(format!("failed to get the status of endpoint {ep} ({e})")),
+                }
+            }
+            match w {
+                Format::Json => {
+                    let v: Vec<_> = rows.iter().map(|(ep, s)| output::status_json(ep, s)).collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut t = output::table(&output::STATUS_HEADERS);
+                    rows.iter().for_each(|(ep, s)| {
+                        t.add_row(output::status_row(ep, s));
+                    });
+                    println!("{t}");
+                }
+                Format::Simple => rows.iter().for_each(|(ep, s)| println!("{}", output::status_row(ep, s).join(", "))),
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{}", failed.join("; "));
+            }
+        }
+        Cmd::Endpoint(EndpointCmd::Health { cluster }) => {
+            let mut unhealthy = 0;
+            let mut rows = Vec::new();
+            for ep in cli.each_endpoint(*cluster).await? {
+                let start = Instant::now();
+                let r =
+                    async { anyhow::Ok(cli.client_to(std::slice::from_ref(&ep)).await?.get("health", None).await?) }
+                        .await;
+                let took = start.elapsed();
+                // As etcd: a permission error still proves the member commits reads.
+                let err = match r {
+                    Ok(_) => None,
+                    Err(e) if e.downcast_ref::<Error>() == Some(&Error::PermissionDenied) => None,
+                    Err(e) => Some(e.to_string()),
+                };
+                unhealthy += err.is_some() as usize;
+                rows.push((ep, err, took));
+            }
+            match w {
+                Format::Json => {
+                    let v: Vec<_> = rows
+                        .iter()
+                        .map(|(ep, err, took)| {
+                            serde_json::json!({"endpoint": ep, "health": err.is_none(), "took": format!("{took:?}"), "error": err})
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut t = output::table(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"]);
+                    for (ep, err, took) in &rows {
+                        t.add_row(vec![
+                            ep.clone(),
+                            err.is_none().to_string(),
+                            format!("{took:?}"),
+                            err.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+                Format::Simple => {
+                    for (ep, err, took) in &rows {
+                        match err {
+                            None => println!("{ep} is healthy: successfully committed proposal: took = {took:?}"),
+                            Some(e) => println!("{ep} is unhealthy: failed to commit proposal: {e}"),
+                        }
+                    }
+                }
+            }
+            if unhealthy > 0 {
+                anyhow::bail!("unhealthy cluster");
+            }
+        }
+        Cmd::Alarm(a) => {
+            let c = cli.client().await?;
+            let alarms = match a {
+                AlarmCmd::List => c.alarms().await?,
+                AlarmCmd::Disarm => c.alarm_disarm(0, AlarmType::None).await?,
+            };
+            for al in alarms {
+                let name = AlarmType::try_from(al.alarm).map_or("UNKNOWN".to_string(), |t| t.as_str_name().to_string());
+                println!("memberID:{} alarm:{name}", al.member_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read a large range in pages of `page` keys, all at the first page's revision (so the
+/// result is one consistent snapshot), with a progress bar on a terminal.
+async fn get_paged(c: &Client, key: &str, opts: GetOptions, a: &GetArgs, page: i64) -> anyhow::Result<GetResponse> {
+    let first = c.get(key, opts.clone().with_limit(page)).await?;
+    if !first.more {
+        return Ok(first);
+    }
+    let rev = first.header.revision;
+    let total = first.count;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} keys [{bar:30}] {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(first.kvs.len() as u64);
+    let mut all = first;
+    while let Some(last) = all.kvs.last() {
+        let mut next = last.key.clone();
+        next.push(0);
+        // The rest of the original range, from just after the last key.
+        let end = match (a.prefix, a.from_key, &a.range_end) {
+            (true, _, _) => cairn_sdk::prefix_end(key.as_bytes()),
+            (_, true, _) => vec![0],
+            (_, _, Some(e)) => e.clone().into_bytes(),
+            _ => break,
+        };
+        let end = if a.prefix && key.is_empty() { vec![0] } else { end };
+        let mut page_opts = GetOptions::new().with_range(end).with_revision(rev).with_limit(page);
+        if a.keys_only {
+            page_opts = page_opts.with_keys_only();
+        }
+        if a.consistency == "s" {
+            page_opts = page_opts.with_serializable();
+        }
+        page_opts = page_opts
+            .with_mod_revision_range(a.min_mod_rev, a.max_mod_rev)
+            .with_create_revision_range(a.min_create_rev, a.max_create_rev);
+        let page = c.get(next, page_opts).await?;
+        bar.inc(page.kvs.len() as u64);
+        let more = page.more;
+        all.kvs.extend(page.kvs);
+        if !more {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    all.more = false;
+    all.count = total;
+    Ok(all)
+}
+
+async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    let mut o = WatchOptions::new().with_start_revision(a.rev);
+    o = span(
+        o,
+        &a.range_end,
+        a.prefix,
+        false,
+        WatchOptions::with_prefix,
+        WatchOptions::with_from_key,
+        WatchOptions::with_range,
+    )?;
+    if a.prev_kv {
+        o = o.with_prev_kv();
+    }
+    if a.progress_notify {
+        o = o.with_progress_notify();
+    }
+    let c = cli.client().await?;
+    let mut s = c.watch(a.key.clone(), o).await?;
+    while let Some(r) = s.message().await {
+        let r = r?;
+        if r.is_progress_notify() {
+            println!("progress notify: {}", r.header.revision);
+        } else {
+            output::print_events(&r.header, &r.events, cli.write_out);
+        }
+    }
+    Ok(())
+}
+
+async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
+    let c = cli.client().await?;
+    let w = cli.write_out;
+    match l {
+        LeaseCmd::Grant { ttl } => {
+            let r = c.lease_grant(*ttl).await?;
+            match w {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"header": output::header_json(&r.header), "ID": r.id, "TTL": r.ttl})
+                ),
+                _ => println!("lease {} granted with TTL({}s)", lease_hex(r.id), r.ttl),
+            }
+        }
+        LeaseCmd::Revoke { id } => {
+            let id = parse_lease(id)?;
+            c.lease_revoke(id).await?;
+            println!("lease {} revoked", lease_hex(id));
+        }
+        LeaseCmd::Timetolive { id, keys } => {
+            let id = parse_lease(id)?;
+            let r = c.lease_time_to_live(id, *keys).await?;
+            if w == Format::Json {
+                let ks: Vec<String> = r.keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"header": output::header_json(&r.header), "id": r.id, "ttl": r.ttl, "granted-ttl": r.granted_ttl, "keys": ks})
+                );
+            } else if r.ttl == -1 {
+                println!("lease {} already expired", lease_hex(id));
+            } else {
+                let mut line =
+                    format!("lease {} granted with TTL({}s), remaining({}s)", lease_hex(id), r.granted_ttl, r.ttl);
+                if *keys {
+                    let ks: Vec<String> = r.keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+                    line.push_str(&format!(", attached keys([{}])", ks.join(" ")));
+                }
+                println!("{line}");
+            }
+        }
+        LeaseCmd::List => {
+            let ids = c.leases().await?;
+            match w {
+                Format::Json => println!("{}", serde_json::json!({"leases": ids})),
+                _ => {
+                    println!("found {} leases", ids.len());
+                    ids.iter().for_each(|id| println!("{}", lease_hex(*id)));
+                }
+            }
+        }
+        LeaseCmd::KeepAlive { id, once } => {
+            let id = parse_lease(id)?;
+            if *once {
+                let ttl = c.lease_keep_alive_once(id).await?;
+                println!("lease {} keepalived with TTL({ttl})", lease_hex(id));
+                return Ok(());
+            }
+            let ka = c.lease_keep_alive(id);
+            let mut states = ka.subscribe();
+            loop {
+                if states.changed().await.is_err() {
+                    break;
+                }
+                let st = *states.borrow_and_update();
+                match st {
+                    cairn_sdk::LeaseState::Alive { ttl: Some(ttl) } => {
+                        println!("lease {} keepalived with TTL({ttl})", lease_hex(id))
+                    }
+                    cairn_sdk::LeaseState::Alive { ttl: None } => {}
+                    cairn_sdk::LeaseState::Lost => break,
+                }
+            }
+            println!("lease {} expired or revoked.", lease_hex(id));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! How results are printed: etcdctl's `simple` lines, `json` (etcdctl's field names, bytes
+//! as base64, zero values left out) and `table` (comfy-table).
+
+use base64::Engine as _;
+use cairn_sdk::proto::etcdserverpb::StatusResponse;
+use cairn_sdk::{
+    DeleteResponse, Event, GetResponse, Header, KeyValue, Member, PutResponse, TxnOpResponse, TxnResponse,
+};
+use clap::ValueEnum;
+use serde_json::{json, Map, Value};
+
+/// The `-w/--write-out` formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// etcdctl's plain lines.
+    Simple,
+    /// One JSON object per response.
+    Json,
+    /// A table, for lists.
+    Table,
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Drop zero values, as Go's `omitempty` does.
+fn obj(pairs: Vec<(&str, Value)>) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        let zero = match &v {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Number(n) => n.as_i64() == Some(0) || n.as_u64() == Some(0),
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(_) => false,
+        };
+        if !zero {
+            m.insert(k.to_string(), v);
+        }
+    }
+    Value::Object(m)
+}
+
+pub fn header_json(h: &Header) -> Value {
+    obj(vec![
+        ("cluster_id", json!(h.cluster_id)),
+        ("member_id", json!(h.member_id)),
+        ("revision", json!(h.revision)),
+        ("raft_term", json!(h.raft_term)),
+    ])
+}
+
+pub fn kv_json(kv: &KeyValue) -> Value {
+    obj(vec![
+        ("key", json!(b64(&kv.key))),
+        ("create_revision", json!(kv.create_revision)),
+        ("mod_revision", json!(kv.mod_revision)),
+        ("version", json!(kv.version)),
+        ("value", json!(b64(&kv.value))),
+        ("lease", json!(kv.lease)),
+    ])
+}
+
+pub fn get_json(r: &GetResponse) -> Value {
+    obj(vec![
+        ("header", header_json(&r.header)),
+        ("kvs", Value::Array(r.kvs.iter().map(kv_json).collect())),
+        ("more", json!(r.more)),
+        ("count", json!(r.count)),
+    ])
+}
+
+pub fn put_json(r: &PutResponse) -> Value {
+    obj(vec![("header", header_json(&r.header)), ("prev_kv", r.prev_kv.as_ref().map_or(Value::Null, kv_json))])
+}
+
+pub fn del_json(r: &DeleteResponse) -> Value {
+    obj(vec![
+        ("header", header_json(&r.header)),
+        ("deleted", json!(r.deleted)),
+        ("prev_kvs", Value::Array(r.prev_kvs.iter().map(kv_json).collect())),
+    ])
+}
+
+pub fn txn_json(r: &TxnResponse) -> Value {
+    let ops: Vec<Value> = r
+        .responses
+        .iter()
+        .map(|o| match o {
+            TxnOpResponse::Get(g) => json!({ "Response": { "response_range": get_json(g) } }),
+            TxnOpResponse::Put(p) => json!({ "Response": { "response_put": put_json(p) } }),
+            TxnOpResponse::Delete(d) => json!({ "Response": { "response_delete_range": del_json(d) } }),
+            TxnOpResponse::Txn(t) => json!({ "Response": { "response_txn": txn_json(t) } }),
+        })
+        .collect();
+    obj(vec![("header", header_json(&r.header)), ("succeeded", json!(r.succeeded)), ("responses", Value::Array(ops))])
+}
+
+pub fn event_json(e: &Event) -> Value {
+    obj(vec![
+        ("type", json!(e.r#type)),
+        ("kv", e.kv.as_ref().map_or(Value::Null, kv_json)),
+        ("prev_kv", e.prev_kv.as_ref().map_or(Value::Null, kv_json)),
+    ])
+}
+
+pub fn member_json(m: &Member) -> Value {
+    obj(vec![
+        ("ID", json!(m.id)),
+        ("name", json!(m.name)),
+        ("peerURLs", json!(m.peer_ur_ls)),
+        ("clientURLs", json!(m.client_ur_ls)),
+        ("isLearner", json!(m.is_learner)),
+    ])
+}
+
+pub fn status_json(endpoint: &str, s: &StatusResponse) -> Value {
+    let h = Header::from(s.header);
+    json!({
+        "Endpoint": endpoint,
+        "Status": obj(vec![
+            ("header", header_json(&h)),
+            ("version", json!(s.version)),
+            ("dbSize", json!(s.db_size)),
+            ("leader", json!(s.leader)),
+            ("raftIndex", json!(s.raft_index)),
+            ("raftTerm", json!(s.raft_term)),
+            ("raftAppliedIndex", json!(s.raft_applied_index)),
+            ("errors", json!(s.errors)),
+            ("dbSizeInUse", json!(s.db_size_in_use)),
+            ("isLearner", json!(s.is_learner)),
+        ]),
+    })
+}
+
+/// Print a pair the way etcdctl does: the key line, then the value line (empty with
+/// `--keys-only`); only the value line with `--print-value-only`.
+pub fn print_kv(kv: &KeyValue, value_only: bool) {
+    if !value_only {
+        println!("{}", String::from_utf8_lossy(&kv.key));
+    }
+    println!("{}", String::from_utf8_lossy(&kv.value));
+}
+
+pub fn print_get(r: &GetResponse, format: Format, value_only: bool, count_only: bool) {
+    match format {
+        Format::Json => println!("{}", get_json(r)),
+        Format::Table => {
+            let mut t = table(&["KEY", "VALUE", "CREATE REV", "MOD REV", "VERSION", "LEASE"]);
+            for kv in &r.kvs {
+                t.add_row(vec![
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    kv.create_revision.to_string(),
+                    kv.mod_revision.to_string(),
+                    kv.version.to_string(),
+                    lease_hex(kv.lease),
+                ]);
+            }
+            println!("{t}");
+        }
+        Format::Simple if count_only => println!("{}", r.count),
+        Format::Simple => r.kvs.iter().for_each(|kv| print_kv(kv, value_only)),
+    }
+}
+
+pub fn print_put(r: &PutResponse, format: Format) {
+    match format {
+        Format::Json => println!("{}", put_json(r)),
+        _ => {
+            println!("OK");
+            if let Some(kv) = &r.prev_kv {
+                print_kv(kv, false);
+            }
+        }
+    }
+}
+
+pub fn print_del(r: &DeleteResponse, format: Format) {
+    match format {
+        Format::Json => println!("{}", del_json(r)),
+        _ => {
+            println!("{}", r.deleted);
+            r.prev_kvs.iter().for_each(|kv| print_kv(kv, false));
+        }
+    }
+}
+
+pub fn print_txn(r: &TxnResponse, format: Format) {
+    if format == Format::Json {
+        println!("{}", txn_json(r));
+        return;
+    }
+    println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+    for op in &r.responses {
+        println!();
+        match op {
+            TxnOpResponse::Get(g) => print_get(g, Format::Simple, false, false),
+            TxnOpResponse::Put(p) => print_put(p, Format::Simple),
+            TxnOpResponse::Delete(d) => print_del(d, Format::Simple),
+            TxnOpResponse::Txn(t) => print_txn(t, Format::Simple),
+        }
+    }
+}
+
+pub fn print_events(header: &Header, events: &[Event], format: Format) {
+    if format == Format::Json {
+        let evs: Vec<Value> = events.iter().map(event_json).collect();
+        println!("{}", obj(vec![("Header", header_json(header)), ("Events", Value::Array(evs))]));
+        return;
+    }
+    for e in events {
+        println!("{}", if e.r#type == 1 { "DELETE" } else { "PUT" });
+        if let Some(p) = &e.prev_kv {
+            print_kv(p, false);
+        }
+        if let Some(kv) = &e.kv {
+            print_kv(kv, false);
+        }
+    }
+}
+
+pub fn table(headers: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::ASCII_FULL).set_header(headers.to_vec());
+    t
+}
+
+/// A lease ID as etcdctl prints it.
+pub fn lease_hex(id: i64) -> String {
+    format!("{:016x}", id)
+}
+
+pub fn print_members(members: &[Member], header: Option<Header>, format: Format) {
+    match format {
+        Format::Json => {
+            let ms: Vec<Value> = members.iter().map(member_json).collect();
+            println!(
+                "{}",
+                obj(vec![("header", header.as_ref().map_or(Value::Null, header_json)), ("members", Value::Array(ms))])
+            );
+        }
+        Format::Table => {
+            let mut t = table(&["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"]);
+            for m in members {
+                t.add_row(member_row(m));
+            }
+            println!("{t}");
+        }
+        Format::Simple => members.iter().for_each(|m| println!("{}", member_row(m).join(", "))),
+    }
+}
+
+fn member_row(m: &Member) -> Vec<String> {
+    let started = if m.name.is_empty() { "unstarted" } else { "started" };
+    vec![
+        format!("{:x}", m.id),
+        started.into(),
+        m.name.clone(),
+        m.peer_ur_ls.join(","),
+        m.client_ur_ls.join(","),
+        m.is_learner.to_string(),
+    ]
+}
+
+pub fn status_row(endpoint: &str, s: &StatusResponse) -> Vec<String> {
+    let id = s.header.map_or(0, |h| h.member_id);
+    vec![
+        endpoint.to_string(),
+        format!("{id:x}"),
+        s.version.clone(),
+        human_bytes(s.db_size),
+        (s.leader == id).to_string(),
+        s.is_learner.to_string(),
+        s.raft_term.to_string(),
+        s.raft_index.to_string(),
+        s.raft_applied_index.to_string(),
+        s.errors.join(", "),
+    ]
+}
+
+pub const STATUS_HEADERS: [&str; 10] = [
+    "ENDPOINT",
+    "ID",
+    "VERSION",
+    "DB SIZE",
+    "IS LEADER",
+    "IS LEARNER",
+    "RAFT TERM",
+    "RAFT INDEX",
+    "RAFT APPLIED INDEX",
+    "ERRORS",
+];
+
+/// Sizes as etcdctl prints them (decimal units: "20 kB").
+pub fn human_bytes(n: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.0} {}", units[u])
+    }
+}

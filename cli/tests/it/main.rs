@@ -1,0 +1,279 @@
+//! cairnctl end to end: the real binary against real `cairn` processes, checking output in
+//! each format, stdin handling, streaming commands, and exit codes for errors.
+
+use cairn_server::testing::Cluster;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn cairnctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .env_remove("CAIRNCTL_ENDPOINTS")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning cairnctl");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("piped").write_all(input.as_bytes()).expect("writing stdin");
+    }
+    child.wait_with_output().expect("waiting for cairnctl")
+}
+
+fn ok(endpoints: &str, args: &[&str]) -> String {
+    let out = cairnctl(endpoints, args, None);
+    assert!(out.status.success(), "cairnctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("invalid JSON ({e}): {s}"))
+}
+
+/// A streaming cairnctl whose stdout is read line by line; killed on drop.
+struct Streaming {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Streaming {
+    fn start(endpoints: &str, args: &[&str]) -> Streaming {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+            .arg(format!("--endpoints={endpoints}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning cairnctl");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Streaming { child, lines }
+    }
+
+    fn take(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => panic!("only {} of {n} lines in 15 s: {out:?}", out.len()),
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn kv_commands_in_every_format() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    assert_eq!(ok(&ep, &["put", "foo", "bar"]), "OK\n");
+    // The value from stdin when left out.
+    let out = cairnctl(&ep, &["put", "piped"], Some("from stdin"));
+    assert!(out.status.success());
+    assert_eq!(ok(&ep, &["get", "piped", "--print-value-only"]), "from stdin\n");
+    assert_eq!(ok(&ep, &["put", "foo", "baz", "--prev-kv"]), "OK\nfoo\nbar\n");
+    assert_eq!(ok(&ep, &["get", "foo"]), "foo\nbaz\n");
+    let j = json(&ok(&ep, &["get", "foo", "-w", "json"]));
+    assert_eq!(j["kvs"][0]["key"], "Zm9v");
+    assert_eq!(j["kvs"][0]["value"], "YmF6");
+    assert_eq!(j["kvs"][0]["version"], 2);
+    assert_eq!(j["count"], 1);
+    assert!(j["header"]["revision"].as_i64().is_some_and(|r| r >= 3));
+    let t = ok(&ep, &["get", "foo", "-w", "table"]);
+    assert!(t.contains("| KEY") && t.contains("| foo") && t.contains("baz"), "{t}");
+
+    for i in 0..25 {
+        ok(&ep, &["put", &format!("p/{i:02}"), &format!("v{i}")]);
+    }
+    // Paged (7 keys a page) output equals one unpaged read.
+    let paged = ok(&ep, &["get", "p/", "--prefix", "--page-size", "7"]);
+    let whole = ok(&ep, &["get", "p/", "--prefix", "--order", "ASCEND"]);
+    assert_eq!(paged, whole);
+    assert_eq!(paged.lines().count(), 50);
+    let pj = json(&ok(&ep, &["get", "p/", "--prefix", "--page-size", "7", "-w", "json"]));
+    assert_eq!((pj["count"].as_i64(), pj["kvs"].as_array().map(Vec::len), pj.get("more")), (Some(25), Some(25), None));
+    assert_eq!(ok(&ep, &["get", "p/", "--prefix", "--count-only"]), "25\n");
+    assert_eq!(ok(&ep, &["get", "p/", "--prefix", "--limit", "2", "--keys-only"]), "p/00\n\np/01\n\n");
+    assert_eq!(
+        ok(&ep, &["get", "p/", "--prefix", "--limit", "1", "--order", "DESCEND", "--print-value-only"]),
+        "v24\n"
+    );
+    assert_eq!(ok(&ep, &["get", "p/05", "p/07", "--keys-only"]), "p/05\n\np/06\n\n");
+    assert_eq!(ok(&ep, &["del", "p/1", "p/2"]), "10\n");
+    assert_eq!(ok(&ep, &["del", "p/", "--prefix", "--prev-kv"]).lines().count(), 1 + 15 * 2);
+
+    // Transactions from stdin, with and without prompts.
+    let txn = "value(\"foo\") = \"baz\"\n\nput foo qux\nget foo\n\nget foo\n\n";
+    let out = cairnctl(&ep, &["txn"], Some(txn));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SUCCESS\n\nOK\n\nfoo\nqux\n");
+    let out = cairnctl(&ep, &["txn", "-i"], Some(txn));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.starts_with("compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\nFAILURE"),
+        "{s}"
+    );
+    let j = json(&String::from_utf8_lossy(&cairnctl(&ep, &["txn", "-w", "json"], Some(txn)).stdout));
+    assert!(j.get("succeeded").is_none(), "a failed txn omits succeeded as etcdctl: {j}");
+
+    // Compaction, then reading the compacted past is an error with exit code 1.
+    let rev = json(&ok(&ep, &["get", "foo", "-w", "json"]))["header"]["revision"].as_i64().expect("revision");
+    assert_eq!(ok(&ep, &["compaction", &rev.to_string(), "--physical"]), format!("compacted revision {rev}\n"));
+    let out = cairnctl(&ep, &["get", "foo", "--rev", "2"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "Error: etcdserver: mvcc: required revision has been compacted\n");
+}
+
+#[tokio::test]
+async fn errors_exit_non_zero_with_one_line() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let cases: [(&[&str], Option<&str>, i32, &str); 6] = [
+        (&["get"], None, 2, "required arguments"),
+        (&["del", "a", "--prefix", "--from-key"], None, 2, "cannot be set at the same time"),
+        (&["txn"], Some("mod(\"k\" > \"1\"\n\n\n"), 2, "malformed comparison"),
+        (&["put", "k", "v", "--lease", "zz"], None, 2, "bad lease ID"),
+        (&["put", "k", "v", "--lease", "1234"], None, 1, "Error: etcdserver: requested lease not found"),
+        (&["put", "", "v"], None, 1, "Error: etcdserver: key is not provided"),
+    ];
+    for (args, stdin, code, msg) in cases {
+        let out = cairnctl(&ep, args, stdin);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    let out = cairnctl("127.0.0.1:1", &["--dial-timeout", "1s", "get", "k"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("Error: unavailable: no endpoint reachable") && err.lines().count() == 1, "{err}");
+    // Every command has --help.
+    for cmd in [
+        &["get"][..],
+        &["put"],
+        &["del"],
+        &["txn"],
+        &["watch"],
+        &["compaction"],
+        &["lease", "grant"],
+        &["lease", "keep-alive"],
+        &["member", "list"],
+        &["endpoint", "status"],
+        &["alarm", "disarm"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = ok(&ep, &args);
+        assert!(out.contains("Usage: cairnctl"), "{cmd:?}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn watch_and_lease_commands() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let w = Streaming::start(&ep, &["watch", "w/", "--prefix", "--prev-kv"]);
+    // The watch is created before its first event is printed; retry the first put until seen.
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&ep, &["put", "w/a", "1"]);
+    ok(&ep, &["put", "w/a", "2"]);
+    ok(&ep, &["del", "w/a"]);
+    let lines = w.take(3 + 5 + 5);
+    assert_eq!(lines, ["PUT", "w/a", "1", "PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2", "w/a", ""]);
+    drop(w);
+
+    let granted = ok(&ep, &["lease", "grant", "60"]);
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    assert_eq!(granted, format!("lease {id} granted with TTL(60s)\n"));
+    ok(&ep, &["put", "l/k", "v", "--lease", &id]);
+    let ttl = ok(&ep, &["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(60s), remaining("))
+            && ttl.ends_with("attached keys([l/k])\n"),
+        "{ttl}"
+    );
+    assert_eq!(ok(&ep, &["lease", "list"]), format!("found 1 leases\n{id}\n"));
+    assert_eq!(ok(&ep, &["lease", "keep-alive", "--once", &id]), format!("lease {id} keepalived with TTL(60)\n"));
+    assert_eq!(ok(&ep, &["lease", "revoke", &id]), format!("lease {id} revoked\n"));
+    // keep-alive renews every TTL/3 and ends when the lease is gone.
+    let short = ok(&ep, &["lease", "grant", "3"]).split_whitespace().nth(1).expect("lease id").to_string();
+    let ka = Streaming::start(&ep, &["lease", "keep-alive", &short]);
+    assert_eq!(
+        ka.take(2),
+        [format!("lease {short} keepalived with TTL(3)"), format!("lease {short} keepalived with TTL(3)")]
+    );
+    ok(&ep, &["lease", "revoke", &short]);
+    assert_eq!(ka.take(1), [format!("lease {short} expired or revoked.")]);
+    assert_eq!(ok(&ep, &["get", "l/k", "--count-only"]), "0\n");
+    assert_eq!(ok(&ep, &["lease", "timetolive", &id]), format!("lease {id} already expired\n"));
+    let out = cairnctl(&ep, &["lease", "revoke", &id], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "Error: etcdserver: requested lease not found\n");
+}
+
+#[tokio::test]
+async fn cluster_commands_and_etcdctl_environment() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = c.members[0].endpoint();
+    let members = ok(&ep, &["member", "list"]);
+    assert_eq!(members.lines().count(), 3);
+    for m in &c.members {
+        assert!(
+            members.contains(&format!(", started, {}, {}, {}, false", m.name, m.peer_url, m.client_url)),
+            "{members}"
+        );
+    }
+    let j = json(&ok(&ep, &["member", "list", "-w", "json"]));
+    assert_eq!(j["members"].as_array().map(Vec::len), Some(3));
+
+    let status = json(&ok(&ep, &["endpoint", "status", "--cluster", "-w", "json"]));
+    let rows = status.as_array().expect("an array");
+    assert_eq!(rows.len(), 3);
+    let leaders: Vec<_> = rows.iter().map(|r| r["Status"]["leader"].clone()).collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0] && l.as_u64().is_some()), "{leaders:?}");
+    let table = ok(&ep, &["endpoint", "status", "--cluster", "-w", "table"]);
+    assert_eq!(table.matches("| true ").count(), 1, "one leader: {table}");
+    let health = ok(&ep, &["endpoint", "health", "--cluster"]);
+    assert_eq!(health.matches("is healthy: successfully committed proposal").count(), 3, "{health}");
+    assert_eq!(ok(&ep, &["alarm", "list"]), "");
+    assert_eq!(ok(&ep, &["alarm", "disarm"]), "");
+
+    // A dead member: health fails with exit 1 and names it; status still reports the rest.
+    let mut c = c;
+    c.members[2].kill();
+    let all = format!("{},{},{}", c.members[0].endpoint(), c.members[1].endpoint(), c.members[2].endpoint());
+    let out = cairnctl(&all, &["--dial-timeout", "1s", "endpoint", "health"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains(&format!("{} is unhealthy", c.members[2].endpoint())), "{s}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "Error: unhealthy cluster\n");
+
+    // etcdctl's environment variables work as ours.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["put", "env", "ok"])
+        .env_remove("CAIRNCTL_ENDPOINTS")
+        .env("ETCDCTL_ENDPOINTS", &ep)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("running cairnctl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    assert_eq!(ok(&ep, &["get", "env", "--print-value-only"]), "ok\n");
+}
