@@ -5,7 +5,7 @@ use super::harness::Target;
 use cairn_sdk::{Compare, CompareOp, GetOptions, KeyValueExt, PutOptions, Session, Txn, TxnOp, WatchOptions};
 use std::time::Duration;
 
-crate::on_both!(3: watch_and_session_survive_member_death);
+crate::on_both!(3: watch_and_session_survive_member_death, prefer_leader_connects_to_the_leader);
 
 async fn watch_and_session_survive_member_death(mut t: Target) {
     // The watcher connects to the leader, the writer to another member; the leader is
@@ -71,4 +71,16 @@ async fn watch_and_session_survive_member_death(mut t: Target) {
     assert_eq!(r.count as usize, N);
     assert!(!session.is_lost(), "the keep-alive failed over");
     assert_eq!(writer.get("fs/session", None).await.unwrap().count, 1);
+}
+
+async fn prefer_leader_connects_to_the_leader(t: Target) {
+    let leader = t.cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let eps: Vec<String> = (0..3).map(|k| t.cluster.members[(follower + k) % 3].endpoint()).collect();
+    let plain = cairn_sdk::Client::connect(eps.clone(), Target::options()).await.unwrap();
+    assert!(plain.current_endpoint().ends_with(&t.cluster.members[follower].endpoint()), "first endpoint by default");
+    let c = cairn_sdk::Client::connect(eps, Target::options().with_prefer_leader(true)).await.unwrap();
+    assert!(c.current_endpoint().ends_with(&t.cluster.members[leader].endpoint()), "{}", c.current_endpoint());
+    let s = c.status().await.unwrap();
+    assert_eq!(s.header.unwrap_or_default().member_id, s.leader);
 }
