@@ -233,7 +233,16 @@ async fn watch_and_lease_commands() {
 async fn cluster_commands_and_etcdctl_environment() {
     let c = Cluster::start(3, &[]).await;
     let ep = c.members[0].endpoint();
-    let members = ok(&ep, &["member", "list"]);
+    // Members publish their names and client URLs through Raft just after they start
+    // (until then etcd and Cairn list them as "unstarted").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let members = loop {
+        let m = ok(&ep, &["member", "list"]);
+        if !m.contains("unstarted") || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(members.lines().count(), 3);
     for m in &c.members {
         assert!(

@@ -6,7 +6,15 @@ crate::on_both!(1: members_and_status);
 
 async fn members_and_status(t: Target) {
     let c = t.client().await;
-    let members = c.member_list().await.unwrap();
+    // A member publishes its name and client URLs through Raft just after it starts.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let members = loop {
+        let m = c.member_list().await.unwrap();
+        if m.iter().all(|m| !m.name.is_empty()) || tokio::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(members.len(), 1);
     let m = &members[0];
     assert_eq!(m.name, "m0");
