@@ -113,18 +113,61 @@ enum SortBy {
     Value,
 }
 
+/// The keys a get, del or watch covers: etcdctl's `key [range_end]`, `--prefix`, `--from-key`.
 #[derive(Args)]
-pub struct GetArgs {
+pub struct RangeArgs {
     /// The key (or the range start).
     key: String,
     /// The range end (exclusive).
     range_end: Option<String>,
-    /// Get every key with the prefix `key`.
+    /// Every key with the prefix `key`.
     #[arg(long)]
     prefix: bool,
-    /// Get every key from `key` on.
+    /// Every key from `key` on.
     #[arg(long)]
     from_key: bool,
+}
+
+impl RangeArgs {
+    /// Whether more than one key is covered.
+    fn is_range(&self) -> bool {
+        self.prefix || self.from_key || self.range_end.is_some()
+    }
+
+    /// Apply the flags to an SDK options builder, refusing contradictory ones.
+    fn apply<O>(
+        &self,
+        o: O,
+        with_prefix: fn(O) -> O,
+        with_from_key: fn(O) -> O,
+        with_range: fn(O, Vec<u8>) -> O,
+    ) -> anyhow::Result<O> {
+        match (&self.range_end, self.prefix, self.from_key) {
+            (Some(_), true, _) | (Some(_), _, true) => {
+                Err(BadArgs("too many arguments: a range end with --prefix or --from-key".into()).into())
+            }
+            (_, true, true) => Err(BadArgs("--prefix and --from-key cannot be set at the same time".into()).into()),
+            (Some(e), false, false) => Ok(with_range(o, e.clone().into_bytes())),
+            (None, true, false) => Ok(with_prefix(o)),
+            (None, false, true) => Ok(with_from_key(o)),
+            (None, false, false) => Ok(o),
+        }
+    }
+
+    /// The end of the covered range (for a range).
+    fn end(&self) -> Vec<u8> {
+        match &self.range_end {
+            Some(e) => e.clone().into_bytes(),
+            None if self.prefix => cairn_sdk::prefix_end(self.key.as_bytes()),
+            None => vec![0],
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    range: RangeArgs,
     /// Read at this revision.
     #[arg(long, default_value_t = 0)]
     rev: i64,
@@ -174,15 +217,7 @@ impl GetArgs {
             .with_limit(self.limit)
             .with_mod_revision_range(self.min_mod_rev, self.max_mod_rev)
             .with_create_revision_range(self.min_create_rev, self.max_create_rev);
-        o = span(
-            o,
-            &self.range_end,
-            self.prefix,
-            self.from_key,
-            GetOptions::with_prefix,
-            GetOptions::with_from_key,
-            GetOptions::with_range,
-        )?;
+        o = self.range.apply(o, GetOptions::with_prefix, GetOptions::with_from_key, GetOptions::with_range)?;
         if self.sorted() {
             let target = match self.sort_by.unwrap_or(SortBy::Key) {
                 SortBy::Key => SortTarget::Key,
@@ -208,29 +243,7 @@ impl GetArgs {
             "s" => o = o.with_serializable(),
             other => return Err(BadArgs(format!("unknown consistency flag {other:?} (l or s)")).into()),
         }
-        Ok((self.key.clone(), o))
-    }
-}
-
-/// Apply etcdctl's range flags to an options builder.
-fn span<O>(
-    o: O,
-    end: &Option<String>,
-    prefix: bool,
-    from_key: bool,
-    with_prefix: fn(O) -> O,
-    with_from_key: fn(O) -> O,
-    with_range: fn(O, Vec<u8>) -> O,
-) -> anyhow::Result<O> {
-    match (end, prefix, from_key) {
-        (Some(_), true, _) | (Some(_), _, true) => {
-            Err(BadArgs("too many arguments: a range end with --prefix or --from-key".into()).into())
-        }
-        (_, true, true) => Err(BadArgs("--prefix and --from-key cannot be set at the same time".into()).into()),
-        (Some(e), false, false) => Ok(with_range(o, e.clone().into_bytes())),
-        (None, true, false) => Ok(with_prefix(o)),
-        (None, false, true) => Ok(with_from_key(o)),
-        (None, false, false) => Ok(o),
+        Ok((self.range.key.clone(), o))
     }
 }
 
@@ -282,16 +295,8 @@ impl PutArgs {
 
 #[derive(Args)]
 pub struct DelArgs {
-    /// The key (or the range start).
-    key: String,
-    /// The range end (exclusive).
-    range_end: Option<String>,
-    /// Delete every key with the prefix `key`.
-    #[arg(long)]
-    prefix: bool,
-    /// Delete every key from `key` on.
-    #[arg(long)]
-    from_key: bool,
+    #[command(flatten)]
+    range: RangeArgs,
     /// Print the deleted pairs.
     #[arg(long)]
     prev_kv: bool,
@@ -303,28 +308,16 @@ impl DelArgs {
         if self.prev_kv {
             o = o.with_prev_kv();
         }
-        let o = span(
-            o,
-            &self.range_end,
-            self.prefix,
-            self.from_key,
-            DeleteOptions::with_prefix,
-            DeleteOptions::with_from_key,
-            DeleteOptions::with_range,
-        )?;
-        Ok((self.key.clone(), o))
+        let o =
+            self.range.apply(o, DeleteOptions::with_prefix, DeleteOptions::with_from_key, DeleteOptions::with_range)?;
+        Ok((self.range.key.clone(), o))
     }
 }
 
 #[derive(Args)]
 struct WatchArgs {
-    /// The key (or the range start).
-    key: String,
-    /// The range end (exclusive).
-    range_end: Option<String>,
-    /// Watch every key with the prefix `key`.
-    #[arg(long)]
-    prefix: bool,
+    #[command(flatten)]
+    range: RangeArgs,
     /// Replay events from this revision.
     #[arg(long, default_value_t = 0)]
     rev: i64,
@@ -452,10 +445,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Get(a) => {
             let (key, opts) = a.options()?;
             let c = cli.client().await?;
-            let paged =
-                (a.prefix || a.from_key || a.range_end.is_some()) && a.limit == 0 && !a.count_only && !a.sorted();
+            let paged = a.range.is_range() && a.limit == 0 && !a.count_only && !a.sorted();
             let r = if paged {
-                get_paged(&c, &key, opts, a, cli.page_size.max(1)).await?
+                get_paged(&c, &key, opts, a.range.end(), cli.page_size.max(1)).await?
             } else {
                 c.get(key, opts).await?
             };
@@ -590,9 +582,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read a large range in pages of `page` keys, all at the first page's revision (so the
-/// result is one consistent snapshot), with a progress bar on a terminal.
-async fn get_paged(c: &Client, key: &str, opts: GetOptions, a: &GetArgs, page: i64) -> anyhow::Result<GetResponse> {
+/// Read a large range (`key` up to `end`) in pages of `page` keys, all at the first page's
+/// revision (so the result is one consistent snapshot), with a progress bar on a terminal.
+async fn get_paged(c: &Client, key: &str, opts: GetOptions, end: Vec<u8>, page: i64) -> anyhow::Result<GetResponse> {
     let first = c.get(key, opts.clone().with_limit(page)).await?;
     if !first.more {
         return Ok(first);
@@ -609,24 +601,8 @@ async fn get_paged(c: &Client, key: &str, opts: GetOptions, a: &GetArgs, page: i
     while let Some(last) = all.kvs.last() {
         let mut next = last.key.clone();
         next.push(0);
-        // The rest of the original range, from just after the last key.
-        let end = match (a.prefix, a.from_key, &a.range_end) {
-            (true, _, _) => cairn_sdk::prefix_end(key.as_bytes()),
-            (_, true, _) => vec![0],
-            (_, _, Some(e)) => e.clone().into_bytes(),
-            _ => break,
-        };
-        let end = if a.prefix && key.is_empty() { vec![0] } else { end };
-        let mut page_opts = GetOptions::new().with_range(end).with_revision(rev).with_limit(page);
-        if a.keys_only {
-            page_opts = page_opts.with_keys_only();
-        }
-        if a.consistency == "s" {
-            page_opts = page_opts.with_serializable();
-        }
-        page_opts = page_opts
-            .with_mod_revision_range(a.min_mod_rev, a.max_mod_rev)
-            .with_create_revision_range(a.min_create_rev, a.max_create_rev);
+        // The rest of the range, from just after the last key, with the same options.
+        let page_opts = opts.clone().with_range(end.clone()).with_revision(rev).with_limit(page);
         let page = c.get(next, page_opts).await?;
         bar.inc(page.kvs.len() as u64);
         let more = page.more;
@@ -643,15 +619,7 @@ async fn get_paged(c: &Client, key: &str, opts: GetOptions, a: &GetArgs, page: i
 
 async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
     let mut o = WatchOptions::new().with_start_revision(a.rev);
-    o = span(
-        o,
-        &a.range_end,
-        a.prefix,
-        false,
-        WatchOptions::with_prefix,
-        WatchOptions::with_from_key,
-        WatchOptions::with_range,
-    )?;
+    o = a.range.apply(o, WatchOptions::with_prefix, WatchOptions::with_from_key, WatchOptions::with_range)?;
     if a.prev_kv {
         o = o.with_prev_kv();
     }
@@ -659,7 +627,7 @@ async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
         o = o.with_progress_notify();
     }
     let c = cli.client().await?;
-    let mut s = c.watch(a.key.clone(), o).await?;
+    let mut s = c.watch(a.range.key.clone(), o).await?;
     while let Some(r) = s.message().await {
         let r = r?;
         if r.is_progress_notify() {

@@ -87,6 +87,33 @@ impl Span {
     }
 }
 
+/// Gives an options type with a `span` field etcd's range builders.
+macro_rules! span_builders {
+    ($t:ty) => {
+        impl $t {
+            /// Cover every key that starts with the key (every key, if the key is empty).
+            pub fn with_prefix(mut self) -> Self {
+                self.span = Span::Prefix;
+                self
+            }
+            /// Cover every key from the key on.
+            pub fn with_from_key(mut self) -> Self {
+                self.span = Span::FromKey;
+                self
+            }
+            /// Cover the keys in `[key, end)`.
+            pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
+                self.span = Span::End(end.into());
+                self
+            }
+        }
+    };
+}
+pub(crate) use span_builders;
+
+span_builders!(GetOptions);
+span_builders!(DeleteOptions);
+
 /// How results are sorted.
 pub use pb::range_request::{SortOrder, SortTarget};
 
@@ -110,21 +137,6 @@ impl GetOptions {
     /// No options: the one key, linearizable, at the current revision.
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::End(end.into());
-        self
     }
     /// Read at an older revision (must not be compacted).
     pub fn with_revision(mut self, revision: i64) -> Self {
@@ -247,21 +259,6 @@ impl DeleteOptions {
     /// The one key.
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::End(end.into());
-        self
     }
     /// Return the deleted pairs.
     pub fn with_prev_kv(mut self) -> Self {

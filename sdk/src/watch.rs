@@ -8,7 +8,7 @@
 
 use crate::client::{Client, Inner, MAX_DECODE};
 use crate::error::{Error, Result};
-use crate::kv::{Header, Span};
+use crate::kv::{span_builders, Header, Span};
 use cairn_api::etcdserverpb as pb;
 use cairn_api::etcdserverpb::watch_client::WatchClient;
 use cairn_api::mvccpb::Event;
@@ -37,21 +37,6 @@ impl WatchOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Watch every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Watch every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
-    }
-    /// Watch keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::End(end.into());
-        self
-    }
     /// Replay history from `revision` (inclusive) before live events.
     pub fn with_start_revision(mut self, revision: i64) -> Self {
         self.start_revision = revision;
@@ -79,6 +64,8 @@ impl WatchOptions {
         self
     }
 }
+
+span_builders!(WatchOptions);
 
 /// One delivery of a watch: the events of one or more revisions, in order, or (with no
 /// events) a progress notification.
