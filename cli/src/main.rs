@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the cluster answered with an error or could not be reached;
 //! 2 an invalid command line or input.
 
+mod coord;
 mod output;
 mod txn;
 
@@ -87,6 +88,31 @@ enum Cmd {
     /// Alarm commands.
     #[command(subcommand)]
     Alarm(AlarmCmd),
+    /// Acquire a named lock (etcdctl's `lock`): print its key and hold it until interrupted,
+    /// or run a command while holding it.
+    Lock {
+        /// The lock's name.
+        name: String,
+        /// A command (and its arguments) to run while holding the lock.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// Session TTL in seconds: how long the lock outlives this process if it dies.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+    },
+    /// Campaign in a leader election, or observe it with -l (etcdctl's `elect`).
+    Elect {
+        /// The election's name.
+        name: String,
+        /// The value to proclaim once elected.
+        proposal: Option<String>,
+        /// Observe: print each leader's key and value.
+        #[arg(short, long)]
+        listen: bool,
+        /// Session TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+    },
     /// Print cairnctl's version.
     Version,
 }
@@ -566,6 +592,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if unhealthy > 0 {
                 anyhow::bail!("unhealthy cluster");
             }
+        }
+        Cmd::Lock { name, command, ttl } => coord::lock(&cli.client().await?, name, *ttl, command).await?,
+        Cmd::Elect { name, proposal, listen, ttl } => {
+            coord::elect(&cli.client().await?, name, proposal.as_deref(), *listen, *ttl).await?
         }
         Cmd::Alarm(a) => {
             let c = cli.client().await?;

@@ -19,6 +19,14 @@ pub mod msg {
     pub const NO_LEADER: &str = "etcdserver: no leader";
     pub const NOT_LEADER: &str = "etcdserver: not leader";
     pub const STOPPED: &str = "etcdserver: server stopped";
+    /// A lock waiter's key vanished (its lease expired) before it got the lock.
+    pub const SESSION_EXPIRED: &str = "mutex: session is expired";
+    /// Proclaim/Resign by a caller that does not lead (any more).
+    pub const ELECTION_NOT_LEADER: &str = "election: not leader";
+    /// Leader asked of an election nobody leads.
+    pub const ELECTION_NO_LEADER: &str = "election: no leader";
+    /// Proclaim/Resign without the leader key.
+    pub const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
     pub const TIMEOUT: &str = "etcdserver: request timed out";
     pub const TIMEOUT_CONN_LOST: &str = "etcdserver: request timed out, possibly due to connection lost";
     pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";

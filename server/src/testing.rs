@@ -233,3 +233,164 @@ impl Cluster {
             .max_decoding_message_size(64 << 20)
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `target`, which a test can cut (every connection
+/// through it is dropped and new ones are refused, as in a network partition) and heal.
+pub struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Start forwarding from an ephemeral port to `target` (`host:port`).
+    pub async fn start(target: &str) -> std::io::Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let target = target.trim_start_matches("http://").to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *cut_rx.borrow() {
+                    continue; // dropped at once: the connection is refused in effect
+                }
+                let (target, mut cut_rx) = (target.clone(), cut_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy { addr, cut, task })
+    }
+
+    /// The proxy's endpoint (`127.0.0.1:port`).
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Partition: drop every connection and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Heal the partition.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A long-running command (a watch, `etcdctl lock`, an example program) whose stdout is
+/// read line by line; killed on drop.
+pub struct Streaming {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Streaming {
+    /// Spawn `cmd` with stdout piped (stdin and stderr are not).
+    pub fn spawn(mut cmd: Command) -> Streaming {
+        use std::io::BufRead;
+        let program = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {program}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Streaming { child, lines }
+    }
+
+    /// The next `n` lines, waiting up to 15 s for them (panics otherwise).
+    pub fn take(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => panic!("only {} of {n} lines in 15 s: {out:?}", out.len()),
+            }
+        }
+        out
+    }
+
+    /// The next line if one comes within `wait`.
+    pub fn try_line(&self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
+    }
+
+    /// The process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill the process (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait up to `limit` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real `etcdctl` (v3 API) against `endpoints`, ready for arguments; tests that use it
+/// fail with a clear message if it is not installed (./scripts/test installs it).
+pub fn etcdctl_command(endpoints: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("etcdctl").is_file()));
+    assert!(found, "etcdctl is missing: install it with `apt-get install -y etcd-client` (./scripts/test does this)");
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3").env_remove("ETCDCTL_ENDPOINTS").arg(format!("--endpoints={endpoints}"));
+    cmd
+}
+
+/// Real etcd's binary (`$ETCD_BIN`, else Debian's `/usr/bin/etcd`), for side-by-side
+/// tests; panics with how to install it if missing (./scripts/test installs it).
+pub fn etcd_binary() -> PathBuf {
+    let p = PathBuf::from(std::env::var_os("ETCD_BIN").unwrap_or_else(|| "/usr/bin/etcd".into()));
+    assert!(
+        p.exists(),
+        "{} is missing: install etcd 3.4 with `apt-get install -y etcd-server` (./scripts/test does)",
+        p.display()
+    );
+    p
+}

@@ -1,9 +1,9 @@
 //! cairnctl end to end: the real binary against real `cairn` processes, checking output in
 //! each format, stdin handling, streaming commands, and exit codes for errors.
 
-use cairn_server::testing::Cluster;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Output, Stdio};
+use cairn_server::testing::{etcdctl_command, Cluster, Streaming};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn cairnctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
@@ -33,53 +33,11 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("invalid JSON ({e}): {s}"))
 }
 
-/// A streaming cairnctl whose stdout is read line by line; killed on drop.
-struct Streaming {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Streaming {
-    fn start(endpoints: &str, args: &[&str]) -> Streaming {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
-            .arg(format!("--endpoints={endpoints}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning cairnctl");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Streaming { child, lines }
-    }
-
-    fn take(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut out = Vec::new();
-        while out.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => out.push(l),
-                Err(_) => panic!("only {} of {n} lines in 15 s: {out:?}", out.len()),
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A streaming cairnctl (a watch, a keep-alive), read line by line; killed on drop.
+fn streaming(endpoints: &str, args: &[&str]) -> Streaming {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
+    cmd.arg(format!("--endpoints={endpoints}")).args(args);
+    Streaming::spawn(cmd)
 }
 
 #[tokio::test]
@@ -190,7 +148,7 @@ async fn errors_exit_non_zero_with_one_line() {
 async fn watch_and_lease_commands() {
     let c = Cluster::start(1, &[]).await;
     let ep = c.endpoints();
-    let w = Streaming::start(&ep, &["watch", "w/", "--prefix", "--prev-kv"]);
+    let w = streaming(&ep, &["watch", "w/", "--prefix", "--prev-kv"]);
     // The watch is created before its first event is printed; retry the first put until seen.
     std::thread::sleep(Duration::from_millis(500));
     ok(&ep, &["put", "w/a", "1"]);
@@ -215,7 +173,7 @@ async fn watch_and_lease_commands() {
     assert_eq!(ok(&ep, &["lease", "revoke", &id]), format!("lease {id} revoked\n"));
     // keep-alive renews every TTL/3 and ends when the lease is gone.
     let short = ok(&ep, &["lease", "grant", "3"]).split_whitespace().nth(1).expect("lease id").to_string();
-    let ka = Streaming::start(&ep, &["lease", "keep-alive", &short]);
+    let ka = streaming(&ep, &["lease", "keep-alive", &short]);
     assert_eq!(
         ka.take(2),
         [format!("lease {short} keepalived with TTL(3)"), format!("lease {short} keepalived with TTL(3)")]
@@ -285,4 +243,50 @@ async fn cluster_commands_and_etcdctl_environment() {
         .expect("running cairnctl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
     assert_eq!(ok(&ep, &["get", "env", "--print-value-only"]), "ok\n");
+}
+
+fn interrupt(s: &Streaming) {
+    let ok = Command::new("kill").args(["-INT", &s.pid().to_string()]).status().expect("running kill").success();
+    assert!(ok, "SIGINT delivered");
+}
+
+/// `lock` and `elect` against etcdctl's own: mutual exclusion, a command run under the
+/// lock, and both observing each other's leaders.
+#[tokio::test]
+async fn lock_and_elect_interoperate_with_etcdctl() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let mut held = streaming(&ep, &["lock", "shared"]);
+    let key = held.take(1).remove(0);
+    assert!(key.starts_with("shared/"), "{key}");
+    let mut cmd = etcdctl_command(&ep);
+    cmd.args(["lock", "shared"]);
+    let mut waiter = Streaming::spawn(cmd);
+    assert_eq!(waiter.try_line(Duration::from_millis(1500)), None, "etcdctl got a held lock");
+    // Interrupted, cairnctl unlocks and etcdctl gets the lock.
+    interrupt(&held);
+    assert!(held.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+    let line = waiter.try_line(Duration::from_secs(10)).expect("etcdctl gets the lock");
+    assert!(line.starts_with("shared/"));
+    interrupt(&waiter);
+    assert!(waiter.wait_exit(Duration::from_secs(5)).is_some());
+    // A command under the lock sees etcdctl's variables.
+    let out = ok(&ep, &["lock", "shared", "sh", "-c", "echo $ETCD_LOCK_KEY $ETCD_LOCK_REV"]);
+    let (k, rev) = out.trim().split_once(' ').expect("key and revision");
+    assert!(k.starts_with("shared/") && rev.parse::<i64>().unwrap() > 0, "{out}");
+
+    // Our candidate leads; etcdctl observes it.
+    let leader = streaming(&ep, &["elect", "jobs", "one"]);
+    let ours = leader.take(2);
+    assert!(ours[0].starts_with("jobs/") && ours[1] == "one", "{ours:?}");
+    let mut cmd = etcdctl_command(&ep);
+    cmd.args(["elect", "-l", "jobs"]);
+    assert_eq!(Streaming::spawn(cmd).take(2), ours);
+    // etcdctl's candidate leads elsewhere; we observe it.
+    let mut cmd = etcdctl_command(&ep);
+    cmd.args(["elect", "other", "two"]);
+    let theirs = Streaming::spawn(cmd).take(2);
+    assert_eq!(streaming(&ep, &["elect", "-l", "other"]).take(2), theirs);
+    let out = cairnctl(&ep, &["elect", "jobs"], None);
+    assert_eq!(out.status.code(), Some(2), "no proposal and no -l is bad input");
 }

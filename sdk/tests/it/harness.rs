@@ -1,9 +1,8 @@
 //! Servers to test against: `cairn` processes or `etcd` processes, started the same way.
 
 use cairn_sdk::{Client, ConnectOptions};
-use cairn_server::testing::Cluster;
+use cairn_server::testing::{etcd_binary, Cluster};
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which server a scenario runs against.
@@ -16,16 +15,6 @@ pub enum Kind {
 /// A running cluster of one kind.
 pub struct Target {
     pub cluster: Cluster,
-}
-
-fn etcd_binary() -> PathBuf {
-    let p = PathBuf::from(std::env::var_os("ETCD_BIN").unwrap_or_else(|| "/usr/bin/etcd".into()));
-    assert!(
-        p.exists(),
-        "{} is missing: install etcd 3.4 with `apt-get install -y etcd-server` (./scripts/test does)",
-        p.display()
-    );
-    p
 }
 
 impl Target {

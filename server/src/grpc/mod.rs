@@ -2,12 +2,16 @@
 //! checks and messages), send writes through [`Node::propose`] and read the store after
 //! [`Node::read_barrier`] (linearizable) or directly (serializable).
 //!
-//! Services a later issue implements (Auth, Lock, Election) answer
-//! UNIMPLEMENTED until then.
+//! Lock and Election are built on the KV, Lease and Watch handlers through [`local`], as
+//! etcd builds them on its in-process client. Auth, which a later issue implements,
+//! answers UNIMPLEMENTED until then.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod local;
+pub mod lock;
 pub mod maintenance;
 pub mod validate;
 pub mod watch;
@@ -19,8 +23,8 @@ use cairn_api::etcdserverpb::kv_server::KvServer;
 use cairn_api::etcdserverpb::lease_server::LeaseServer;
 use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_api::etcdserverpb::watch_server::WatchServer;
-use cairn_api::v3electionpb::election_server::{Election, ElectionServer};
-use cairn_api::v3lockpb::lock_server::{Lock, LockServer};
+use cairn_api::v3electionpb::election_server::ElectionServer;
+use cairn_api::v3lockpb::lock_server::LockServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -30,8 +34,6 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 /// Services not implemented yet: every RPC answers UNIMPLEMENTED.
 pub struct NotYet;
 impl Auth for NotYet {}
-impl Lock for NotYet {}
-impl Election for NotYet {}
 
 /// tonic refuses a message over the receive limit with OUT_OF_RANGE; grpc-go, and so
 /// etcd, with RESOURCE_EXHAUSTED "grpc: received message larger than max". Clients
@@ -77,8 +79,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         ))))
         .add_service(limits!(LeaseServer::new(lease::LeaseService::new(node.clone()))))
         .add_service(limits!(AuthServer::new(NotYet)))
-        .add_service(limits!(LockServer::new(NotYet)))
-        .add_service(limits!(ElectionServer::new(NotYet)))
+        .add_service(limits!(LockServer::new(lock::LockService::new(node.clone()))))
+        .add_service(limits!(ElectionServer::new(election::ElectionService::new(node.clone()))))
         .serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned())
         .await;
     if let Err(e) = res {

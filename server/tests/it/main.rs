@@ -8,4 +8,5 @@ mod crash;
 mod etcdctl;
 mod harness;
 mod lease;
+mod lock_election;
 mod watch;

@@ -1,0 +1,40 @@
+//! cairn-recipes: the things people run etcd for, on [`cairn_sdk`] — correct under
+//! failures, and with etcd's key layouts, so they interoperate with Go services using
+//! `clientv3/concurrency` and `contrib/recipes`, and with `etcdctl lock` / `etcdctl elect`.
+//!
+//! | recipe | what it gives |
+//! |---|---|
+//! | [`Registry`] | register an instance under a lease; kept alive, restored after a lease loss, removed on drop |
+//! | [`Discovery`] | a live view of a service's instances; [`Balancer`] pickers; a `tower` [`Discover`](tower::discover::Discover); a balanced tonic channel |
+//! | [`Election`] | campaign (waits until elected), proclaim, resign, leader, observe |
+//! | [`Mutex`], [`RwMutex`] | fair locks with a fencing token and an ownership compare for guarded writes |
+//! | [`Queue`], [`PriorityQueue`] | enqueue; dequeue waits for an item; each item goes to exactly one consumer |
+//! | [`Barrier`], [`DoubleBarrier`] | hold everyone until released; start and finish a group together |
+//! | [`Config`] | a typed `serde` value from a key or prefix, then validated live updates |
+//!
+//! Recipes that hold something (locks, leadership, barrier places, registrations) hold it
+//! through a [`cairn_sdk::Session`]: if the process dies, the session's lease expires
+//! and what it held is released within the session's TTL.
+//!
+//! Runnable programs: `recipes/examples/` (`cargo run -p cairn-recipes --example <name>`).
+
+#![warn(missing_docs)]
+
+pub mod barrier;
+pub mod config;
+pub mod discovery;
+pub mod election;
+pub mod error;
+pub mod mutex;
+pub mod queue;
+pub mod registry;
+mod wait;
+
+pub use barrier::{Barrier, DoubleBarrier};
+pub use config::{Config, ConfigUpdate, ConfigWatch};
+pub use discovery::{Balancer, DiscoverStream, Discovery, Instance, Instances, Picked, Strategy};
+pub use election::{Election, Leadership, Observe};
+pub use error::{Error, Result};
+pub use mutex::{LockGuard, Mutex, RwMutex};
+pub use queue::{PriorityQueue, Queue};
+pub use registry::{Registration, RegistrationState, Registry};

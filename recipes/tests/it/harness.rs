@@ -1,0 +1,57 @@
+//! Clusters, clients (direct or through a cuttable proxy) and time limits.
+
+use cairn_sdk::{Client, ConnectOptions};
+use cairn_server::testing::{Cluster, Proxy};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use cairn_server::testing::{etcdctl_command, Streaming};
+
+pub fn options() -> ConnectOptions {
+    ConnectOptions::default()
+        .with_dial_timeout(Duration::from_secs(1))
+        .with_request_timeout(Some(Duration::from_secs(10)))
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+}
+
+/// Recipe logs on the test's output when RUST_LOG asks for them.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A client of every member, starting with member `first`.
+pub async fn client(c: &Cluster, first: usize) -> Client {
+    logs();
+    let m = &c.members;
+    let eps: Vec<String> = (0..m.len()).map(|k| m[(first + k) % m.len()].endpoint()).collect();
+    Client::connect(eps, options()).await.expect("connecting")
+}
+
+/// A client whose only way to the cluster is a proxy in front of member `i`.
+pub async fn client_via_proxy(c: &Cluster, i: usize) -> (Client, Proxy) {
+    let proxy = Proxy::start(&c.members[i].endpoint()).await.expect("starting a proxy");
+    let client = Client::connect([proxy.endpoint()], options()).await.expect("connecting through the proxy");
+    (client, proxy)
+}
+
+/// Run `f` with a time limit: a hang fails the test instead of stalling CI.
+pub async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
+}
+
+/// Poll `cond` until it holds or `limit` passes; how long it took.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "{what}: not true within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}

@@ -1,0 +1,12 @@
+//! cairn-recipes against real `cairn` processes (several members where it matters), with
+//! real `etcdctl` for interoperability and a cuttable proxy for partitions.
+
+mod harness;
+
+mod barrier;
+mod config;
+mod election;
+mod examples;
+mod mutex;
+mod queue;
+mod registry;

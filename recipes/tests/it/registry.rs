@@ -1,0 +1,84 @@
+use crate::harness::*;
+use cairn_recipes::{Discovery, RegistrationState, Registry, Strategy};
+use cairn_server::testing::Cluster;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use tower::discover::Change;
+
+/// Instances register; discovery sees them (as a view, through pickers and as a tower
+/// Discover stream); a partitioned instance leaves the view within its TTL and comes back
+/// by itself after the partition heals; a dropped registration leaves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_come_and_go_and_come_back_after_a_partition() {
+    let c = Cluster::start(3, &[]).await;
+    let observer = client(&c, 1).await;
+    let discovery = Discovery::start(&observer, "/services/greeter").await.unwrap();
+    assert!(discovery.instances().is_empty());
+    let mut changes = discovery.discover(|i| Some(i.endpoint.clone()));
+
+    let (flaky_client, proxy) = client_via_proxy(&c, 0).await;
+    let flaky = Registry::new(&flaky_client)
+        .with_ttl(2)
+        .register("/services/greeter", "a", "127.0.0.1:7001", serde_json::json!({"zone": "z1"}))
+        .await
+        .unwrap();
+    let steady_client = client(&c, 2).await;
+    let steady = Registry::new(&steady_client)
+        .with_ttl(10)
+        .register("/services/greeter", "b", "127.0.0.1:7002", serde_json::Value::Null)
+        .await
+        .unwrap();
+    // etcd's naming/endpoints layout and JSON.
+    let raw = observer.get("/services/greeter/a", None).await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&raw.kvs[0].value).unwrap();
+    assert_eq!(json, serde_json::json!({"Addr": "127.0.0.1:7001", "Metadata": {"zone": "z1"}}));
+
+    let ids = |d: &Discovery| d.instances().into_iter().map(|i| i.id).collect::<HashSet<_>>();
+    eventually(Duration::from_secs(5), "both instances seen", || async { ids(&discovery).len() == 2 }).await;
+    let a = discovery.instances().into_iter().find(|i| i.id == "a").unwrap();
+    assert_eq!((a.endpoint.as_str(), &a.metadata), ("127.0.0.1:7001", &serde_json::json!({"zone": "z1"})));
+    let mut inserted = HashSet::new();
+    while inserted.len() < 2 {
+        match within(Duration::from_secs(5), "discover inserts", changes.next()).await.unwrap().unwrap() {
+            Change::Insert(id, endpoint) => assert!(inserted.insert((id, endpoint))),
+            Change::Remove(id) => panic!("unexpected removal of {id}"),
+        }
+    }
+    // Round robin alternates; power of two choices spreads in-flight picks.
+    let rr = discovery.balancer(Strategy::RoundRobin);
+    let picks: HashSet<String> = (0..4).map(|_| rr.pick().unwrap().instance.id.clone()).collect();
+    assert_eq!(picks.len(), 2);
+    let p2c = discovery.balancer(Strategy::PowerOfTwoChoices);
+    let held: Vec<_> = (0..10).map(|_| p2c.pick().unwrap()).collect();
+    let on_a = held.iter().filter(|p| p.instance.id == "a").count();
+    assert!((3..=7).contains(&on_a), "p2c balanced in-flight picks: {on_a} of 10 on a");
+
+    // Partition the flaky instance: gone within its TTL (plus a second of slack).
+    let cut = Instant::now();
+    proxy.cut();
+    eventually(Duration::from_secs(8), "partitioned instance leaves the view", || async {
+        !ids(&discovery).contains("a")
+    })
+    .await;
+    assert!(cut.elapsed() < Duration::from_secs(5), "left after {:?} with TTL 2 s", cut.elapsed());
+    match within(Duration::from_secs(5), "discover removal", changes.next()).await.unwrap().unwrap() {
+        Change::Remove(id) => assert_eq!(id, "a"),
+        Change::Insert(id, _) => panic!("unexpected insert of {id}"),
+    }
+    let mut state = flaky.subscribe();
+    within(Duration::from_secs(10), "registration notices the loss", state.wait_for(|s| *s == RegistrationState::Lost))
+        .await
+        .unwrap();
+    // Heal: it registers again by itself, under a new lease.
+    proxy.heal();
+    eventually(Duration::from_secs(15), "instance re-registered", || async { ids(&discovery).contains("a") }).await;
+    assert!(matches!(flaky.state(), RegistrationState::Registered { .. }));
+
+    // Deregistration is immediate.
+    steady.deregister().await.unwrap();
+    eventually(Duration::from_secs(3), "deregistered instance leaves", || async { !ids(&discovery).contains("b") })
+        .await;
+    drop(flaky);
+    eventually(Duration::from_secs(3), "dropped registration leaves", || async { ids(&discovery).is_empty() }).await;
+}

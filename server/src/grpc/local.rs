@@ -1,0 +1,176 @@
+//! An in-process client of this member's own KV, Lease and Watch services, for the
+//! services built on them (Lock, Election) — etcd's `v3client` in Cairn. Requests go
+//! through the same handlers (validation, Raft, read index) as a remote client's.
+
+use super::kv::KvService;
+use super::lease::LeaseService;
+use crate::node::Node;
+use crate::watch::{WatchHub, STREAM_BUFFER};
+use cairn_api::etcdserverpb::kv_server::Kv;
+use cairn_api::etcdserverpb::lease_server::Lease;
+use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_api::etcdserverpb::{
+    DeleteRangeRequest, LeaseGrantRequest, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchCreateRequest,
+    WatchResponse,
+};
+use cairn_api::mvccpb::{event::EventType, KeyValue};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Request, Status};
+
+/// A lock or candidacy whose lease was not given lives this long (etcd's session default).
+pub const DEFAULT_TTL: i64 = 60;
+
+/// A client of this member, inside it.
+pub struct Local {
+    pub node: Arc<Node>,
+    kv: KvService,
+    lease: LeaseService,
+}
+
+/// The end of a range covering every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Local {
+    /// A client of `node`.
+    pub fn new(node: Arc<Node>) -> Local {
+        Local { kv: KvService::new(node.clone()), lease: LeaseService::new(node.clone()), node }
+    }
+
+    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse, Status> {
+        Ok(self.kv.txn(Request::new(r)).await?.into_inner())
+    }
+
+    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
+        Ok(self.kv.range(Request::new(r)).await?.into_inner())
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<RangeResponse, Status> {
+        self.range(RangeRequest { key: key.to_vec(), ..Default::default() }).await
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<i64, Status> {
+        let r = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
+        let resp = self.kv.delete_range(Request::new(r)).await?.into_inner();
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// `lease`, or a new lease of [`DEFAULT_TTL`] if it is 0 (as etcd's Lock/Election).
+    pub async fn lease_or_new(&self, lease: i64) -> Result<i64, Status> {
+        if lease != 0 {
+            return Ok(lease);
+        }
+        let r = LeaseGrantRequest { ttl: DEFAULT_TTL, id: 0 };
+        Ok(self.lease.lease_grant(Request::new(r)).await?.into_inner().id)
+    }
+
+    /// The first-created key under `prefix` (the lock holder, the leader) and the read's header.
+    pub async fn first_created(&self, prefix: &[u8]) -> Result<(Option<KeyValue>, RangeResponse), Status> {
+        let r = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            limit: 1,
+            sort_order: SortOrder::Ascend as i32,
+            sort_target: SortTarget::Create as i32,
+            ..Default::default()
+        };
+        let mut resp = self.range(r).await?;
+        Ok((resp.kvs.pop(), resp))
+    }
+
+    /// Wait until no key under `prefix` created at or before `max_create_revision` is left,
+    /// watching only the latest of them each time.
+    pub async fn wait_deletes(&self, prefix: &[u8], max_create_revision: i64) -> Result<(), Status> {
+        loop {
+            let r = RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                limit: 1,
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Create as i32,
+                max_create_revision,
+                ..Default::default()
+            };
+            let resp = self.range(r).await?;
+            let Some(kv) = resp.kvs.first() else { return Ok(()) };
+            let seen = resp.header.map_or(0, |h| h.revision);
+            self.wait_delete(&kv.key, kv.create_revision, seen).await?;
+        }
+    }
+
+    /// Wait until `key`, created at `create_revision` and seen at revision `seen`, is deleted.
+    async fn wait_delete(&self, key: &[u8], create_revision: i64, mut seen: i64) -> Result<(), Status> {
+        loop {
+            let mut w =
+                self.watch(WatchCreateRequest { key: key.to_vec(), start_revision: seen + 1, ..Default::default() });
+            w.create().await;
+            while let Some(resp) = w.next().await {
+                if resp.events.iter().any(|e| e.r#type() == EventType::Delete) {
+                    return Ok(());
+                }
+                if resp.canceled {
+                    break;
+                }
+            }
+            // The watch ended (compaction): is the key still the one we wait for?
+            let now = self.get(key).await?;
+            match now.kvs.first() {
+                Some(kv) if kv.create_revision == create_revision => seen = now.header.map_or(seen, |h| h.revision),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// A watch on this member's hub.
+    pub fn watch(&self, create: WatchCreateRequest) -> LocalWatch {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let hub = self.node.sm.hub.clone();
+        let sid = hub.open_stream(tx.clone());
+        LocalWatch { hub, sid, tx, rx, create: Some(create) }
+    }
+}
+
+/// One watcher on this member's hub; closed when dropped.
+pub struct LocalWatch {
+    hub: Arc<WatchHub>,
+    sid: u64,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    rx: mpsc::Receiver<Result<WatchResponse, Status>>,
+    create: Option<WatchCreateRequest>,
+}
+
+impl LocalWatch {
+    /// Register the watcher (its `created` answer is skipped by [`LocalWatch::next`]).
+    pub async fn create(&mut self) {
+        if let Some(c) = self.create.take() {
+            self.hub.create(self.sid, c, &self.tx).await;
+        }
+    }
+
+    /// The next response with events, or a cancellation; `None` if the hub went away.
+    pub async fn next(&mut self) -> Option<WatchResponse> {
+        loop {
+            match self.rx.recv().await? {
+                // `created` answers and progress notifications carry nothing to wait for.
+                Ok(r) if r.events.is_empty() && !r.canceled => continue,
+                Ok(r) => return Some(r),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for LocalWatch {
+    fn drop(&mut self) {
+        self.hub.close_stream(self.sid);
+    }
+}
