@@ -40,6 +40,20 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The first key under `prefix` in create-revision `order`, among those created at or
+/// before `max_create_revision` (0: all).
+fn by_create(prefix: &[u8], order: SortOrder, max_create_revision: i64) -> RangeRequest {
+    RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: order as i32,
+        sort_target: SortTarget::Create as i32,
+        max_create_revision,
+        ..Default::default()
+    }
+}
+
 impl Local {
     /// A client of `node`.
     pub fn new(node: Arc<Node>) -> Local {
@@ -75,15 +89,7 @@ impl Local {
 
     /// The first-created key under `prefix` (the lock holder, the leader) and the read's header.
     pub async fn first_created(&self, prefix: &[u8]) -> Result<(Option<KeyValue>, RangeResponse), Status> {
-        let r = RangeRequest {
-            key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
-            limit: 1,
-            sort_order: SortOrder::Ascend as i32,
-            sort_target: SortTarget::Create as i32,
-            ..Default::default()
-        };
-        let mut resp = self.range(r).await?;
+        let mut resp = self.range(by_create(prefix, SortOrder::Ascend, 0)).await?;
         Ok((resp.kvs.pop(), resp))
     }
 
@@ -91,16 +97,7 @@ impl Local {
     /// watching only the latest of them each time.
     pub async fn wait_deletes(&self, prefix: &[u8], max_create_revision: i64) -> Result<(), Status> {
         loop {
-            let r = RangeRequest {
-                key: prefix.to_vec(),
-                range_end: prefix_end(prefix),
-                limit: 1,
-                sort_order: SortOrder::Descend as i32,
-                sort_target: SortTarget::Create as i32,
-                max_create_revision,
-                ..Default::default()
-            };
-            let resp = self.range(r).await?;
+            let resp = self.range(by_create(prefix, SortOrder::Descend, max_create_revision)).await?;
             let Some(kv) = resp.kvs.first() else { return Ok(()) };
             let seen = resp.header.map_or(0, |h| h.revision);
             self.wait_delete(&kv.key, kv.create_revision, seen).await?;
