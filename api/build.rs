@@ -9,6 +9,17 @@ fn main() -> anyhow::Result<()> {
         "proto/cairn/raft.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
+    if std::env::var_os("CARGO_FEATURE_JSON").is_some() {
+        // serde impls for the gateway: proto field names, int64 as strings, bytes as
+        // base64, zero values omitted, enums by name — grpc-gateway's `OrigName` JSON.
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+        pbjson_build::Builder::new()
+            .register_descriptors(&prost::Message::encode_to_vec(&fds))?
+            .out_dir(&out)
+            .preserve_proto_field_names()
+            .ignore_unknown_fields()
+            .build(&[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])?;
+    }
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -10,26 +10,36 @@
 /// `mvccpb`: keys, values and watch events.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// `authpb`: users, roles and permissions.
 pub mod authpb {
     tonic::include_proto!("authpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// `etcdserverpb`: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// `v3lockpb`: the Lock service.
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// `v3electionpb`: the Election service.
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// `cairnpb`: Cairn's Raft-log commands and peer service (not etcd's contract).

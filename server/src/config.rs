@@ -57,9 +57,15 @@ pub struct Flags {
     /// Raise an alarm when the backend size exceeds this many bytes (0 = default 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
-    /// Log level: debug, info, warn, error.
+    /// Log level: debug, info, warn, error (or a tracing filter such as `info,cairn_server=debug`).
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log format on stderr: `text` (human-readable) or `json` (one object per line).
+    #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Extra URLs to serve /metrics, /health, /livez, /readyz and /version on (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
     /// Interval of watch progress notifications (e.g. 10m, 500ms).
     #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = humantime::parse_duration)]
     pub watch_progress_notify_interval: Duration,
@@ -109,6 +115,10 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Log level.
     pub log_level: String,
+    /// `true` for JSON logs.
+    pub log_json: bool,
+    /// Metrics-only listen URLs.
+    pub listen_metrics_urls: Vec<String>,
     /// Storage engine.
     pub engine: EngineKind,
     /// Interval of watch progress notifications.
@@ -189,6 +199,8 @@ impl Config {
             max_txn_ops: f.max_txn_ops,
             quota_backend_bytes: if f.quota_backend_bytes == 0 { 2 << 30 } else { f.quota_backend_bytes },
             log_level: f.log_level,
+            log_json: f.log_format == "json",
+            listen_metrics_urls: split(&f.listen_metrics_urls),
             engine: f.storage_engine,
             watch_progress_notify_interval: f.watch_progress_notify_interval.max(Duration::from_millis(10)),
             lease_checkpoint_interval: f.lease_checkpoint_interval.max(Duration::from_millis(100)),
@@ -197,6 +209,9 @@ impl Config {
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;
         check_urls("listen-peer-urls", &c.listen_peer_urls)?;
+        if !c.listen_metrics_urls.is_empty() {
+            check_urls("listen-metrics-urls", &c.listen_metrics_urls)?;
+        }
         for urls in c.initial_cluster.values() {
             check_urls("initial-cluster", urls)?;
         }

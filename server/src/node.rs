@@ -7,6 +7,7 @@ use crate::batch::{Batcher, NotDone};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
+use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{peer_channel, Network};
 use crate::raft::state_machine::{SmState, StateMachine};
@@ -59,6 +60,8 @@ pub struct Node {
     /// Lease expiry (acts only on the leader).
     pub lessor: Arc<Lessor>,
     leader_clients: Mutex<HashMap<u64, PeerClient<Channel>>>,
+    /// This member's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// etcd-style member id: a hash of the sorted peer URLs and the cluster token.
@@ -105,6 +108,8 @@ pub struct NodeHandle {
     pub client_addrs: Vec<SocketAddr>,
     /// Bound peer addresses.
     pub peer_addrs: Vec<SocketAddr>,
+    /// Bound metrics-only addresses (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<SocketAddr>,
     tasks: TaskTracker,
 }
 
@@ -147,7 +152,9 @@ impl Node {
                 cid
             }
         };
-        let log = LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"))?;
+        let metrics = Metrics::new(id);
+        let log =
+            LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"), metrics.wal_fsync.clone())?;
         let lessor = Arc::new(Lessor::new(config.election_timeout));
         let sm =
             StateMachine::open(engine.clone(), config.data_dir.join("snap"), config.max_request_bytes, lessor.clone())?;
@@ -182,6 +189,7 @@ impl Node {
             tasks: tasks.clone(),
             lessor,
             leader_clients: Mutex::new(HashMap::new()),
+            metrics,
         });
         {
             let n = Arc::downgrade(&node);
@@ -220,17 +228,26 @@ impl Node {
                 tasks.spawn(crate::grpc::serve(node.clone(), l));
             }
         }
+        let mut metrics_addrs = Vec::new();
+        for url in &config.listen_metrics_urls {
+            for addr in resolve(url).await? {
+                let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen on {url}: {e}"))?;
+                metrics_addrs.push(l.local_addr()?);
+                tasks.spawn(crate::grpc::serve_metrics(node.clone(), l));
+            }
+        }
         tasks.spawn(publish_attributes(node.clone()));
         tasks.spawn(crate::lease::run_leadership(node.clone()));
         tasks.spawn(crate::lease::run_expiry(node.clone(), config.lease_revoke_rate));
         tasks.spawn(crate::lease::run_checkpoints(node.clone(), config.lease_checkpoint_interval));
         tasks.spawn(checkpoint(node.clone()));
+        tasks.spawn(crate::metrics::track_leader(node.clone()));
         tracing::info!(
             name = %config.name, id = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"),
             data_dir = %config.data_dir.display(), engine = %config.engine,
-            client = ?client_addrs, peer = ?peer_addrs, "cairn member started"
+            client = ?client_addrs, peer = ?peer_addrs, metrics = ?metrics_addrs, "cairn member started"
         );
-        Ok(NodeHandle { node, client_addrs, peer_addrs, tasks })
+        Ok(NodeHandle { node, client_addrs, peer_addrs, metrics_addrs, tasks })
     }
 
     /// Run `f` on the state machine under its read lock.
@@ -280,6 +297,23 @@ impl Node {
         if req.encoded_len() > self.config.max_request_bytes {
             return Err(Error::InvalidArgument(crate::error::msg::REQUEST_TOO_LARGE));
         }
+        // Counted down when done or when the caller gives up (the future is dropped).
+        struct Pending<'a>(&'a prometheus::IntGauge);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.metrics.proposals_pending.inc();
+        let _pending = Pending(&self.metrics.proposals_pending);
+        let res = self.propose_inner(req).await;
+        if matches!(res, Err(Error::Timeout | Error::NoLeader | Error::ConnectionLost | Error::Stopped)) {
+            self.metrics.proposals_failed.inc();
+        }
+        res
+    }
+
+    async fn propose_inner(&self, req: RaftRequest) -> Result<RaftResponse> {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
             match self.batcher.propose(req.clone()).await {
@@ -514,7 +548,12 @@ async fn checkpoint(node: Arc<Node>) {
             changed = rev.changed() => if changed.is_err() { break },
         }
         let engine = node.engine.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.sync()).await {
+        let timer = node.metrics.backend_commit.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            let _t = timer.start_timer();
+            engine.sync()
+        });
+        if let Ok(Err(e)) = synced.await {
             tracing::error!("checkpointing the store: {e}");
         }
         tokio::select! {

@@ -134,6 +134,11 @@ impl Mvcc {
         self.current_rev
     }
 
+    /// Number of keys in the index (with any history since the last compaction).
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
     /// The revision of the last compaction (0 if none).
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev

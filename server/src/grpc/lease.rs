@@ -15,6 +15,7 @@ use cairn_api::etcdserverpb::{
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -83,7 +84,30 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
-        let mut inbound = req.into_inner();
+        Ok(Response::new(self.keep_alive(req.into_inner())))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(self.node.lease_time_to_live(req.into_inner()).await?))
+    }
+
+    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.node.read_barrier().await?;
+        let leases = self.node.read(|st| st.leases.keys().map(|id| LeaseStatus { id: *id }).collect());
+        Ok(Response::new(LeaseLeasesResponse { header: Some(self.node.header(self.revision())), leases }))
+    }
+}
+
+impl LeaseService {
+    /// Serve one keepalive stream: a response per request on `inbound` (a gRPC stream,
+    /// or the gateway's JSON); the stream ends with the requests or at the first error.
+    pub fn keep_alive<S>(&self, mut inbound: S) -> BoxStream<LeaseKeepAliveResponse>
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let node = self.node.clone();
         self.node.tasks.spawn(async move {
@@ -91,7 +115,7 @@ impl Lease for LeaseService {
                 let msg = tokio::select! {
                     _ = node.shutdown.cancelled() => break,
                     _ = tx.closed() => break,
-                    m = inbound.message() => m,
+                    m = inbound.next() => m.transpose(),
                 };
                 // The stream ends (or breaks): nothing is kept for it.
                 let Ok(Some(ka)) = msg else { break };
@@ -108,19 +132,6 @@ impl Lease for LeaseService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        req: Request<LeaseTimeToLiveRequest>,
-    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(self.node.lease_time_to_live(req.into_inner()).await?))
-    }
-
-    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.node.read_barrier().await?;
-        let leases = self.node.read(|st| st.leases.keys().map(|id| LeaseStatus { id: *id }).collect());
-        Ok(Response::new(LeaseLeasesResponse { header: Some(self.node.header(self.revision())), leases }))
+        Box::pin(ReceiverStream::new(rx))
     }
 }

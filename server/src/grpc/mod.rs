@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod validate;
 pub mod watch;
 
+use crate::metrics::{Metrics, RpcId};
 use crate::node::Node;
 use cairn_api::etcdserverpb::auth_server::{Auth, AuthServer};
 use cairn_api::etcdserverpb::cluster_server::ClusterServer;
@@ -58,32 +59,180 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serve the client port on `listener` until the member shuts down.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+/// One member's handlers, shared by the gRPC server and the JSON gateway.
+pub struct Services {
+    /// KV.
+    pub kv: Arc<kv::KvService>,
+    /// Watch.
+    pub watch: Arc<watch::WatchService>,
+    /// Lease.
+    pub lease: Arc<lease::LeaseService>,
+    /// Cluster.
+    pub cluster: Arc<cluster::ClusterService>,
+    /// Maintenance.
+    pub maintenance: Arc<maintenance::MaintenanceService>,
+    /// Auth.
+    pub auth: Arc<NotYet>,
+    /// Lock.
+    pub lock: Arc<lock::LockService>,
+    /// Election.
+    pub election: Arc<election::ElectionService>,
+}
+
+impl Services {
+    /// Every handler of `node`.
+    pub fn new(node: &Arc<Node>) -> Services {
+        Services {
+            kv: Arc::new(kv::KvService::new(node.clone())),
+            watch: Arc::new(watch::WatchService::new(node.sm.hub.clone(), node.tasks.clone(), node.shutdown.clone())),
+            lease: Arc::new(lease::LeaseService::new(node.clone())),
+            cluster: Arc::new(cluster::ClusterService::new(node.clone())),
+            maintenance: Arc::new(maintenance::MaintenanceService::new(node.clone())),
+            auth: Arc::new(NotYet),
+            lock: Arc::new(lock::LockService::new(node.clone())),
+            election: Arc::new(election::ElectionService::new(node.clone())),
+        }
+    }
+}
+
+/// The gRPC services of `node` as a router.
+fn grpc_router(node: &Arc<Node>, s: &Services) -> axum::Router {
     let max = node.config.max_request_bytes + GRPC_OVERHEAD;
-    let token = node.shutdown.clone();
     macro_rules! limits {
         ($svc:expr) => {
             $svc.max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
         };
     }
+    tonic::service::Routes::new(limits!(KvServer::from_arc(s.kv.clone())))
+        .add_service(limits!(MaintenanceServer::from_arc(s.maintenance.clone())))
+        .add_service(limits!(ClusterServer::from_arc(s.cluster.clone())))
+        .add_service(limits!(WatchServer::from_arc(s.watch.clone())))
+        .add_service(limits!(LeaseServer::from_arc(s.lease.clone())))
+        .add_service(limits!(AuthServer::from_arc(s.auth.clone())))
+        .add_service(limits!(LockServer::from_arc(s.lock.clone())))
+        .add_service(limits!(ElectionServer::from_arc(s.election.clone())))
+        .prepare()
+        .into_axum_router()
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<axum::body::Body>;
+
+/// Call `grpc` with `req`, recording the RPC's start, bytes, end and gRPC code (from the
+/// trailers, or from the headers of a trailers-only error; a call dropped mid-way counts
+/// as Canceled).
+async fn count_rpc(m: Arc<Metrics>, grpc: axum::Router, req: HttpRequest) -> HttpResponse {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut parts = req.uri().path().trim_start_matches('/').splitn(2, '/');
+    let id = m.rpc(parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let Some(id) = id else {
+        return grpc.oneshot(req).await.unwrap_or_else(|never| match never {});
+    };
+    let mut done = Handled { m: m.clone(), id, start: std::time::Instant::now(), finished: false };
+    m.rpc_started(id);
+    let received = m;
+    let req = req.map(|b| {
+        b.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                received.received_bytes.inc_by(d.len() as u64);
+            }
+            f
+        })
+    });
+    let resp = grpc.oneshot(req).await.unwrap_or_else(|never| match never {});
+    if let Some(code) = grpc_code(resp.headers()) {
+        done.finish(code);
+        return resp;
+    }
+    resp.map(|b| {
+        axum::body::Body::new(b.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                done.m.sent_bytes.inc_by(d.len() as u64);
+            } else if let Some(t) = f.trailers_ref() {
+                done.finish(grpc_code(t).unwrap_or(tonic::Code::Unknown));
+            }
+            f
+        }))
+    })
+}
+
+fn grpc_code(h: &tonic::codegen::http::HeaderMap) -> Option<tonic::Code> {
+    let v = h.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(v))
+}
+
+/// Records an RPC as handled once: at its end, or as Canceled if dropped before.
+struct Handled {
+    m: Arc<Metrics>,
+    id: RpcId,
+    start: std::time::Instant,
+    finished: bool,
+}
+
+impl Handled {
+    fn finish(&mut self, code: tonic::Code) {
+        if !std::mem::replace(&mut self.finished, true) {
+            self.m.rpc_handled(self.id, code, self.start.elapsed());
+        }
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+fn is_grpc<B>(req: &tonic::codegen::http::Request<B>) -> bool {
+    req.headers()
+        .get(tonic::codegen::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Serve `svc` (HTTP/1.1 and HTTP/2) on `listener` until the member shuts down.
+async fn serve_http<S, F>(node: &Node, what: &str, svc: S, listener: TcpListener)
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible, Future = F>
+        + Clone
+        + Send
+        + 'static,
+    F: std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send + 'static,
+{
+    let token = node.shutdown.clone();
     let res = tonic::transport::Server::builder()
+        .accept_http1(true)
         .layer(tower::util::MapResponseLayer::new(grpc_go_size_error))
-        .add_service(limits!(KvServer::new(kv::KvService::new(node.clone()))))
-        .add_service(limits!(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))))
-        .add_service(limits!(ClusterServer::new(cluster::ClusterService::new(node.clone()))))
-        .add_service(limits!(WatchServer::new(watch::WatchService::new(
-            node.sm.hub.clone(),
-            node.tasks.clone(),
-            node.shutdown.clone()
-        ))))
-        .add_service(limits!(LeaseServer::new(lease::LeaseService::new(node.clone()))))
-        .add_service(limits!(AuthServer::new(NotYet)))
-        .add_service(limits!(LockServer::new(lock::LockService::new(node.clone()))))
-        .add_service(limits!(ElectionServer::new(election::ElectionService::new(node.clone()))))
-        .serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned())
+        .serve_with_incoming_shutdown(svc, incoming(listener), token.cancelled_owned())
         .await;
     if let Err(e) = res {
-        tracing::error!("client server: {e}");
+        tracing::error!("{what} server: {e}");
     }
+}
+
+/// Serve the client port on `listener` until the member shuts down: gRPC (by its
+/// content type) and, for everything else, the JSON gateway and observability routes.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    use tower::ServiceExt;
+    let services = Services::new(&node);
+    let grpc = grpc_router(&node, &services);
+    let http = crate::gateway::router(node.clone(), &services);
+    let metrics = node.metrics.clone();
+    let by_content_type = tower::service_fn(move |req: HttpRequest| {
+        let (grpc, http, metrics) = (grpc.clone(), http.clone(), metrics.clone());
+        async move {
+            if is_grpc(&req) {
+                Ok(count_rpc(metrics, grpc, req).await)
+            } else {
+                http.oneshot(req).await
+            }
+        }
+    });
+    serve_http(&node, "client", by_content_type, listener).await;
+}
+
+/// Serve only the observability endpoints (`--listen-metrics-urls`).
+pub async fn serve_metrics(node: Arc<Node>, listener: TcpListener) {
+    let router = crate::gateway::observe::router(node.clone()).fallback(crate::gateway::not_found);
+    serve_http(&node, "metrics", router, listener).await;
 }

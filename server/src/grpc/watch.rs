@@ -9,6 +9,7 @@ use cairn_api::etcdserverpb::{WatchRequest, WatchResponse};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::codegen::BoxStream;
@@ -34,7 +35,17 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
-        let mut inbound = request.into_inner();
+        Ok(Response::new(self.open(request.into_inner())))
+    }
+}
+
+impl WatchService {
+    /// Serve one watch stream: requests from `inbound` (a gRPC stream, or the
+    /// gateway's JSON), responses on the returned stream.
+    pub fn open<S>(&self, mut inbound: S) -> BoxStream<WatchResponse>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let hub = self.hub.clone();
         let shutdown = self.shutdown.clone();
@@ -44,7 +55,7 @@ impl Watch for WatchService {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tx.closed() => break,
-                    m = inbound.message() => m,
+                    m = inbound.next() => m.transpose(),
                 };
                 match msg {
                     Ok(Some(WatchRequest { request_union: Some(u) })) => match u {
@@ -68,6 +79,6 @@ impl Watch for WatchService {
             }
             hub.close_stream(sid);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Box::pin(ReceiverStream::new(rx))
     }
 }

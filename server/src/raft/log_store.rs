@@ -42,7 +42,11 @@ fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 
 impl LogStore {
     /// Open the WAL in `wal_dir` (Raft state in `engine`) and start the flusher thread.
-    pub fn open(engine: Arc<dyn Engine>, wal_dir: &Path) -> Result<Self, cairn_store::StoreError> {
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        wal_dir: &Path,
+        fsync: prometheus::Histogram,
+    ) -> Result<Self, cairn_store::StoreError> {
         let mut wal = Wal::open(wal_dir, cairn_store::wal::SEGMENT_BYTES)?;
         if let Some(b) = engine.get(Table::RaftState, KEY_PURGED)? {
             let purged: LogId = decode(&b).map_err(|e| cairn_store::StoreError::Corrupt(e.to_string()))?;
@@ -51,7 +55,7 @@ impl LogStore {
         let (tx, rx) = mpsc::channel::<Flush>();
         std::thread::Builder::new()
             .name("cairn-wal-flusher".into())
-            .spawn(move || flusher(rx))
+            .spawn(move || flusher(rx, fsync))
             .map_err(|e| cairn_store::StoreError::Engine(format!("starting the wal flusher: {e}")))?;
         Ok(Self { engine, wal: Arc::new(Mutex::new(wal)), flusher: tx })
     }
@@ -80,7 +84,7 @@ impl LogStore {
 
 /// Waits for callbacks, takes all that are queued, fsyncs their files once, completes them.
 /// Exits when every `LogStore` clone is dropped.
-fn flusher(rx: mpsc::Receiver<Flush>) {
+fn flusher(rx: mpsc::Receiver<Flush>, fsync: prometheus::Histogram) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
@@ -92,7 +96,9 @@ fn flusher(rx: mpsc::Receiver<Flush>) {
                 }
             }
         }
+        let timer = fsync.start_timer();
         let res: Result<(), String> = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
+        timer.observe_duration();
         for (cb, _) in waiting {
             cb.log_io_completed(res.clone().map_err(std::io::Error::other));
         }

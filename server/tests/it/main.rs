@@ -6,6 +6,7 @@ mod bad_input;
 mod cluster;
 mod crash;
 mod etcdctl;
+mod gateway;
 mod harness;
 mod lease;
 mod lock_election;

@@ -1,0 +1,130 @@
+//! Observability endpoints, served on the client port and on `--listen-metrics-urls`:
+//!
+//! - `GET /health`: `{"health":"true","reason":""}` (200) when the member has a leader
+//!   and a linearizable read completes; otherwise `"false"` with the reason (503).
+//!   `?serializable=true` skips the read (answers from this member alone), as etcd.
+//! - `GET /livez`: the process is serving (always `ok`).
+//! - `GET /readyz`: ready to serve linearizable requests; `?verbose` lists each check.
+//! - `GET /version`: etcd's version document plus Cairn's own version.
+//! - `GET /metrics`: the member's Prometheus registry in the text format.
+
+use super::error_response;
+use crate::node::Node;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+
+type Params = Query<HashMap<String, String>>;
+
+/// The observability routes of `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    let only_get =
+        || async { error_response(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, "Method Not Allowed") };
+    Router::new()
+        .route("/health", get(health).fallback(only_get))
+        .route("/livez", get(livez).fallback(only_get))
+        .route("/readyz", get(readyz).fallback(only_get))
+        .route("/version", get(version).fallback(only_get))
+        .route("/metrics", get(metrics).fallback(only_get))
+        .with_state(node)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    text(status, "application/json", serde_json::to_string(v).unwrap_or_default())
+}
+
+fn flag(p: &Params, name: &str) -> bool {
+    p.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+}
+
+/// Why this member cannot serve a linearizable read now, if it cannot. The read is
+/// bounded by `limit` so a health probe never hangs.
+async fn linearizable_problem(node: &Node, limit: Duration) -> Option<String> {
+    if node.leader().is_none() {
+        return Some("RAFT NO LEADER".into());
+    }
+    match tokio::time::timeout(limit, node.read_barrier()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("QGET ERROR: {e}")),
+        Err(_) => Some("QGET ERROR: timed out".into()),
+    }
+}
+
+/// How long a probe's linearizable read may take.
+fn probe_limit(node: &Node) -> Duration {
+    node.config.request_timeout()
+}
+
+async fn health(State(node): State<Arc<Node>>, p: Params) -> Response {
+    #[derive(Serialize)]
+    struct Health {
+        health: &'static str,
+        reason: String,
+    }
+    let problem = if flag(&p, "serializable") {
+        node.leader().is_none().then(|| "RAFT NO LEADER".to_string())
+    } else {
+        linearizable_problem(&node, probe_limit(&node)).await
+    };
+    match problem {
+        None => json(StatusCode::OK, &Health { health: "true", reason: String::new() }),
+        Some(reason) => {
+            tracing::warn!(%reason, "/health error");
+            json(StatusCode::SERVICE_UNAVAILABLE, &Health { health: "false", reason })
+        }
+    }
+}
+
+async fn livez() -> Response {
+    text(StatusCode::OK, "text/plain; charset=utf-8", "ok".into())
+}
+
+async fn readyz(State(node): State<Arc<Node>>, p: Params) -> Response {
+    let checks = [
+        ("serializable_read", node.leader().is_none().then(|| "no leader".to_string())),
+        ("linearizable_read", linearizable_problem(&node, probe_limit(&node)).await),
+    ];
+    let ok = checks.iter().all(|(_, c)| c.is_none());
+    let mut body = String::new();
+    if flag(&p, "verbose") || !ok {
+        for (name, problem) in &checks {
+            match problem {
+                None => body.push_str(&format!("[+]{name} ok\n")),
+                Some(why) => body.push_str(&format!("[-]{name} failed: {why}\n")),
+            }
+        }
+    }
+    body.push_str(if ok { "ok" } else { "readyz check failed" });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, "text/plain; charset=utf-8", body)
+}
+
+async fn version() -> Response {
+    #[derive(Serialize)]
+    struct Version {
+        etcdserver: &'static str,
+        etcdcluster: &'static str,
+        cairn: &'static str,
+    }
+    let v = crate::grpc::maintenance::ETCD_API_VERSION;
+    json(StatusCode::OK, &Version { etcdserver: v, etcdcluster: v, cairn: env!("CARGO_PKG_VERSION") })
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.metrics.refresh(&node);
+    text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", node.metrics.render())
+}
