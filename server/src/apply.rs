@@ -7,7 +7,10 @@ use crate::raft::state_machine::{LeaseChange, SmState};
 use cairn_api::cairnpb::{
     raft_request, raft_response, ApplyError, Empty, LeaseRecord, RaftBatchResponse, RaftRequest, RaftResponse,
 };
-use cairn_api::etcdserverpb::{CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse};
+use cairn_api::etcdserverpb::alarm_request::AlarmAction;
+use cairn_api::etcdserverpb::{
+    request_op, AlarmMember, AlarmResponse, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, TxnRequest,
+};
 use cairn_store::StoreError;
 use tonic::Code;
 
@@ -20,6 +23,12 @@ fn refused(code: Code, message: &str) -> raft_response::Response {
 /// is a storage failure that must stop this member.
 pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, StoreError> {
     use raft_response::Response as R;
+    // Under a NOSPACE alarm only what frees space (deletes, compaction, revocations)
+    // applies, as etcd's capped applier; decided here so every member agrees.
+    if state.no_space() && adds_data(req) {
+        let response = Some(refused(Code::ResourceExhausted, msg::NO_SPACE));
+        return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
+    }
     let leases = &state.leases;
     let lease_exists = |id: i64| leases.contains_key(&id);
     let result = match &req.request {
@@ -74,6 +83,17 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
             }
             Ok(R::Batch(RaftBatchResponse { responses }))
         }
+        Some(raft_request::Request::Alarm(a)) => {
+            let on = a.action == AlarmAction::Activate as i32;
+            let changed = if on || a.action == AlarmAction::Deactivate as i32 {
+                state.set_alarm(a.member_id, a.alarm, on)
+            } else {
+                false
+            };
+            let alarms =
+                if changed || on { vec![AlarmMember { member_id: a.member_id, alarm: a.alarm }] } else { vec![] };
+            Ok(R::Alarm(AlarmResponse { header: None, alarms }))
+        }
         Some(raft_request::Request::Publish(attrs)) => {
             state.publish(attrs.clone());
             Ok(R::Empty(Empty {}))
@@ -89,4 +109,20 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
         }
     };
     Ok(RaftResponse { revision: state.mvcc.current_revision(), response: Some(response) })
+}
+
+/// Whether `req` may grow the store: puts, txns with a put anywhere, lease grants.
+pub fn adds_data(req: &RaftRequest) -> bool {
+    fn txn_puts(t: &TxnRequest) -> bool {
+        t.success.iter().chain(&t.failure).any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_puts(inner),
+            _ => false,
+        })
+    }
+    match &req.request {
+        Some(raft_request::Request::Put(_)) | Some(raft_request::Request::LeaseGrant(_)) => true,
+        Some(raft_request::Request::Txn(t)) => txn_puts(t),
+        _ => false,
+    }
 }

@@ -32,6 +32,7 @@ pub mod msg {
     pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
     pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
     pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
+    pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 }
 
 /// Everything a request can fail with.

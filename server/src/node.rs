@@ -5,7 +5,7 @@
 
 use crate::batch::{Batcher, NotDone};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{msg, Error, Result};
 use crate::lease::Lessor;
 use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
@@ -17,8 +17,10 @@ use cairn_api::cairnpb::{
     raft_request, raft_response, LeaseRenewRequest, LeaseTtlRequest, MemberAttributes, ProposeRequest, RaftRequest,
     RaftResponse, ReadIndexRequest,
 };
+use cairn_api::etcdserverpb::alarm_request::AlarmAction;
 use cairn_api::etcdserverpb::{
-    LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
+    AlarmRequest, AlarmType, LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    ResponseHeader,
 };
 use cairn_store::{Engine, Table, WriteBatch};
 use prost::Message;
@@ -266,6 +268,37 @@ impl Node {
         }
     }
 
+    /// A CRC-32 of the MVCC history up to `revision` (0: the current one) — every
+    /// revision of every key not compacted away — with the compact revision and the
+    /// current revision. Members that applied the same log agree on it (HashKV, the basis
+    /// of corruption checks). Read from a frozen view, so writes go on meanwhile.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        let (view, compacted, current) =
+            self.read(|st| (self.engine.frozen_view(), st.mvcc.compact_revision(), st.mvcc.current_revision()));
+        let view = view?;
+        let at = if revision > 0 { revision } else { current };
+        if at > current {
+            return Err(cairn_store::StoreError::FutureRev.into());
+        }
+        if revision > 0 && revision < compacted {
+            return Err(cairn_store::StoreError::Compacted.into());
+        }
+        let end = cairn_store::Revision { main: at + 1, sub: 0 }.to_bytes();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&compacted.to_be_bytes());
+        let mut visit = |k: &[u8], v: &[u8]| {
+            h.update(k);
+            h.update(v);
+            Ok(true)
+        };
+        match view {
+            Some(v) => v.scan(Table::Kv, &[], Some(&end), &mut visit)?,
+            // No frozen view (sled): scan under the state lock so no apply interleaves.
+            None => self.read(|_| self.engine.scan(Table::Kv, &[], Some(&end), &mut visit))?,
+        }
+        Ok((h.finalize(), compacted, current))
+    }
+
     /// The current leader's id, if known.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
@@ -297,6 +330,9 @@ impl Node {
         if req.encoded_len() > self.config.max_request_bytes {
             return Err(Error::InvalidArgument(crate::error::msg::REQUEST_TOO_LARGE));
         }
+        if crate::apply::adds_data(&req) {
+            self.check_quota().await?;
+        }
         // Counted down when done or when the caller gives up (the future is dropped).
         struct Pending<'a>(&'a prometheus::IntGauge);
         impl Drop for Pending<'_> {
@@ -311,6 +347,27 @@ impl Node {
             self.metrics.proposals_failed.inc();
         }
         res
+    }
+
+    /// Refuse a write that adds data once the store is over `--quota-backend-bytes`,
+    /// raising this member's NOSPACE alarm (through Raft, so every member refuses such
+    /// writes until it is disarmed), as etcd's quota check does.
+    async fn check_quota(&self) -> Result<()> {
+        let no_space = || Error::Remote { code: tonic::Code::ResourceExhausted as i32, message: msg::NO_SPACE.into() };
+        if self.read(|st| st.no_space()) {
+            return Err(no_space());
+        }
+        let size = self.engine.size_on_disk();
+        if size <= self.config.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::warn!(size, quota = self.config.quota_backend_bytes, "backend over quota: raising NOSPACE");
+        let alarm =
+            AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.id, alarm: AlarmType::Nospace as i32 };
+        if let Err(e) = self.propose_inner(RaftRequest { request: Some(raft_request::Request::Alarm(alarm)) }).await {
+            tracing::warn!("raising NOSPACE: {e}");
+        }
+        Err(no_space())
     }
 
     async fn propose_inner(&self, req: RaftRequest) -> Result<RaftResponse> {

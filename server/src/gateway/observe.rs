@@ -1,7 +1,8 @@
 //! Observability endpoints, served on the client port and on `--listen-metrics-urls`:
 //!
-//! - `GET /health`: `{"health":"true","reason":""}` (200) when the member has a leader
-//!   and a linearizable read completes; otherwise `"false"` with the reason (503).
+//! - `GET /health`: `{"health":"true","reason":""}` (200) when no alarm is raised, the
+//!   member has a leader and a linearizable read completes; otherwise `"false"` with the
+//!   reason (503). `?exclude=NOSPACE` ignores that alarm.
 //!   `?serializable=true` skips the read (answers from this member alone), as etcd.
 //! - `GET /livez`: the process is serving (always `ok`).
 //! - `GET /readyz`: ready to serve linearizable requests; `?verbose` lists each check.
@@ -15,6 +16,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use cairn_api::etcdserverpb::AlarmType;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,7 +77,16 @@ async fn health(State(node): State<Arc<Node>>, p: Params) -> Response {
         health: &'static str,
         reason: String,
     }
-    let problem = if flag(&p, "serializable") {
+    // A raised alarm makes the member unhealthy unless excluded (`?exclude=NOSPACE`).
+    let alarm = node.read(|st| {
+        st.alarms
+            .iter()
+            .map(|(_, a)| AlarmType::try_from(*a).map_or("UNKNOWN", |t| t.as_str_name()))
+            .find(|name| p.get("exclude").is_none_or(|ex| ex != name))
+    });
+    let problem = if let Some(name) = alarm {
+        Some(format!("ALARM {name}"))
+    } else if flag(&p, "serializable") {
         node.leader().is_none().then(|| "RAFT NO LEADER".to_string())
     } else {
         linearizable_problem(&node, probe_limit(&node)).await

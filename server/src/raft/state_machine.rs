@@ -19,7 +19,7 @@ use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, SnapshotMeta};
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 const KEY_APPLIED: &[u8] = b"raft_applied";
 const KEY_MEMBERSHIP: &[u8] = b"raft_membership";
 const ATTR_PREFIX: &[u8] = b"member_attr/";
+const ALARM_PREFIX: &[u8] = b"alarm/";
 
 /// Everything the state machine owns, behind one lock.
 pub struct SmState {
@@ -41,6 +42,8 @@ pub struct SmState {
     pub attrs: BTreeMap<u64, MemberAttributes>,
     /// Leases by id.
     pub leases: BTreeMap<i64, LeaseRecord>,
+    /// Raised alarms: (member id, `AlarmType` value).
+    pub alarms: BTreeSet<(u64, i32)>,
     /// Lease changes since the lessor last took them.
     lease_changes: Vec<LeaseChange>,
     /// Staged changes to write with the next commit (member attributes, leases).
@@ -65,6 +68,25 @@ impl SmState {
         key.extend_from_slice(&attrs.id.to_be_bytes());
         self.staged.put(Table::Meta, key, attrs.encode_to_vec());
         self.attrs.insert(attrs.id, attrs);
+    }
+
+    /// Raise (`on`) or clear an alarm; whether that changed anything.
+    pub fn set_alarm(&mut self, member: u64, alarm: i32, on: bool) -> bool {
+        let mut key = ALARM_PREFIX.to_vec();
+        key.extend_from_slice(&member.to_be_bytes());
+        key.extend_from_slice(&alarm.to_be_bytes());
+        if on {
+            self.staged.put(Table::Meta, key, Vec::new());
+            self.alarms.insert((member, alarm))
+        } else {
+            self.staged.delete(Table::Meta, key);
+            self.alarms.remove(&(member, alarm))
+        }
+    }
+
+    /// Whether a NOSPACE alarm is raised (writes that add data are refused).
+    pub fn no_space(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == cairn_api::etcdserverpb::AlarmType::Nospace as i32)
     }
 
     /// Store a new or changed lease record.
@@ -111,6 +133,21 @@ impl SmState {
             Ok(true)
         })?;
         self.attrs = attrs;
+        let mut alarms = BTreeSet::new();
+        let mut end = ALARM_PREFIX.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        engine.scan(Table::Meta, ALARM_PREFIX, Some(&end), &mut |k, _| {
+            let k = &k[ALARM_PREFIX.len()..];
+            if let (Some(m), Some(a)) = (k.get(..8), k.get(8..12)) {
+                let member = u64::from_be_bytes(m.try_into().unwrap_or_default());
+                let alarm = i32::from_be_bytes(a.try_into().unwrap_or_default());
+                alarms.insert((member, alarm));
+            }
+            Ok(true)
+        })?;
+        self.alarms = alarms;
         let mut leases = BTreeMap::new();
         engine.scan(Table::Lease, &[], None, &mut |_, v| {
             let l = LeaseRecord::decode(v)?;
@@ -172,6 +209,7 @@ impl StateMachine {
             membership: StoredMembership::default(),
             attrs: BTreeMap::new(),
             leases: BTreeMap::new(),
+            alarms: BTreeSet::new(),
             lease_changes: Vec::new(),
             staged: WriteBatch::new(),
         };

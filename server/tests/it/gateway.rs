@@ -139,6 +139,13 @@ async fn every_route_is_served_as_json() {
     assert_eq!(status["leader"], status["header"]["member_id"]);
     assert!(status["dbSize"].as_str().is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n > 0)), "{status}");
     h.ok("/v3/maintenance/alarm", json!({"action": "GET"})).await;
+    let hkv = h.ok("/v3/maintenance/hashkv", json!({})).await;
+    assert_eq!(
+        (hkv["compact_revision"].clone(), hkv["hash_revision"].clone()),
+        (json!("3"), hkv["header"]["revision"].clone())
+    );
+    assert!(hkv["hash"].as_u64().is_some_and(|h| h > 0), "{hkv}");
+    assert_eq!(h.ok("/v3/maintenance/hash", json!({})).await["hash"], hkv["hash"]);
 
     // Lock and Election (lease 0: the server grants one, as etcd).
     let locked = h.ok("/v3/lock/lock", json!({"name": b64("job")})).await;
@@ -166,8 +173,6 @@ async fn every_route_is_served_as_json() {
         "/v3/cluster/member/update",
         "/v3/cluster/member/promote",
         "/v3/maintenance/defragment",
-        "/v3/maintenance/hash",
-        "/v3/maintenance/hashkv",
         "/v3/maintenance/transfer-leadership",
         "/v3/auth/status",
         "/v3/auth/enable",

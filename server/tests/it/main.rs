@@ -10,4 +10,5 @@ mod gateway;
 mod harness;
 mod lease;
 mod lock_election;
+mod maintenance;
 mod watch;

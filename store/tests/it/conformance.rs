@@ -220,7 +220,19 @@ fn reopen_restores_state(kind: EngineKind) {
         m.commit(WriteBatch::new(), true).unwrap();
         rev = m.current_revision();
     }
-    let m = Mvcc::open(engine::open(kind, dir.path()).unwrap()).unwrap();
+    // sled's background threads may hold its file lock a moment after the drop; a new
+    // process never sees that, a reopen in the same process can (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let engine = loop {
+        match engine::open(kind, dir.path()) {
+            Ok(e) => break e,
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("reopening: {e}"),
+        }
+    };
+    let m = Mvcc::open(engine).unwrap();
     assert_eq!(m.current_revision(), rev);
     assert_eq!(m.compact_revision(), 3);
     assert!(get(&m, "a", "", 0).unwrap().is_empty());
