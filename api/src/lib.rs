@@ -7,6 +7,19 @@
 
 #![allow(clippy::all, missing_docs)]
 
+/// The end of the range that holds every key starting with `prefix` (etcd's rule: the
+/// prefix with its last byte below 0xff incremented; `\0`, meaning "to the end", if none).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// `mvccpb`: keys, values and watch events.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");

@@ -6,6 +6,7 @@ use crate::error::Result;
 use cairn_api::etcdserverpb as pb;
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::mvccpb::KeyValue;
+pub use cairn_api::prefix_end;
 use tonic::transport::Channel;
 
 /// The header every response carries: which cluster and member answered, and the store's
@@ -44,19 +45,6 @@ impl KeyValueExt for KeyValue {
     fn value_str(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.value)
     }
-}
-
-/// The end of the range that holds every key starting with `prefix` (etcd's rule: the
-/// prefix with its last byte below 0xff incremented; `\0`, meaning "to the end", if none).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Which keys a request covers beyond its key.

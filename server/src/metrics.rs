@@ -304,12 +304,13 @@ impl Metrics {
         // openraft does not publish the commit index; an entry is applied right after
         // it commits, so the applied index Raft reports is the committed index we know.
         self.committed.set(m.last_applied.map_or(0, |l| l.index) as i64);
-        let (applied, keys, rev, compacted) = node.read(|st| {
+        let (applied, keys, rev, compacted, leases) = node.read(|st| {
             (
                 st.last_applied.map_or(0, |l| l.index),
                 st.mvcc.key_count(),
                 st.mvcc.current_revision(),
                 st.mvcc.compact_revision(),
+                st.leases.len(),
             )
         });
         self.applied.set(applied as i64);
@@ -324,7 +325,7 @@ impl Metrics {
         self.slow_watchers.set(w.catching_up.load(Ordering::Relaxed) as i64);
         self.watch_stalls.set(w.slow_events.load(Ordering::Relaxed) as i64);
         self.events_sent.set(w.events_sent.load(Ordering::Relaxed) as i64);
-        self.leases.set(node.read(|st| st.leases.len()) as i64);
+        self.leases.set(leases as i64);
     }
 
     /// The registry in Prometheus' text exposition format.

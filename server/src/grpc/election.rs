@@ -4,13 +4,14 @@
 //! value is the proclamation — so `etcdctl elect`, Go programs and Cairn's Rust recipe on
 //! the same name agree on the leader.
 
-use super::local::{prefix_end, Local};
+use super::local::Local;
 use super::lock::{create_if_absent, created_at, relay, wait_turn, Pending};
 use crate::error::msg;
 use crate::node::Node;
 use cairn_api::etcdserverpb::request_op::Request as Op;
 use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest};
 use cairn_api::mvccpb::event::EventType;
+use cairn_api::prefix_end;
 use cairn_api::v3electionpb::election_server::Election;
 use cairn_api::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest, ProclaimResponse,

@@ -14,6 +14,7 @@ use cairn_api::etcdserverpb::{
     WatchResponse,
 };
 use cairn_api::mvccpb::{event::EventType, KeyValue};
+use cairn_api::prefix_end;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Request, Status};
@@ -26,18 +27,6 @@ pub struct Local {
     pub node: Arc<Node>,
     kv: KvService,
     lease: LeaseService,
-}
-
-/// The end of a range covering every key starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// The first key under `prefix` in create-revision `order`, among those created at or
