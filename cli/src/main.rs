@@ -5,6 +5,7 @@
 //! 2 an invalid command line or input.
 
 mod coord;
+mod ops;
 mod output;
 mod txn;
 
@@ -81,7 +82,18 @@ enum Cmd {
     Lease(LeaseCmd),
     /// Membership commands.
     #[command(subcommand)]
-    Member(MemberCmd),
+    Member(ops::MemberCmd),
+    /// Hand leadership to another member (hex id).
+    MoveLeader { target: String },
+    /// Give the space of deleted data back to the file system, one member at a time.
+    Defrag {
+        /// Defragment every member (from the member list).
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Backup commands: save, status, restore.
+    #[command(subcommand)]
+    Snapshot(ops::SnapshotCmd),
     /// Per-endpoint commands.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
@@ -380,12 +392,6 @@ enum LeaseCmd {
 }
 
 #[derive(Subcommand)]
-enum MemberCmd {
-    /// List the cluster's members.
-    List,
-}
-
-#[derive(Subcommand)]
 enum EndpointCmd {
     /// Status of each endpoint.
     Status {
@@ -398,6 +404,15 @@ enum EndpointCmd {
         /// Use every member's client URLs (from the member list) as endpoints.
         #[arg(long)]
         cluster: bool,
+    },
+    /// Each endpoint's hash of its key-value history (equal on healthy members).
+    Hashkv {
+        /// Use every member's client URLs (from the member list) as endpoints.
+        #[arg(long)]
+        cluster: bool,
+        /// The revision to hash up to (0: the current one).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
     },
 }
 
@@ -508,11 +523,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Watch(a) => watch(&cli, a).await?,
         Cmd::Lease(l) => lease(&cli, l).await?,
-        Cmd::Member(MemberCmd::List) => {
-            let c = cli.client().await?;
-            let members = c.member_list().await?;
-            output::print_members(&members, None, w);
-        }
+        Cmd::Member(m) => ops::member(&cli, m).await?,
+        Cmd::MoveLeader { target } => ops::move_leader(&cli, target).await?,
+        Cmd::Defrag { cluster } => ops::defrag(&cli, *cluster).await?,
+        Cmd::Snapshot(s) => ops::snapshot(&cli, s).await?,
         Cmd::Endpoint(EndpointCmd::Status { cluster }) => {
             let mut rows = Vec::new();
             let mut failed = Vec::new();
@@ -538,6 +552,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !failed.is_empty() {
                 anyhow::bail!("{}", failed.join("; "));
+            }
+        }
+        Cmd::Endpoint(EndpointCmd::Hashkv { cluster, rev }) => {
+            let mut rows = Vec::new();
+            for ep in cli.each_endpoint(*cluster).await? {
+                let c = cli.client_to(std::slice::from_ref(&ep)).await?;
+                rows.push((ep, c.hash_kv(*rev).await?));
+            }
+            match w {
+                Format::Json => {
+                    let v: Vec<_> = rows
+                        .iter()
+                        .map(|(ep, h)| {
+                            serde_json::json!({"Endpoint": ep, "HashKV": {"header": output::header_json(&h.header.into()),
+                                "hash": h.hash, "compact_revision": h.compact_revision, "hash_revision": h.hash_revision}})
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut t = output::table(&["ENDPOINT", "HASH", "HASH REVISION", "COMPACT REVISION"]);
+                    for (ep, h) in &rows {
+                        t.add_row(vec![
+                            ep.clone(),
+                            h.hash.to_string(),
+                            h.hash_revision.to_string(),
+                            h.compact_revision.to_string(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+                Format::Simple => rows.iter().for_each(|(ep, h)| println!("{ep}, {}", h.hash)),
             }
         }
         Cmd::Endpoint(EndpointCmd::Health { cluster }) => {

@@ -118,6 +118,20 @@ impl Client {
         Ok(())
     }
 
+    /// Stream a backup of the connected member's store (`snapshot save`): messages carry
+    /// the next bytes and how many remain. Not retried, and not bounded by the request
+    /// timeout (a large store takes a while).
+    pub async fn snapshot(&self) -> Result<tonic::Streaming<pb::SnapshotResponse>> {
+        let conn = self.inner.conn().await?;
+        match maintenance(conn.channel.clone()).snapshot(pb::SnapshotRequest {}).await {
+            Ok(s) => Ok(s.into_inner()),
+            Err(s) => {
+                self.inner.failed(&conn);
+                Err(s.into())
+            }
+        }
+    }
+
     /// Hand leadership to member `target_id` (ask the leader).
     pub async fn move_leader(&self, target_id: u64) -> Result<()> {
         self.inner

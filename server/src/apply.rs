@@ -29,6 +29,12 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
         let response = Some(refused(Code::ResourceExhausted, msg::NO_SPACE));
         return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
     }
+    // Under a CORRUPT alarm no data changes at all (etcd's corrupt applier) until an
+    // operator has looked and disarmed it.
+    if state.corrupt() && changes_data(req) {
+        let response = Some(refused(Code::DataLoss, msg::CORRUPT));
+        return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
+    }
     let leases = &state.leases;
     let lease_exists = |id: i64| leases.contains_key(&id);
     let result = match &req.request {
@@ -123,6 +129,18 @@ pub fn adds_data(req: &RaftRequest) -> bool {
     match &req.request {
         Some(raft_request::Request::Put(_)) | Some(raft_request::Request::LeaseGrant(_)) => true,
         Some(raft_request::Request::Txn(t)) => txn_puts(t),
+        _ => false,
+    }
+}
+
+/// Whether a request changes keys or leases (refused while a CORRUPT alarm is raised).
+pub fn changes_data(req: &RaftRequest) -> bool {
+    use raft_request::Request as Q;
+    match &req.request {
+        Some(Q::Put(_) | Q::DeleteRange(_) | Q::Txn(_) | Q::Compaction(_) | Q::LeaseGrant(_) | Q::LeaseRevoke(_)) => {
+            true
+        }
+        // A batch is applied request by request, each checked on its own.
         _ => false,
     }
 }

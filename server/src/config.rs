@@ -78,6 +78,18 @@ pub struct Flags {
     /// Storage engine: redb (default) or sled.
     #[arg(long, env = "CAIRN_STORAGE_ENGINE", default_value = "redb")]
     pub storage_engine: EngineKind,
+    /// Auto-compaction: `periodic` (keep a time window) or `revision` (keep a number of revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// History auto-compaction keeps: a duration or hours (periodic), revisions (revision); 0 = off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// How often revision-mode auto-compaction runs (etcd: 5 minutes).
+    #[arg(long, env = "CAIRN_AUTO_COMPACTION_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub auto_compaction_interval: Duration,
+    /// How often the leader compares every member's HashKV (0 = never); a mismatch raises CORRUPT.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", alias = "corrupt-check-time", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub experimental_corrupt_check_time: Duration,
 }
 
 /// A validated configuration.
@@ -127,6 +139,12 @@ pub struct Config {
     pub lease_checkpoint_interval: Duration,
     /// Most lease revocations per second.
     pub lease_revoke_rate: u32,
+    /// Auto-compaction retention.
+    pub auto_compaction: crate::upkeep::Retention,
+    /// Interval of revision-mode auto-compaction.
+    pub auto_compaction_interval: Duration,
+    /// Interval of the corruption check (zero: off).
+    pub corrupt_check_interval: Duration,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -205,6 +223,9 @@ impl Config {
             watch_progress_notify_interval: f.watch_progress_notify_interval.max(Duration::from_millis(10)),
             lease_checkpoint_interval: f.lease_checkpoint_interval.max(Duration::from_millis(100)),
             lease_revoke_rate: f.lease_revoke_rate.max(1),
+            auto_compaction: crate::upkeep::Retention::parse(&f.auto_compaction_mode, &f.auto_compaction_retention)?,
+            auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
+            corrupt_check_interval: f.experimental_corrupt_check_time,
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;

@@ -33,6 +33,16 @@ pub mod msg {
     pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
     pub const LEASE_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
     pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+    pub const MEMBER_EXISTS: &str = "etcdserver: member ID already exist";
+    pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+    pub const NOT_ENOUGH_STARTED: &str = "etcdserver: re-configuration failed due to not enough started members";
+    pub const BAD_MEMBER_URLS: &str = "etcdserver: given member URLs are invalid";
+    pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+    pub const LEARNER_NOT_READY: &str = "etcdserver: can only promote a learner member which is in sync with leader";
+    pub const TOO_MANY_LEARNERS: &str = "etcdserver: too many learner members in cluster";
+    pub const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+    pub const LEADER_TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
+    pub const CORRUPT: &str = "etcdserver: corrupt cluster";
 }
 
 /// Everything a request can fail with.
@@ -73,6 +83,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An error with etcd's `code` and `message`.
+    pub fn etcd(code: Code, message: &str) -> Error {
+        Error::Remote { code: code as i32, message: message.into() }
+    }
+
     /// The gRPC code etcd uses for this error.
     pub fn code(&self) -> Code {
         match self {

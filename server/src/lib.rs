@@ -13,10 +13,12 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod lease;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod testing;
+pub mod upkeep;
 pub mod watch;
 
 pub use config::Config;

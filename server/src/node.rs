@@ -9,7 +9,7 @@ use crate::error::{msg, Error, Result};
 use crate::lease::Lessor;
 use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{peer_channel, Network};
+use crate::raft::network::{peer_channel, Contacts, Network};
 use crate::raft::state_machine::{SmState, StateMachine};
 use crate::raft::{Member, Raft};
 use cairn_api::cairnpb::peer_client::PeerClient;
@@ -22,11 +22,11 @@ use cairn_api::etcdserverpb::{
     AlarmRequest, AlarmType, LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
     ResponseHeader,
 };
-use cairn_store::{Engine, Table, WriteBatch};
+use cairn_store::{ids, Engine, Table, WriteBatch};
 use prost::Message;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,7 +37,6 @@ use tonic::transport::Channel;
 
 /// How long to wait between retries while no leader is known.
 const RETRY: Duration = Duration::from_millis(50);
-const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 
 /// A running member.
 pub struct Node {
@@ -61,35 +60,15 @@ pub struct Node {
     pub tasks: TaskTracker,
     /// Lease expiry (acts only on the leader).
     pub lessor: Arc<Lessor>,
-    leader_clients: Mutex<HashMap<u64, PeerClient<Channel>>>,
+    peer_clients: Mutex<HashMap<u64, (Member, PeerClient<Channel>)>>,
     /// This member's metrics.
     pub metrics: Arc<Metrics>,
-}
-
-/// etcd-style member id: a hash of the sorted peer URLs and the cluster token.
-pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
-    let mut urls = peer_urls.to_vec();
-    urls.sort();
-    let mut h = Sha256::new();
-    h.update(urls.join("").as_bytes());
-    h.update(token.as_bytes());
-    let d = h.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(b)
-}
-
-fn cluster_id_of(ids: impl Iterator<Item = u64>) -> u64 {
-    let mut ids: Vec<u64> = ids.collect();
-    ids.sort();
-    let mut h = Sha256::new();
-    for id in ids {
-        h.update(id.to_be_bytes());
-    }
-    let d = h.finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(b)
+    /// When each peer last answered a Raft RPC.
+    pub contacts: Contacts,
+    /// Held while a membership change runs (one at a time).
+    pub member_change: tokio::sync::Mutex<()>,
+    /// Set while leadership is being handed over: new proposals and reads wait.
+    pub transferring: AtomicBool,
 }
 
 /// Resolve `http://host:port` to socket addresses.
@@ -139,21 +118,11 @@ impl Node {
             .initial_cluster
             .iter()
             .map(|(name, urls)| {
-                (member_id(urls, &config.cluster_token), Member { name: name.clone(), peer_urls: urls.clone() })
+                (ids::member_id(urls, &config.cluster_token, 0), Member { name: name.clone(), peer_urls: urls.clone() })
             })
             .collect();
-        let id = member_id(&config.advertise_peer_urls, &config.cluster_token);
         let engine = cairn_store::engine::open(config.engine, &config.data_dir.join("member"))?;
-        let cluster_id = match engine.get(Table::RaftState, KEY_CLUSTER_ID)? {
-            Some(b) if b.len() == 8 => u64::from_be_bytes(b.as_slice().try_into()?),
-            _ => {
-                let cid = cluster_id_of(ids.keys().copied());
-                let mut wb = WriteBatch::new();
-                wb.put(Table::RaftState, KEY_CLUSTER_ID, cid.to_be_bytes().to_vec());
-                engine.write(wb, true)?;
-                cid
-            }
-        };
+        let (id, cluster_id) = identify(&config, engine.as_ref(), &ids).await?;
         let metrics = Metrics::new(id);
         let log =
             LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"), metrics.wal_fsync.clone())?;
@@ -175,7 +144,9 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(id, Arc::new(raft_config), Network { cluster_id }, log, sm.clone()).await?;
+        let contacts = Contacts::default();
+        let network = Network { cluster_id, contacts: contacts.clone() };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm.clone()).await?;
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let batcher = Batcher::start(raft.clone(), &tasks, shutdown.clone());
@@ -190,8 +161,11 @@ impl Node {
             batcher,
             tasks: tasks.clone(),
             lessor,
-            leader_clients: Mutex::new(HashMap::new()),
+            peer_clients: Mutex::new(HashMap::new()),
             metrics,
+            contacts,
+            member_change: tokio::sync::Mutex::new(()),
+            transferring: AtomicBool::new(false),
         });
         {
             let n = Arc::downgrade(&node);
@@ -244,6 +218,10 @@ impl Node {
         tasks.spawn(crate::lease::run_checkpoints(node.clone(), config.lease_checkpoint_interval));
         tasks.spawn(checkpoint(node.clone()));
         tasks.spawn(crate::metrics::track_leader(node.clone()));
+        tasks.spawn(crate::membership::watch_removal(node.clone()));
+        tasks.spawn(crate::upkeep::auto_compact(node.clone(), config.auto_compaction, config.auto_compaction_interval));
+        tasks.spawn(crate::upkeep::corruption_check(node.clone(), config.corrupt_check_interval));
+        tasks.spawn(crate::upkeep::clear_no_space(node.clone()));
         tracing::info!(
             name = %config.name, id = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"),
             data_dir = %config.data_dir.display(), engine = %config.engine,
@@ -304,18 +282,30 @@ impl Node {
         self.raft.metrics().borrow().current_leader
     }
 
-    fn leader_client(&self, id: u64, member: &Member) -> Option<PeerClient<Channel>> {
-        let mut cache = self.leader_clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(&id) {
-            return Some(c.clone());
+    /// A (cached) client of member `id`'s peer port.
+    pub fn peer_client(&self, id: u64, member: &Member) -> Option<PeerClient<Channel>> {
+        let mut cache = self.peer_clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((m, c)) = cache.get(&id) {
+            // A member whose peer URLs changed (MemberUpdate) gets a new connection.
+            if m.peer_urls == member.peer_urls {
+                return Some(c.clone());
+            }
         }
         let c = PeerClient::new(peer_channel(member)?).max_decoding_message_size(64 << 20);
-        cache.insert(id, c.clone());
+        cache.insert(id, (member.clone(), c.clone()));
         Some(c)
+    }
+
+    /// Whether a leadership transfer holds new proposals and reads back.
+    fn paused(&self) -> bool {
+        self.transferring.load(Ordering::SeqCst)
     }
 
     /// Propose a write on this member only (the leader, for writes forwarded to it).
     pub async fn propose_local(&self, req: RaftRequest) -> std::result::Result<RaftResponse, tonic::Status> {
+        if self.paused() {
+            return Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER));
+        }
         match self.batcher.propose(req).await {
             Ok(r) => Ok(r),
             Err(NotDone::Forward(_)) => Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER)),
@@ -332,6 +322,9 @@ impl Node {
         }
         if crate::apply::adds_data(&req) {
             self.check_quota().await?;
+        }
+        if crate::apply::changes_data(&req) && self.read(|st| st.corrupt()) {
+            return Err(Error::etcd(tonic::Code::DataLoss, msg::CORRUPT));
         }
         // Counted down when done or when the caller gives up (the future is dropped).
         struct Pending<'a>(&'a prometheus::IntGauge);
@@ -373,11 +366,16 @@ impl Node {
     async fn propose_inner(&self, req: RaftRequest) -> Result<RaftResponse> {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
-            match self.batcher.propose(req.clone()).await {
+            let proposed = if self.paused() {
+                Err(NotDone::Other("leadership is moving".into()))
+            } else {
+                self.batcher.propose(req.clone()).await
+            };
+            match proposed {
                 Ok(r) => return into_result(r),
                 Err(NotDone::Forward(leader)) => {
                     if let Some((lid, member)) = leader.map(|b| *b) {
-                        if let Some(mut client) = self.leader_client(lid, &member) {
+                        if let Some(mut client) = self.peer_client(lid, &member) {
                             let mut r = tonic::Request::new(ProposeRequest {
                                 cluster_id: self.cluster_id,
                                 request: Some(req.clone()),
@@ -413,6 +411,9 @@ impl Node {
 
     /// The log index a linearizable read must observe, as the leader sees it now.
     pub async fn read_index_local(&self) -> std::result::Result<u64, tonic::Status> {
+        if self.paused() {
+            return Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER));
+        }
         match self.batcher.read_index().await {
             Ok(read) => Ok(read.map_or(0, |l| l.index)),
             Err(NotDone::Forward(_)) => Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER)),
@@ -426,9 +427,14 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + self.config.request_timeout();
         loop {
-            let index = match self.batcher.read_index().await {
+            let read = if self.paused() {
+                Err(NotDone::Other("leadership is moving".into()))
+            } else {
+                self.batcher.read_index().await
+            };
+            let index = match read {
                 Ok(read) => Some(read.map_or(0, |l| l.index)),
-                Err(NotDone::Forward(Some(leader))) => match self.leader_client(leader.0, &leader.1) {
+                Err(NotDone::Forward(Some(leader))) => match self.peer_client(leader.0, &leader.1) {
                     Some(mut c) => {
                         let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.cluster_id });
                         r.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -457,7 +463,7 @@ impl Node {
 
 /// Whether a failed call never reached the other side (the connection could not be made),
 /// so that retrying it cannot apply a write twice.
-fn never_sent(s: &tonic::Status) -> bool {
+pub fn never_sent(s: &tonic::Status) -> bool {
     let mut src = std::error::Error::source(s);
     while let Some(e) = src {
         if e.is::<tonic::ConnectError>() {
@@ -520,7 +526,7 @@ impl Node {
                     };
                 }
                 Some((lid, member)) => {
-                    let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
+                    let mut c = self.peer_client(lid, &member).ok_or(Error::NoLeader)?;
                     match c.lease_renew(LeaseRenewRequest { cluster_id: self.cluster_id, id }).await {
                         Ok(r) => return Ok(r.into_inner().ttl),
                         Err(s) if leader_moving(&s) && Instant::now() < deadline => {}
@@ -557,7 +563,7 @@ impl Node {
                     });
                 }
                 Some((lid, member)) => {
-                    let mut c = self.leader_client(lid, &member).ok_or(Error::NoLeader)?;
+                    let mut c = self.peer_client(lid, &member).ok_or(Error::NoLeader)?;
                     let ask = LeaseTtlRequest { cluster_id: self.cluster_id, request: Some(req) };
                     match c.lease_time_to_live(ask).await {
                         Ok(r) => {
@@ -648,4 +654,25 @@ async fn publish_attributes(node: Arc<Node>) {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+}
+
+/// This member's id and its cluster's: stored on first start; for a new cluster derived
+/// from `--initial-cluster`, for a member joining a running one asked of its members.
+async fn identify(config: &Config, engine: &dyn Engine, initial: &BTreeMap<u64, Member>) -> anyhow::Result<(u64, u64)> {
+    let stored = (ids::load_id(engine, ids::KEY_MEMBER_ID)?, ids::load_id(engine, ids::KEY_CLUSTER_ID)?);
+    let (id, cluster_id) = match stored {
+        (Some(id), Some(cid)) => return Ok((id, cid)),
+        // A data directory from before member ids were stored.
+        (None, Some(cid)) => (ids::member_id(&config.advertise_peer_urls, &config.cluster_token, 0), cid),
+        _ if config.new_cluster => (
+            ids::member_id(&config.advertise_peer_urls, &config.cluster_token, 0),
+            ids::cluster_id(initial.keys().copied()),
+        ),
+        _ => crate::membership::discover(config).await?,
+    };
+    let mut wb = WriteBatch::new();
+    ids::store_id(&mut wb, ids::KEY_MEMBER_ID, id);
+    ids::store_id(&mut wb, ids::KEY_CLUSTER_ID, cluster_id);
+    engine.write(wb, true)?;
+    Ok((id, cluster_id))
 }

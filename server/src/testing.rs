@@ -59,6 +59,13 @@ pub fn cairn_binary() -> PathBuf {
     bin
 }
 
+/// The `cairnctl` binary next to `cairn` (built by `cargo build --bins`).
+pub fn cairnctl_binary() -> PathBuf {
+    let bin = cairn_binary().with_file_name(format!("cairnctl{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first (./scripts/test does)", bin.display());
+    bin
+}
+
 /// One `cairn` process and everything needed to restart it.
 pub struct Member {
     pub name: String,
@@ -99,9 +106,26 @@ impl Member {
         }
     }
 
-    /// Whether the process is running.
-    pub fn is_running(&self) -> bool {
+    /// Whether the process is running (one that exited by itself is reaped here).
+    pub fn is_running(&mut self) -> bool {
+        if let Some(c) = &mut self.child {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+            }
+        }
         self.child.is_some()
+    }
+
+    /// Wait up to `limit` for the process to exit by itself; whether it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
     }
 
     /// The member's log so far (for failure messages).
@@ -119,7 +143,39 @@ impl Drop for Member {
 /// A set of members forming one cluster (or a single node).
 pub struct Cluster {
     pub members: Vec<Member>,
-    _dir: tempfile::TempDir,
+    token: String,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn member_args(
+    name: &str,
+    data_dir: &Path,
+    client_url: &str,
+    peer_url: &str,
+    initial: &str,
+    token: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--name".into(),
+        name.into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen-client-urls".into(),
+        client_url.into(),
+        "--advertise-client-urls".into(),
+        client_url.into(),
+        "--listen-peer-urls".into(),
+        peer_url.into(),
+        "--initial-advertise-peer-urls".into(),
+        peer_url.into(),
+        "--initial-cluster".into(),
+        initial.into(),
+        "--initial-cluster-token".into(),
+        token.into(),
+    ];
+    args.extend(["--heartbeat-interval", "50", "--election-timeout", "500"].map(String::from));
+    args
 }
 
 impl Cluster {
@@ -131,6 +187,23 @@ impl Cluster {
     /// Start `n` members of the program `bin` — `cairn`, or a real `etcd`, which takes the
     /// same flags — and wait until they serve.
     pub async fn start_bin(bin: &Path, n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Self::prepare_bin(bin, n, extra);
+        for m in &mut c.members {
+            m.start();
+        }
+        for i in 0..n {
+            c.wait_ready(i).await;
+        }
+        c
+    }
+
+    /// Set up `n` `cairn` members (ports, data directories, flags) without starting them,
+    /// for tests that prepare the data directories first (a restore).
+    pub fn prepare(n: usize, extra: &[&str]) -> Cluster {
+        Self::prepare_bin(&cairn_binary(), n, extra)
+    }
+
+    fn prepare_bin(bin: &Path, n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
         let initial: Vec<String> =
@@ -142,28 +215,7 @@ impl Cluster {
             let client_url = format!("http://127.0.0.1:{cp}");
             let peer_url = format!("http://127.0.0.1:{pp}");
             let data_dir = dir.path().join(&name);
-            let mut args: Vec<String> = vec![
-                "--name".into(),
-                name.clone(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--listen-client-urls".into(),
-                client_url.clone(),
-                "--advertise-client-urls".into(),
-                client_url.clone(),
-                "--listen-peer-urls".into(),
-                peer_url.clone(),
-                "--initial-advertise-peer-urls".into(),
-                peer_url.clone(),
-                "--initial-cluster".into(),
-                initial.join(","),
-                "--initial-cluster-token".into(),
-                token.clone(),
-                "--heartbeat-interval".into(),
-                "50".into(),
-                "--election-timeout".into(),
-                "500".into(),
-            ];
+            let mut args = member_args(&name, &data_dir, &client_url, &peer_url, &initial.join(","), &token);
             args.extend(extra.iter().map(|s| s.to_string()));
             let log = dir.path().join(format!("{name}.log"));
             members.push(Member {
@@ -177,14 +229,51 @@ impl Cluster {
                 log,
             });
         }
-        for m in &mut members {
-            m.start();
+        Cluster { members, token, bin: bin.to_path_buf(), dir }
+    }
+
+    /// The cluster token (`--initial-cluster-token`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Start every member not running yet and wait until each serves.
+    pub async fn start_all(&mut self) {
+        for m in &mut self.members {
+            if !m.is_running() {
+                m.start();
+            }
         }
-        let c = Cluster { members, _dir: dir };
-        for i in 0..n {
-            c.wait_ready(i).await;
+        for i in 0..self.members.len() {
+            self.wait_ready(i).await;
         }
-        c
+    }
+
+    /// Set up a member `name` that joins the running cluster (`--initial-cluster-state
+    /// existing`) on fresh ports, as `etcdctl member add` told: `initial` is the printed
+    /// ETCD_INITIAL_CLUSTER with this member's peer URL. Returns its index; not started.
+    pub fn joiner(&mut self, name: &str, peer_url: &str, initial: &str, extra: &[&str]) -> usize {
+        let client_url = format!("http://127.0.0.1:{}", port());
+        let data_dir = self.dir.path().join(name);
+        let mut args = member_args(name, &data_dir, &client_url, peer_url, initial, &self.token);
+        args.extend(["--initial-cluster-state".to_string(), "existing".to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.members.push(Member {
+            name: name.into(),
+            client_url,
+            peer_url: peer_url.into(),
+            data_dir,
+            bin: self.bin.clone(),
+            args,
+            child: None,
+            log: self.dir.path().join(format!("{name}.log")),
+        });
+        self.members.len() - 1
+    }
+
+    /// A fresh loopback peer URL (for `member add`).
+    pub fn new_peer_url() -> String {
+        format!("http://127.0.0.1:{}", port())
     }
 
     /// Wait until member `i` answers Status and a leader is known.
@@ -207,7 +296,7 @@ impl Cluster {
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_running()) {
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
                 let Ok(mut c) = MaintenanceClient::connect(m.client_url.clone()).await else { continue };
                 let Ok(s) = c.status(StatusRequest {}).await else { continue };
                 let s = s.into_inner();
@@ -222,7 +311,7 @@ impl Cluster {
 
     /// Comma-separated endpoints of the running members.
     pub fn endpoints(&self) -> String {
-        self.members.iter().filter(|m| m.is_running()).map(Member::endpoint).collect::<Vec<_>>().join(",")
+        self.members.iter().filter(|m| m.child.is_some()).map(Member::endpoint).collect::<Vec<_>>().join(",")
     }
 
     /// A KV client to member `i`.

@@ -5,12 +5,16 @@
 //!   durability) and its redb and sled implementations;
 //! - [`revision`] and [`key_index`]: revisions and the in-memory per-key history;
 //! - [`mvcc`]: Range, Put, DeleteRange, Txn and Compact with etcd's semantics;
-//! - [`snapshot`]: a portable dump/load of the replicated tables (Raft snapshots).
+//! - [`snapshot`]: a portable dump/load of the replicated tables (Raft snapshots);
+//! - [`backup`]: checksummed backup files (`snapshot save/status/restore`);
+//! - [`ids`]: etcd-style member and cluster ids.
 //!
 //! This crate is synchronous and knows nothing of Raft, tokio or gRPC.
 
+pub mod backup;
 pub mod engine;
 pub mod error;
+pub mod ids;
 pub mod key_index;
 pub mod mvcc;
 pub mod revision;

@@ -25,8 +25,10 @@ use std::sync::Arc;
 
 const KIND_PUT: u8 = 0;
 const KIND_DELETE: u8 = 1;
-const META_CURRENT_REV: &[u8] = b"current_rev";
-const META_COMPACT_REV: &[u8] = b"compact_rev";
+/// `Meta` key of the current revision.
+pub const META_CURRENT_REV: &[u8] = b"current_rev";
+/// `Meta` key of the compacted revision.
+pub const META_COMPACT_REV: &[u8] = b"compact_rev";
 
 /// Tells the store whether a lease id exists (the lessor lives above the store).
 pub type LeaseCheck<'a> = &'a dyn Fn(i64) -> bool;

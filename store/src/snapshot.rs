@@ -33,9 +33,33 @@ pub fn dump(view: &dyn ReadView, out: &mut dyn Write) -> Result<u64> {
 fn read_chunk(input: &mut dyn Read) -> Result<Vec<u8>> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len).map_err(io)?;
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-    input.read_exact(&mut buf).map_err(io)?;
+    let len = u32::from_be_bytes(len) as usize;
+    // Read through `take` so a corrupt length cannot make us allocate gigabytes up front.
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    input.take(len as u64).read_to_end(&mut buf).map_err(io)?;
+    if buf.len() != len {
+        return Err(StoreError::Corrupt("snapshot record cut short".into()));
+    }
     Ok(buf)
+}
+
+/// One record: its table, key and value.
+pub type Record = (Table, Vec<u8>, Vec<u8>);
+
+/// Read the next record written by [`dump`]: `None` at the end of the input or at a zero
+/// byte (which no table id is: backup files end their records with one).
+pub fn read_record(input: &mut dyn Read) -> Result<Option<Record>> {
+    let mut id = [0u8; 1];
+    if input.read(&mut id).map_err(io)? == 0 || id[0] == 0 {
+        return Ok(None);
+    }
+    let table = SNAPSHOT_TABLES
+        .into_iter()
+        .find(|t| t.id() == id[0])
+        .ok_or_else(|| StoreError::Corrupt(format!("snapshot table id {}", id[0])))?;
+    let k = read_chunk(input)?;
+    let v = read_chunk(input)?;
+    Ok(Some((table, k, v)))
 }
 
 /// Replace the snapshot tables with the records read from `input`, plus `extra`, in
@@ -46,21 +70,9 @@ pub fn load(engine: &dyn Engine, input: &mut dyn Read, extra: WriteBatch) -> Res
         batch.delete_range(t, Vec::new(), None);
     }
     let mut n = 0u64;
-    loop {
-        let mut id = [0u8; 1];
-        match input.read(&mut id).map_err(io)? {
-            0 => break,
-            _ => {
-                let table = SNAPSHOT_TABLES
-                    .into_iter()
-                    .find(|t| t.id() == id[0])
-                    .ok_or_else(|| StoreError::Corrupt(format!("snapshot table id {}", id[0])))?;
-                let k = read_chunk(input)?;
-                let v = read_chunk(input)?;
-                batch.put(table, k, v);
-                n += 1;
-            }
-        }
+    while let Some((table, k, v)) = read_record(input)? {
+        batch.put(table, k, v);
+        n += 1;
     }
     batch.extend(extra);
     engine.write(batch, true)?;

@@ -191,12 +191,11 @@ async fn watch_and_lease_commands() {
 async fn cluster_commands_and_etcdctl_environment() {
     let c = Cluster::start(3, &[]).await;
     let ep = c.members[0].endpoint();
-    // Members publish their names and client URLs through Raft just after they start
-    // (until then etcd and Cairn list them as "unstarted").
+    // Members publish their names and client URLs through Raft just after they start.
     let deadline = Instant::now() + Duration::from_secs(10);
     let members = loop {
         let m = ok(&ep, &["member", "list"]);
-        if !m.contains("unstarted") || Instant::now() > deadline {
+        if c.members.iter().all(|x| m.contains(&x.client_url)) || Instant::now() > deadline {
             break m;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -289,4 +288,57 @@ async fn lock_and_elect_interoperate_with_etcdctl() {
     assert_eq!(streaming(&ep, &["elect", "-l", "other"]).take(2), theirs);
     let out = cairnctl(&ep, &["elect", "jobs"], None);
     assert_eq!(out.status.code(), Some(2), "no proposal and no -l is bad input");
+}
+
+#[tokio::test]
+async fn member_snapshot_defrag_and_move_leader_commands() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = c.endpoints();
+    // member add prints what the new member needs (etcdctl's lines), update and remove work.
+    let peer = Cluster::new_peer_url();
+    let out = ok(&ep, &["member", "add", "m3", "--peer-urls", &peer, "--learner"]);
+    assert!(out.starts_with("Member ") && out.contains(" added to cluster "), "{out}");
+    assert!(out.contains("ETCD_NAME=\"m3\"") && out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    assert!(out.contains(&format!("m3={peer}")) && out.contains(&format!("m0={}", c.members[0].peer_url)), "{out}");
+    let id = out.split_whitespace().nth(1).expect("the id").to_string();
+    let moved = Cluster::new_peer_url();
+    let out = ok(&ep, &["member", "update", &id, "--peer-urls", &moved]);
+    assert!(out.contains(&format!("{id} updated in cluster")), "{out}");
+    assert!(ok(&ep, &["member", "list"]).contains(&format!("{id}, unstarted, , {moved}, , true")));
+    let out = cairnctl(&ep, &["member", "promote", &id], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in sync with leader"));
+    let out = ok(&ep, &["member", "remove", &id]);
+    assert!(out.contains(&format!("{id} removed from cluster")), "{out}");
+    assert_eq!(ok(&ep, &["member", "list"]).lines().count(), 3);
+    let out = cairnctl(&ep, &["member", "remove", "zz"], None);
+    assert_eq!(out.status.code(), Some(2), "a malformed id is a usage error");
+
+    // move-leader, then defrag every member.
+    let status = json(&ok(&ep, &["endpoint", "status", "--cluster", "-w", "json"]));
+    let rows = status.as_array().expect("rows");
+    let leader = rows[0]["Status"]["leader"].as_u64().expect("leader");
+    let target = rows.iter().filter_map(|r| r["Status"]["header"]["member_id"].as_u64()).find(|id| *id != leader);
+    let target = format!("{:x}", target.expect("a follower"));
+    let out = ok(&ep, &["move-leader", &target]);
+    assert_eq!(out, format!("Leadership transferred from {leader:x} to {target}\n"));
+    let out = ok(&ep, &["defrag", "--cluster"]);
+    assert_eq!(out.matches("Finished defragmenting etcd member[").count(), 3, "{out}");
+
+    // snapshot save (one endpoint only) and status.
+    for n in 0..10 {
+        ok(&ep, &["put", &format!("k{n}"), "v"]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("snap.db").display().to_string();
+    let out = cairnctl(&ep, &["snapshot", "save", &file], None);
+    assert_eq!(out.status.code(), Some(2), "several endpoints are refused");
+    let one = c.members[1].endpoint();
+    assert_eq!(ok(&one, &["snapshot", "save", &file]), format!("Snapshot saved at {file}\n"));
+    let st = json(&ok(&one, &["snapshot", "status", &file, "-w", "json"]));
+    let rev = json(&ok(&one, &["get", "k0", "-w", "json"]))["header"]["revision"].as_i64();
+    assert_eq!(st["revision"].as_i64(), rev);
+    let hash = json(&ok(&one, &["endpoint", "hashkv", "-w", "json"]));
+    assert_eq!(st["hash"], hash[0]["HashKV"]["hash"], "{st} vs {hash}");
+    let table = ok(&one, &["snapshot", "status", &file, "-w", "table"]);
+    assert!(table.contains("HASH") && table.contains("TOTAL KEYS"), "{table}");
 }

@@ -5,7 +5,8 @@
 //!   reason (503). `?exclude=NOSPACE` ignores that alarm.
 //!   `?serializable=true` skips the read (answers from this member alone), as etcd.
 //! - `GET /livez`: the process is serving (always `ok`).
-//! - `GET /readyz`: ready to serve linearizable requests; `?verbose` lists each check.
+//! - `GET /readyz`: ready to serve linearizable requests and no CORRUPT alarm raised
+//!   (`data_corruption`); `?verbose` lists each check.
 //! - `GET /version`: etcd's version document plus Cairn's own version.
 //! - `GET /metrics`: the member's Prometheus registry in the text format.
 
@@ -106,6 +107,7 @@ async fn livez() -> Response {
 
 async fn readyz(State(node): State<Arc<Node>>, p: Params) -> Response {
     let checks = [
+        ("data_corruption", node.read(|st| st.corrupt()).then(|| "alarm CORRUPT is raised".to_string())),
         ("serializable_read", node.leader().is_none().then(|| "no leader".to_string())),
         ("linearizable_read", linearizable_problem(&node, probe_limit(&node)).await),
     ];

@@ -1,10 +1,14 @@
 //! etcd's Cluster service. MemberList is served from Raft's membership and the
-//! attributes each member publishes; runtime membership changes (add, remove, update,
-//! promote) belong to the cluster-operations work and answer UNIMPLEMENTED until then.
+//! attributes each member publishes; MemberAdd/Remove/Update/Promote are executed by the
+//! leader through openraft's joint consensus ([`crate::membership`]).
 
 use crate::node::Node;
+use cairn_api::cairnpb::cluster_change_request::Change;
 use cairn_api::etcdserverpb::cluster_server::Cluster;
-use cairn_api::etcdserverpb::{Member, MemberListRequest, MemberListResponse};
+use cairn_api::etcdserverpb::{
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -31,8 +35,9 @@ pub fn members(node: &Node) -> Vec<Member> {
                 let attrs = st.attrs.get(id);
                 Member {
                     id: *id,
-                    // etcd shows an empty name for a member that has not started yet.
-                    name: attrs.map(|a| a.name.clone()).unwrap_or_default(),
+                    // Until a member publishes its attributes, etcd shows the name it was
+                    // bootstrapped with (`--initial-cluster`), empty for one added later.
+                    name: attrs.map_or_else(|| n.name.clone(), |a| a.name.clone()),
                     peer_ur_ls: n.peer_urls.clone(),
                     client_ur_ls: attrs.map(|a| a.client_urls.clone()).unwrap_or_default(),
                     is_learner: learners.contains(id),
@@ -50,5 +55,43 @@ impl Cluster for ClusterService {
         }
         let rev = self.node.read(|st| st.mvcc.current_revision());
         Ok(Response::new(MemberListResponse { header: Some(self.node.header(rev)), members: members(&self.node) }))
+    }
+
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let r = req.into_inner();
+        let (urls, is_learner) = (r.peer_ur_ls.clone(), r.is_learner);
+        let done = crate::membership::change(&self.node, Change::Add(r)).await?;
+        let members = members(&self.node);
+        let member = members.iter().find(|m| m.id == done.member_id).cloned().unwrap_or(Member {
+            id: done.member_id,
+            peer_ur_ls: urls,
+            is_learner,
+            ..Default::default()
+        });
+        Ok(Response::new(MemberAddResponse { header: Some(self.header()), member: Some(member), members }))
+    }
+
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        crate::membership::change(&self.node, Change::Remove(req.into_inner())).await?;
+        Ok(Response::new(MemberRemoveResponse { header: Some(self.header()), members: members(&self.node) }))
+    }
+
+    async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        crate::membership::change(&self.node, Change::Update(req.into_inner())).await?;
+        Ok(Response::new(MemberUpdateResponse { header: Some(self.header()), members: members(&self.node) }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        crate::membership::change(&self.node, Change::Promote(req.into_inner())).await?;
+        Ok(Response::new(MemberPromoteResponse { header: Some(self.header()), members: members(&self.node) }))
+    }
+}
+
+impl ClusterService {
+    fn header(&self) -> cairn_api::etcdserverpb::ResponseHeader {
+        self.node.header(self.node.read(|st| st.mvcc.current_revision()))
     }
 }

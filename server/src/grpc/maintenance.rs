@@ -1,16 +1,24 @@
-//! etcd's Maintenance service: Status, Alarm (alarms are replicated through Raft),
-//! Hash and HashKV. Defragment, Snapshot, MoveLeader and Downgrade belong to the rest of
-//! the cluster-operations work and answer UNIMPLEMENTED until then.
+//! etcd's Maintenance service: Status, Alarm (alarms are replicated through Raft), Hash
+//! and HashKV, Defragment (this member's engine file), Snapshot (a checksummed backup of
+//! a frozen view, streamed while writes go on) and MoveLeader ([`crate::membership`]).
+//! Downgrade answers UNIMPLEMENTED (there is one Cairn storage version).
 
 use crate::node::Node;
 use cairn_api::cairnpb::{raft_request, raft_response, RaftRequest};
 use cairn_api::etcdserverpb::maintenance_server::Maintenance;
 use cairn_api::etcdserverpb::{
-    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, StatusRequest, StatusResponse,
+    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
+use std::io::{Read, Seek};
 use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
+
+/// Bytes per Snapshot message (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK: usize = 64 << 10;
 
 /// The etcd API version Cairn speaks, reported by Status (clients gate features on it).
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -50,7 +58,7 @@ impl Maintenance for MaintenanceService {
             raft_term: m.current_term,
             raft_applied_index: applied,
             errors: node.read(|st| st.alarms.iter().map(|(m, a)| alarm_text(*m, *a)).collect()),
-            db_size_in_use: db_size,
+            db_size_in_use: node.engine.size_in_use() as i64,
             is_learner,
         }))
     }
@@ -96,5 +104,112 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let (hash, _, rev) = self.node.hash_kv(0).map_err(Status::from)?;
         Ok(Response::new(HashResponse { header: Some(self.node.header(rev)), hash }))
+    }
+
+    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.node.defragment().await?;
+        let rev = self.node.read(|st| st.mvcc.current_revision());
+        Ok(Response::new(DefragmentResponse { header: Some(self.node.header(rev)) }))
+    }
+
+    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+        let node = self.node.clone();
+        let (mut file, size, rev) = tokio::task::spawn_blocking(move || node.write_backup())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let header = self.node.header(rev);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0u64;
+            let mut first = true;
+            loop {
+                let mut blob = vec![0u8; SNAPSHOT_CHUNK];
+                let n = match file.read(&mut blob) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
+                        return;
+                    }
+                };
+                blob.truncate(n);
+                sent += n as u64;
+                let msg = SnapshotResponse {
+                    header: first.then_some(header),
+                    remaining_bytes: size.saturating_sub(sent),
+                    blob,
+                    version: ETCD_API_VERSION.to_string(),
+                };
+                first = false;
+                // The client went away: stop reading.
+                if tx.blocking_send(Ok(msg)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        use cairn_api::cairnpb::cluster_change_request::Change;
+        crate::membership::change(&self.node, Change::MoveLeader(req.into_inner())).await?;
+        let rev = self.node.read(|st| st.mvcc.current_revision());
+        Ok(Response::new(MoveLeaderResponse { header: Some(self.node.header(rev)) }))
+    }
+}
+
+impl Node {
+    /// Write a backup of the store (as `Maintenance.Snapshot` streams it) to an unnamed
+    /// file under the snapshot directory; returns it rewound, its size and the revision.
+    pub fn write_backup(&self) -> crate::error::Result<(std::fs::File, u64, i64)> {
+        let internal = |e: std::io::Error| crate::error::Error::Internal(format!("snapshot: {e}"));
+        let dir = self.config.data_dir.join("snap");
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = dir.join(format!("backup-{nanos}.tmp"));
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(internal)?;
+        // Unlinked at once: the open file is all that is needed, and nothing is left behind.
+        let _ = std::fs::remove_file(&path);
+        let (view, rev) = self.read(|st| (self.engine.frozen_view(), st.mvcc.current_revision()));
+        let mut out = std::io::BufWriter::new(&mut file);
+        let size = match view? {
+            Some(v) => cairn_store::backup::write(v.as_ref(), &mut out)?,
+            // No frozen view (sled): hold applies back while the backup is written.
+            None => {
+                self.read(|_| cairn_store::backup::write(&cairn_store::engine::Live(self.engine.as_ref()), &mut out))?
+            }
+        };
+        out.into_inner().map_err(|e| internal(e.into_error()))?;
+        file.rewind().map_err(internal)?;
+        Ok((file, size, rev))
+    }
+
+    /// Defragment this member's engine file, then clear this member's NOSPACE alarm if
+    /// the file is back under the quota.
+    pub async fn defragment(&self) -> crate::error::Result<()> {
+        let engine = self.engine.clone();
+        let before = engine.size_on_disk();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || engine.defragment())
+            .await
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))??;
+        let after = self.engine.size_on_disk();
+        tracing::info!(before, after, took = ?started.elapsed(), "defragmented");
+        self.clear_no_space().await
+    }
+
+    /// Propose clearing this member's NOSPACE alarm if its file fits the quota again.
+    pub async fn clear_no_space(&self) -> crate::error::Result<()> {
+        let raised = self.read(|st| st.alarms.contains(&(self.id, AlarmType::Nospace as i32)));
+        if !raised || self.engine.size_on_disk() > self.config.quota_backend_bytes {
+            return Ok(());
+        }
+        tracing::info!("backend back under quota: clearing NOSPACE");
+        let alarm = AlarmRequest {
+            action: alarm_request::AlarmAction::Deactivate as i32,
+            member_id: self.id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        self.propose(RaftRequest { request: Some(raft_request::Request::Alarm(alarm)) }).await.map(|_| ())
     }
 }

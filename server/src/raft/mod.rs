@@ -53,8 +53,25 @@ macro_rules! serde_as_proto {
         }
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let bytes: Vec<u8> = serde::Deserialize::deserialize(d)?;
-                <$inner>::decode(bytes.as_slice()).map($t).map_err(serde::de::Error::custom)
+                struct Proto;
+                impl<'de> serde::de::Visitor<'de> for Proto {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("protobuf bytes")
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<$t, E> {
+                        <$inner>::decode(b).map($t).map_err(E::custom)
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<$t, A::Error> {
+                        let mut b = Vec::new();
+                        while let Some(x) = seq.next_element::<u8>()? {
+                            b.push(x);
+                        }
+                        self.visit_bytes(&b)
+                    }
+                }
+                // As bytes, not a sequence of u8: one copy instead of a visit per byte.
+                d.deserialize_bytes(Proto)
             }
         }
     };

@@ -15,19 +15,30 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
+
+/// The most entry bytes sent in one AppendEntries (at least one entry is always sent).
+const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// When each member last answered a Raft RPC (how the leader tells started members).
+pub type Contacts = Arc<Mutex<HashMap<u64, Instant>>>;
 
 /// Makes a [`PeerConnection`] per target member.
 #[derive(Clone)]
 pub struct Network {
     /// This cluster's id, stamped on every message.
     pub cluster_id: u64,
+    /// Last successful exchange with each member.
+    pub contacts: Contacts,
 }
 
 /// A lazily connected client to one member's peer port.
 pub struct PeerConnection {
     cluster_id: u64,
+    contacts: Contacts,
     target: u64,
     client: Option<PeerClient<Channel>>,
 }
@@ -47,6 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
         PeerConnection {
             cluster_id: self.cluster_id,
+            contacts: self.contacts.clone(),
             target,
             client: peer_channel(node).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
         }
@@ -76,7 +88,10 @@ impl PeerConnection {
             _ => client.install_snapshot(request).await,
         };
         let payload = match fut {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                self.contacts.lock().unwrap_or_else(|p| p.into_inner()).insert(self.target, Instant::now());
+                r.into_inner()
+            }
             Err(s) if s.code() == tonic::Code::Unavailable => return Err(RPCError::Unreachable(Unreachable::new(&s))),
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
         };
@@ -89,10 +104,33 @@ impl PeerConnection {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.call("append", &rpc, &option).await
+        // openraft gives an append one heartbeat interval: send at most about
+        // MAX_APPEND_BYTES (etcd's MaxSizePerMsg) and report how far that got, so a member
+        // catching up over large values never times out forever.
+        let mut size = 0;
+        let keep = rpc
+            .entries
+            .iter()
+            .position(|e| {
+                size += match &e.payload {
+                    openraft::EntryPayload::Normal(r) => prost::Message::encoded_len(&r.0),
+                    _ => 64,
+                };
+                size > MAX_APPEND_BYTES
+            })
+            .map_or(rpc.entries.len(), |i| i.max(1));
+        if keep == rpc.entries.len() {
+            return self.call("append", &rpc, &option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.call("append", &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(

@@ -8,10 +8,11 @@ use crate::grpc::incoming;
 use crate::node::Node;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
 use cairn_api::cairnpb::{
-    LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, ProposeRequest, RaftPayload, RaftResponse,
-    ReadIndexRequest, ReadIndexResponse,
+    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaseRenewRequest,
+    LeaseRenewResponse, LeaseTtlRequest, MembersRequest, MembersResponse, PeerMember, ProposeRequest, RaftPayload,
+    RaftResponse, ReadIndexRequest, ReadIndexResponse,
 };
-use cairn_api::etcdserverpb::LeaseTimeToLiveResponse;
+use cairn_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveResponse};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -112,5 +113,44 @@ impl Peer for PeerService {
     async fn read_index(&self, req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         self.check(req.get_ref().cluster_id, None)?;
         Ok(Response::new(ReadIndexResponse { index: self.node.read_index_local().await? }))
+    }
+
+    async fn change_cluster(
+        &self,
+        req: Request<ClusterChangeRequest>,
+    ) -> Result<Response<ClusterChangeResponse>, Status> {
+        let req = req.into_inner();
+        self.check(req.cluster_id, None)?;
+        let change = req.change.ok_or_else(|| Status::invalid_argument("empty cluster change"))?;
+        Ok(Response::new(crate::membership::execute(&self.node, change).await?))
+    }
+
+    async fn members(&self, _req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        let m = self.node.raft.metrics().borrow().membership_config.clone();
+        let members = m
+            .membership()
+            .nodes()
+            .map(|(id, n)| PeerMember { id: *id, name: n.name.clone(), peer_urls: n.peer_urls.clone() })
+            .collect();
+        let membership_index = m.log_id().map_or(0, |l| l.index);
+        Ok(Response::new(MembersResponse { cluster_id: self.node.cluster_id, members, membership_index }))
+    }
+
+    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<Empty>, Status> {
+        self.check(req.get_ref().cluster_id, Some(req.get_ref().target))?;
+        crate::membership::campaign(&self.node).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn hash_kv(&self, req: Request<HashKvPeerRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.check(req.get_ref().cluster_id, None)?;
+        let rev = req.get_ref().revision;
+        let (hash, compact_revision, current) = self.node.hash_kv(rev)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.node.header(current)),
+            hash,
+            compact_revision,
+            hash_revision: if rev > 0 { rev } else { current },
+        }))
     }
 }

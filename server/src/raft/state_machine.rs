@@ -89,6 +89,11 @@ impl SmState {
         self.alarms.iter().any(|(_, a)| *a == cairn_api::etcdserverpb::AlarmType::Nospace as i32)
     }
 
+    /// Whether a CORRUPT alarm is raised (no data changes are applied).
+    pub fn corrupt(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == cairn_api::etcdserverpb::AlarmType::Corrupt as i32)
+    }
+
     /// Store a new or changed lease record.
     pub fn put_lease(&mut self, rec: LeaseRecord) {
         self.staged.put(Table::Lease, rec.id.to_be_bytes().to_vec(), rec.encode_to_vec());

@@ -136,6 +136,7 @@ async fn every_route_is_served_as_json() {
     assert_eq!(members["members"][0]["name"], "m0");
     assert_eq!(members["members"][0]["peerURLs"][0], c.members[0].peer_url);
     let status = h.ok("/v3/maintenance/status", json!({})).await;
+    let me = status["header"]["member_id"].clone();
     assert_eq!(status["leader"], status["header"]["member_id"]);
     assert!(status["dbSize"].as_str().is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n > 0)), "{status}");
     h.ok("/v3/maintenance/alarm", json!({"action": "GET"})).await;
@@ -165,21 +166,37 @@ async fn every_route_is_served_as_json() {
     let (status, err) = h.post("/v3/election/leader", json!({"name": b64("el")})).await;
     assert_eq!((status, err["message"].clone()), (500, json!("election: no leader")));
 
-    // Routes whose RPCs the cluster-operations and security work implement: served, and
-    // answering UNIMPLEMENTED (501) exactly as the gRPC service does until then.
-    for path in [
-        "/v3/cluster/member/add",
-        "/v3/cluster/member/remove",
-        "/v3/cluster/member/update",
-        "/v3/cluster/member/promote",
-        "/v3/maintenance/defragment",
-        "/v3/maintenance/transfer-leadership",
-        "/v3/auth/status",
-        "/v3/auth/enable",
-        "/v3/auth/authenticate",
-        "/v3/auth/user/add",
-        "/v3/auth/role/grant",
+    // Membership and maintenance operations.
+    let peer = cairn_server::testing::Cluster::new_peer_url();
+    let added = h.ok("/v3/cluster/member/add", json!({"peerURLs": [peer], "isLearner": true})).await;
+    assert_eq!(
+        (added["member"]["peerURLs"][0].clone(), added["member"]["isLearner"].clone()),
+        (json!(peer), json!(true))
+    );
+    let new_id = added["member"]["ID"].clone();
+    let removed = h.ok("/v3/cluster/member/remove", json!({"ID": new_id})).await;
+    assert_eq!(removed["members"].as_array().map(Vec::len), Some(1));
+    for (path, body, code, message) in [
+        ("/v3/cluster/member/add", json!({"peerURLs": ["nope"]}), 400, "etcdserver: given member URLs are invalid"),
+        ("/v3/cluster/member/remove", json!({"ID": "1234"}), 404, "etcdserver: member not found"),
+        ("/v3/cluster/member/update", json!({"ID": "1234", "peerURLs": [peer]}), 404, "etcdserver: member not found"),
+        ("/v3/cluster/member/promote", json!({"ID": "1234"}), 404, "etcdserver: member not found"),
+        ("/v3/maintenance/transfer-leadership", json!({"targetID": "1234"}), 400, "etcdserver: bad leader transferee"),
     ] {
+        let (got, err) = h.post(path, body).await;
+        assert_eq!((got, err["message"].clone()), (code, json!(message)), "{path}: {err}");
+    }
+    h.ok("/v3/maintenance/defragment", json!({})).await;
+    h.ok("/v3/maintenance/transfer-leadership", json!({"targetID": me})).await;
+    let mut snap = h.stream("/v3/maintenance/snapshot", "{}").await;
+    let first = snap.result().await;
+    assert!(first["blob"].as_str().is_some_and(|b| !b.is_empty()), "{first}");
+
+    // Routes whose RPCs the security work implements: served, and answering UNIMPLEMENTED
+    // (501) exactly as the gRPC service does until then.
+    for path in
+        ["/v3/auth/status", "/v3/auth/enable", "/v3/auth/authenticate", "/v3/auth/user/add", "/v3/auth/role/grant"]
+    {
         let (status, err) = h.post(path, json!({})).await;
         assert_eq!((status, err["code"].clone()), (501, json!(12)), "{path}: {err}");
     }

@@ -11,4 +11,5 @@ mod harness;
 mod lease;
 mod lock_election;
 mod maintenance;
+mod membership;
 mod watch;

@@ -134,6 +134,15 @@ pub trait Engine: Send + Sync + 'static {
     fn frozen_view(&self) -> Result<Option<Box<dyn ReadView>>>;
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
+    /// Bytes of that holding live data (the rest is free space a defragment gives back).
+    fn size_in_use(&self) -> u64 {
+        self.size_on_disk()
+    }
+    /// Give the space of deleted data back to the file system (etcd's defragment).
+    /// Writers wait while it runs; frozen views taken before must be dropped first.
+    fn defragment(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Which engine to use.
