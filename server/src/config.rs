@@ -90,6 +90,13 @@ pub struct Flags {
     /// How often the leader compares every member's HashKV (0 = never); a mismatch raises CORRUPT.
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", alias = "corrupt-check-time", default_value = "0s", value_parser = humantime::parse_duration)]
     pub experimental_corrupt_check_time: Duration,
+    /// Refuse writes that add data (NOSPACE) while the data directory's file system has
+    /// less free space than this (Cairn's; a full disk must not stop the member).
+    #[arg(long, env = "CAIRN_MIN_FREE_DISK_BYTES", default_value_t = 160 << 20)]
+    pub min_free_disk_bytes: u64,
+    /// Promote a learner to a voter by itself once it has caught up (Cairn's; etcd has none).
+    #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE")]
+    pub experimental_learner_auto_promote: bool,
 }
 
 /// A validated configuration.
@@ -145,6 +152,10 @@ pub struct Config {
     pub auto_compaction_interval: Duration,
     /// Interval of the corruption check (zero: off).
     pub corrupt_check_interval: Duration,
+    /// Promote caught-up learners automatically.
+    pub learner_auto_promote: bool,
+    /// Least free disk space before writes that add data are refused.
+    pub min_free_disk_bytes: u64,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -226,6 +237,8 @@ impl Config {
             auto_compaction: crate::upkeep::Retention::parse(&f.auto_compaction_mode, &f.auto_compaction_retention)?,
             auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
             corrupt_check_interval: f.experimental_corrupt_check_time,
+            learner_auto_promote: f.experimental_learner_auto_promote,
+            min_free_disk_bytes: f.min_free_disk_bytes,
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;

@@ -30,7 +30,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutting down");
         node.shutdown.cancel();
     });
+    let failed = handle.node.clone();
     handle.run_until_stopped().await;
+    if failed.failed.load(std::sync::atomic::Ordering::SeqCst) {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

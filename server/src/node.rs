@@ -69,6 +69,9 @@ pub struct Node {
     pub member_change: tokio::sync::Mutex<()>,
     /// Set while leadership is being handed over: new proposals and reads wait.
     pub transferring: AtomicBool,
+    free_disk: Mutex<Option<(Instant, u64)>>,
+    /// Set when Raft stopped on a storage failure (the process should exit non-zero).
+    pub failed: AtomicBool,
 }
 
 /// Resolve `http://host:port` to socket addresses.
@@ -166,6 +169,8 @@ impl Node {
             contacts,
             member_change: tokio::sync::Mutex::new(()),
             transferring: AtomicBool::new(false),
+            free_disk: Mutex::new(None),
+            failed: AtomicBool::new(false),
         });
         {
             let n = Arc::downgrade(&node);
@@ -219,9 +224,13 @@ impl Node {
         tasks.spawn(checkpoint(node.clone()));
         tasks.spawn(crate::metrics::track_leader(node.clone()));
         tasks.spawn(crate::membership::watch_removal(node.clone()));
+        tasks.spawn(watch_fatal(node.clone()));
         tasks.spawn(crate::upkeep::auto_compact(node.clone(), config.auto_compaction, config.auto_compaction_interval));
         tasks.spawn(crate::upkeep::corruption_check(node.clone(), config.corrupt_check_interval));
         tasks.spawn(crate::upkeep::clear_no_space(node.clone()));
+        if config.learner_auto_promote {
+            tasks.spawn(crate::upkeep::auto_promote(node.clone()));
+        }
         tracing::info!(
             name = %config.name, id = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"),
             data_dir = %config.data_dir.display(), engine = %config.engine,
@@ -351,16 +360,38 @@ impl Node {
             return Err(no_space());
         }
         let size = self.engine.size_on_disk();
-        if size <= self.config.quota_backend_bytes {
+        let free = self.free_disk();
+        if size <= self.config.quota_backend_bytes && free >= self.config.min_free_disk_bytes {
             return Ok(());
         }
-        tracing::warn!(size, quota = self.config.quota_backend_bytes, "backend over quota: raising NOSPACE");
+        tracing::warn!(
+            size,
+            quota = self.config.quota_backend_bytes,
+            free_disk = free,
+            min_free = self.config.min_free_disk_bytes,
+            "backend over quota or disk almost full: raising NOSPACE"
+        );
         let alarm =
             AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.id, alarm: AlarmType::Nospace as i32 };
         if let Err(e) = self.propose_inner(RaftRequest { request: Some(raft_request::Request::Alarm(alarm)) }).await {
             tracing::warn!("raising NOSPACE: {e}");
         }
         Err(no_space())
+    }
+
+    /// Free bytes on the data directory's file system (checked at most every 250 ms;
+    /// `u64::MAX` if it cannot be read).
+    pub fn free_disk(&self) -> u64 {
+        let mut cached = self.free_disk.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, free)) = *cached {
+            if at.elapsed() < Duration::from_millis(250) {
+                return free;
+            }
+        }
+        let free =
+            rustix::fs::statvfs(&self.config.data_dir).map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        *cached = Some((Instant::now(), free));
+        free
     }
 
     async fn propose_inner(&self, req: RaftRequest) -> Result<RaftResponse> {
@@ -675,4 +706,25 @@ async fn identify(config: &Config, engine: &dyn Engine, initial: &BTreeMap<u64, 
     ids::store_id(&mut wb, ids::KEY_CLUSTER_ID, cluster_id);
     engine.write(wb, true)?;
     Ok((id, cluster_id))
+}
+
+/// Stop the member when Raft has stopped on a storage failure (a write to the log or the
+/// store failed, e.g. the disk is full): it can no longer serve, and etcd exits too, so a
+/// supervisor restarts it once the cause is fixed. Nothing acknowledged is lost: an entry
+/// is acknowledged only after it is on disk.
+async fn watch_fatal(node: Arc<Node>) {
+    let mut m = node.raft.metrics();
+    loop {
+        let failed = m.borrow().running_state.clone().err();
+        if let Some(e) = failed {
+            tracing::error!("raft stopped: {e}; this member cannot go on (is the disk full?), stopping");
+            node.failed.store(true, Ordering::SeqCst);
+            node.shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            changed = m.changed() => if changed.is_err() { return },
+        }
+    }
 }

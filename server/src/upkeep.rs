@@ -1,6 +1,7 @@
 //! Background upkeep run by the leader: auto-compaction (`--auto-compaction-mode`,
 //! `--auto-compaction-retention`) and the periodic cross-member corruption check
-//! (`--experimental-corrupt-check-time`), plus clearing a NOSPACE alarm once the store
+//! (`--experimental-corrupt-check-time`), learner auto-promotion
+//! (`--experimental-learner-auto-promote`), plus clearing a NOSPACE alarm once the store
 //! fits its quota again.
 
 use crate::node::Node;
@@ -154,6 +155,29 @@ async fn check_once(node: &Node) -> crate::error::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Promote each learner as soon as it is in sync with the leader (the check MemberPromote
+/// makes), checked every second on the leader.
+pub async fn auto_promote(node: Arc<Node>) {
+    use cairn_api::cairnpb::cluster_change_request::Change;
+    use cairn_api::etcdserverpb::MemberPromoteRequest;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if !leads(&node) {
+            continue;
+        }
+        let learners: Vec<u64> = node.raft.metrics().borrow().membership_config.membership().learner_ids().collect();
+        for id in learners {
+            match crate::membership::execute(&node, Change::Promote(MemberPromoteRequest { id })).await {
+                Ok(_) => tracing::info!(id = %format!("{id:x}"), "learner caught up: promoted"),
+                Err(e) => tracing::debug!(id = %format!("{id:x}"), "not promoting yet: {e}"),
+            }
+        }
+    }
 }
 
 /// Clear this member's NOSPACE alarm once its store is back under the quota (after a

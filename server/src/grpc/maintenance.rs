@@ -201,7 +201,9 @@ impl Node {
     /// Propose clearing this member's NOSPACE alarm if its file fits the quota again.
     pub async fn clear_no_space(&self) -> crate::error::Result<()> {
         let raised = self.read(|st| st.alarms.contains(&(self.id, AlarmType::Nospace as i32)));
-        if !raised || self.engine.size_on_disk() > self.config.quota_backend_bytes {
+        let fits = self.engine.size_on_disk() <= self.config.quota_backend_bytes
+            && self.free_disk() >= self.config.min_free_disk_bytes;
+        if !raised || !fits {
             return Ok(());
         }
         tracing::info!("backend back under quota: clearing NOSPACE");

@@ -511,3 +511,42 @@ async fn a_follower_catches_up_over_large_values() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learners_promote_themselves_with_the_flag() {
+    let mut c = Cluster::start(3, &["--experimental-learner-auto-promote"]).await;
+    for n in 0..20 {
+        etcdctl_ok(&c.endpoints(), &["put", &format!("k{n}"), "v"]);
+    }
+    let i = add_and_start(&mut c, "m3", true).await;
+    let peer = c.members[i].peer_url.clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = members_json(&c);
+        let me = m.iter().find(|m| m["peerURLs"][0] == peer.as_str()).cloned().expect("listed");
+        if !me.get("isLearner").is_some_and(|l| l == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never promoted: {me}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(members_json(&c).len(), 4);
+    etcdctl_ok(&c.endpoints(), &["put", "after", "promotion"]);
+}
+
+/// Below `--min-free-disk-bytes` of free disk the member refuses writes that add data
+/// with NOSPACE instead of running into a full disk; reads and deletes go on. (A disk that
+/// fills anyway stops the member — exit code 1 — with every acknowledged write on disk;
+/// docs/OPERATIONS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_disk_space_refuses_writes_and_keeps_serving() {
+    let c = Cluster::start(1, &["--min-free-disk-bytes", &u64::MAX.to_string()]).await;
+    let ep = c.endpoints();
+    let out = etcdctl(&ep, &["put", "k", "v"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: mvcc: database space exceeded"));
+    assert!(etcdctl_ok(&ep, &["alarm", "list"]).contains("alarm:NOSPACE"));
+    assert_eq!(etcdctl_ok(&ep, &["get", "k"]), "");
+    assert_eq!(etcdctl_ok(&ep, &["del", "k"]).trim(), "0");
+    let status = json(&etcdctl_ok(&ep, &["endpoint", "status", "-w", "json"]));
+    assert!(status[0]["Status"]["errors"][0].as_str().is_some_and(|e| e.ends_with("alarm:NOSPACE")), "{status}");
+}
