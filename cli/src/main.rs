@@ -49,6 +49,15 @@ struct Cli {
     /// Output format.
     #[arg(short = 'w', long, env = "CAIRNCTL_WRITE_OUT", value_enum, default_value = "simple", global = true)]
     write_out: Format,
+    /// CA bundle (PEM) to verify the server's certificate: connect over TLS.
+    #[arg(long, env = "CAIRNCTL_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for servers with --client-cert-auth.
+    #[arg(long = "cert", id = "tls_cert", env = "CAIRNCTL_CERT", global = true, requires = "tls_key")]
+    cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long = "key", id = "tls_key", env = "CAIRNCTL_KEY", global = true, requires = "tls_cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -426,7 +435,7 @@ enum AlarmCmd {
 
 /// Accept etcdctl's environment variables (ETCDCTL_ENDPOINTS, ...) where no CAIRNCTL_ one is set.
 fn adopt_etcdctl_env() {
-    for name in ["ENDPOINTS", "DIAL_TIMEOUT", "COMMAND_TIMEOUT", "WRITE_OUT"] {
+    for name in ["ENDPOINTS", "DIAL_TIMEOUT", "COMMAND_TIMEOUT", "WRITE_OUT", "CACERT", "CERT", "KEY"] {
         let ours = format!("CAIRNCTL_{name}");
         if std::env::var_os(&ours).is_none() {
             if let Some(v) = std::env::var_os(format!("ETCDCTL_{name}")) {
@@ -460,9 +469,15 @@ impl Cli {
     }
 
     async fn client_to(&self, endpoints: &[String]) -> anyhow::Result<Client> {
-        let opts = ConnectOptions::default()
+        let mut opts = ConnectOptions::default()
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(Some(self.command_timeout));
+        if let Some(ca) = &self.cacert {
+            let pair = self.cert.as_deref().zip(self.key.as_deref());
+            opts = opts.with_tls_files(ca, pair)?;
+        } else if self.cert.is_some() {
+            return Err(BadArgs("--cert needs --cacert (the CA that signed the server's certificate)".into()).into());
+        }
         Ok(Client::connect(endpoints, opts).await?)
     }
 

@@ -10,9 +10,10 @@ use crate::error::{Error, Result};
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_api::etcdserverpb::StatusRequest;
 use std::future::Future;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How to connect and how long to wait. `ConnectOptions::default()` suits most programs.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct ConnectOptions {
     /// Connect to the current leader when (re)connecting, so writes and linearizable reads
     /// skip the follower's forwarding hop (default off: connections spread over members).
     pub prefer_leader: bool,
+    /// TLS (rustls): endpoints without a scheme then use `https://` (default none).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ConnectOptions {
@@ -41,6 +44,7 @@ impl Default for ConnectOptions {
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
             prefer_leader: false,
+            tls: None,
         }
     }
 }
@@ -70,6 +74,22 @@ impl ConnectOptions {
     pub fn with_prefer_leader(mut self, on: bool) -> Self {
         self.prefer_leader = on;
         self
+    }
+    /// Set [`ConnectOptions::tls`].
+    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// TLS from PEM files, as etcdctl's `--cacert`, `--cert` and `--key`: trust `ca` (the
+    /// CA that signed the server's certificate) and, for client-certificate auth, present
+    /// `cert` with `key`.
+    pub fn with_tls_files(self, ca: &Path, cert_and_key: Option<(&Path, &Path)>) -> Result<Self> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = cert_and_key {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(self.with_tls(tls))
     }
 }
 
@@ -133,10 +153,11 @@ impl Client {
             if e.is_empty() {
                 continue;
             }
-            if e.starts_with("https://") || e.starts_with("unixs://") {
-                return Err(Error::InvalidArgument(format!("{e}: TLS is not supported by this version of cairn-sdk")));
+            if e.starts_with("https://") && opts.tls.is_none() {
+                return Err(Error::InvalidArgument(format!("{e}: https:// needs ConnectOptions::with_tls")));
             }
-            let uri = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
+            let uri = if e.contains("://") { e.to_string() } else { format!("{scheme}://{e}") };
             Endpoint::from_shared(uri.clone()).map_err(|err| Error::InvalidArgument(format!("endpoint {e}: {err}")))?;
             list.push(uri);
         }
@@ -170,8 +191,13 @@ impl Inner {
 
     fn endpoint(&self, i: usize) -> Result<Endpoint> {
         let o = &self.opts;
-        let e = Endpoint::from_shared(self.endpoints[i].clone())
+        let mut e = Endpoint::from_shared(self.endpoints[i].clone())
             .map_err(|err| Error::InvalidArgument(format!("endpoint {}: {err}", self.endpoints[i])))?;
+        if let (Some(tls), true) = (&o.tls, self.endpoints[i].starts_with("https://")) {
+            e = e
+                .tls_config(tls.clone())
+                .map_err(|err| Error::InvalidArgument(format!("endpoint {}: {err}", self.endpoints[i])))?;
+        }
         Ok(e.connect_timeout(o.dial_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(o.keep_alive_interval)

@@ -38,6 +38,11 @@ pub mod lease;
 pub mod watch;
 
 pub use client::{Client, ConnectOptions};
+
+/// TLS settings for [`ConnectOptions::with_tls`] (tonic's rustls types).
+pub mod tls {
+    pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+}
 pub use cluster::{AlarmMember, AlarmType, Member};
 pub use error::{Error, Result};
 pub use kv::{

@@ -90,6 +90,30 @@ pub struct Flags {
     /// How often the leader compares every member's HashKV (0 = never); a mismatch raises CORRUPT.
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", alias = "corrupt-check-time", default_value = "0s", value_parser = humantime::parse_duration)]
     pub experimental_corrupt_check_time: Duration,
+    /// Client port certificate (PEM); serves TLS on https:// client URLs.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client port private key (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) client certificates must chain to.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Peer port certificate (PEM), also presented to other members; for https:// peer URLs.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer port private key (PEM).
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) members' certificates must chain to.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
     /// Refuse writes that add data (NOSPACE) while the data directory's file system has
     /// less free space than this (Cairn's; a full disk must not stop the member).
     #[arg(long, env = "CAIRN_MIN_FREE_DISK_BYTES", default_value_t = 160 << 20)]
@@ -156,6 +180,10 @@ pub struct Config {
     pub learner_auto_promote: bool,
     /// Least free disk space before writes that add data are refused.
     pub min_free_disk_bytes: u64,
+    /// Client port TLS.
+    pub client_tls: crate::tls::TlsFiles,
+    /// Peer port TLS.
+    pub peer_tls: crate::tls::TlsFiles,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -239,6 +267,18 @@ impl Config {
             corrupt_check_interval: f.experimental_corrupt_check_time,
             learner_auto_promote: f.experimental_learner_auto_promote,
             min_free_disk_bytes: f.min_free_disk_bytes,
+            client_tls: crate::tls::TlsFiles {
+                cert: f.cert_file,
+                key: f.key_file,
+                trusted_ca: f.trusted_ca_file,
+                client_cert_auth: f.client_cert_auth,
+            },
+            peer_tls: crate::tls::TlsFiles {
+                cert: f.peer_cert_file,
+                key: f.peer_key_file,
+                trusted_ca: f.peer_trusted_ca_file,
+                client_cert_auth: f.peer_client_cert_auth,
+            },
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;
@@ -248,6 +288,14 @@ impl Config {
         }
         for urls in c.initial_cluster.values() {
             check_urls("initial-cluster", urls)?;
+        }
+        // TLS files are read now, so a bad one stops the start with a clear message.
+        if c.listen_client_urls.iter().any(|u| crate::tls::is_https(u)) {
+            c.client_tls.server("")?;
+        }
+        if c.listen_peer_urls.iter().chain(c.initial_cluster.values().flatten()).any(|u| crate::tls::is_https(u)) {
+            c.peer_tls.server("peer-")?;
+            c.peer_tls.client("peer-")?;
         }
         Ok(c)
     }

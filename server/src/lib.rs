@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod testing;
+pub mod tls;
 pub mod upkeep;
 pub mod watch;
 

@@ -262,8 +262,9 @@ pub async fn discover(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
             if theirs == mine {
                 continue;
             }
-            let Some(ch) = crate::raft::network::peer_channel(&Member { name: String::new(), peer_urls: urls.clone() })
-            else {
+            let tls = config.peer_tls.client("peer-").ok();
+            let member = Member { name: String::new(), peer_urls: urls.clone() };
+            let Some(ch) = crate::raft::network::peer_channel(&member, tls.as_ref()) else {
                 continue;
             };
             let mut req = tonic::Request::new(MembersRequest {});

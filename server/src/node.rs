@@ -70,6 +70,8 @@ pub struct Node {
     /// Set while leadership is being handed over: new proposals and reads wait.
     pub transferring: AtomicBool,
     free_disk: Mutex<Option<(Instant, u64)>>,
+    /// TLS for calls to other members (https:// peer URLs).
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Set when Raft stopped on a storage failure (the process should exit non-zero).
     pub failed: AtomicBool,
 }
@@ -148,7 +150,8 @@ impl Node {
         }
         .validate()?;
         let contacts = Contacts::default();
-        let network = Network { cluster_id, contacts: contacts.clone() };
+        let peer_tls = peer_client_tls(&config)?;
+        let network = Network { cluster_id, contacts: contacts.clone(), tls: peer_tls.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm.clone()).await?;
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -170,6 +173,7 @@ impl Node {
             member_change: tokio::sync::Mutex::new(()),
             transferring: AtomicBool::new(false),
             free_disk: Mutex::new(None),
+            peer_tls,
             failed: AtomicBool::new(false),
         });
         {
@@ -186,7 +190,9 @@ impl Node {
             for addr in resolve(url).await? {
                 let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen on {url}: {e}"))?;
                 peer_addrs.push(l.local_addr()?);
-                tasks.spawn(crate::raft::peer::serve(node.clone(), l));
+                let tls = tls_for(url, &config.peer_tls, "peer-")?;
+                warn_if_exposed(url, tls.is_some(), "peer");
+                tasks.spawn(crate::raft::peer::serve(node.clone(), l, tls));
             }
         }
 
@@ -206,7 +212,9 @@ impl Node {
             for addr in resolve(url).await? {
                 let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listen on {url}: {e}"))?;
                 client_addrs.push(l.local_addr()?);
-                tasks.spawn(crate::grpc::serve(node.clone(), l));
+                let tls = tls_for(url, &config.client_tls, "")?;
+                warn_if_exposed(url, tls.is_some(), "client");
+                tasks.spawn(crate::grpc::serve(node.clone(), l, tls));
             }
         }
         let mut metrics_addrs = Vec::new();
@@ -300,7 +308,7 @@ impl Node {
                 return Some(c.clone());
             }
         }
-        let c = PeerClient::new(peer_channel(member)?).max_decoding_message_size(64 << 20);
+        let c = PeerClient::new(peer_channel(member, self.peer_tls.as_ref())?).max_decoding_message_size(64 << 20);
         cache.insert(id, (member.clone(), c.clone()));
         Some(c)
     }
@@ -685,6 +693,40 @@ async fn publish_attributes(node: Arc<Node>) {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+}
+
+/// The server TLS for a listen URL: for https:// ones.
+fn tls_for(
+    url: &str,
+    files: &crate::tls::TlsFiles,
+    prefix: &str,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    if !crate::tls::is_https(url) {
+        return Ok(None);
+    }
+    files.server(prefix).map(Some).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Warn loudly about a port open beyond this machine without TLS.
+fn warn_if_exposed(url: &str, tls: bool, what: &str) {
+    if !tls && !crate::tls::is_loopback(url) {
+        tracing::warn!(
+            url,
+            "the {what} port listens on a non-loopback address WITHOUT TLS: anyone who can reach it can read and \
+             change every key; use https:// URLs with --{}cert-file/--{}key-file",
+            if what == "peer" { "peer-" } else { "" },
+            if what == "peer" { "peer-" } else { "" }
+        );
+    }
+}
+
+/// TLS for calling other members, when any peer URL is https://.
+fn peer_client_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    let https = config.listen_peer_urls.iter().chain(config.initial_cluster.values().flatten());
+    if !https.into_iter().any(|u| crate::tls::is_https(u)) {
+        return Ok(None);
+    }
+    config.peer_tls.client("peer-").map(Some).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// This member's id and its cluster's: stored on first start; for a new cluster derived

@@ -81,7 +81,7 @@ pub struct Member {
 impl Member {
     /// `host:port` of the client URL, as etcdctl wants it.
     pub fn endpoint(&self) -> String {
-        self.client_url.trim_start_matches("http://").to_string()
+        self.client_url.trim_start_matches("http://").trim_start_matches("https://").to_string()
     }
 
     /// Start (or restart) the process on its data directory.
@@ -143,6 +143,7 @@ impl Drop for Member {
 /// A set of members forming one cluster (or a single node).
 pub struct Cluster {
     pub members: Vec<Member>,
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
     token: String,
     bin: PathBuf,
     dir: tempfile::TempDir,
@@ -204,16 +205,45 @@ impl Cluster {
     }
 
     fn prepare_bin(bin: &Path, n: usize, extra: &[&str]) -> Cluster {
+        Self::prepare_schemes(bin, n, extra, "http", "http")
+    }
+
+    /// Like [`Cluster::prepare`], with https:// client URLs (and peer URLs with `peer_tls`);
+    /// `extra` carries the TLS flags. Start with [`Cluster::start_all_with_tls`].
+    pub fn prepare_tls(n: usize, extra: &[&str], peer_tls: bool) -> Cluster {
+        Self::prepare_schemes(&cairn_binary(), n, extra, "https", if peer_tls { "https" } else { "http" })
+    }
+
+    /// Start every member, talking to them with the CA `ca` and the client certificate.
+    pub async fn start_all_with_tls(&mut self, ca: &Path, cert: &Path, key: &Path) {
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        self.client_tls = Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)))
+                .identity(tonic::transport::Identity::from_pem(read(cert), read(key))),
+        );
+        self.start_all().await;
+    }
+
+    async fn channel(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut e = tonic::transport::Endpoint::from_shared(url.to_string())?;
+        if let Some(tls) = &self.client_tls {
+            e = e.tls_config(tls.clone())?;
+        }
+        e.connect().await
+    }
+
+    fn prepare_schemes(bin: &Path, n: usize, extra: &[&str], client: &str, peer: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
         let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}={peer}://127.0.0.1:{p}")).collect();
         let token = format!("test-{}", port());
         let mut members = Vec::new();
         for (i, (cp, pp)) in ports.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("http://127.0.0.1:{cp}");
-            let peer_url = format!("http://127.0.0.1:{pp}");
+            let client_url = format!("{client}://127.0.0.1:{cp}");
+            let peer_url = format!("{peer}://127.0.0.1:{pp}");
             let data_dir = dir.path().join(&name);
             let mut args = member_args(&name, &data_dir, &client_url, &peer_url, &initial.join(","), &token);
             args.extend(extra.iter().map(|s| s.to_string()));
@@ -229,7 +259,7 @@ impl Cluster {
                 log,
             });
         }
-        Cluster { members, token, bin: bin.to_path_buf(), dir }
+        Cluster { members, client_tls: None, token, bin: bin.to_path_buf(), dir }
     }
 
     /// The cluster token (`--initial-cluster-token`).
@@ -280,8 +310,8 @@ impl Cluster {
     pub async fn wait_ready(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut c) = MaintenanceClient::connect(self.members[i].client_url.clone()).await {
-                if let Ok(s) = c.status(StatusRequest {}).await {
+            if let Ok(ch) = self.channel(&self.members[i].client_url).await {
+                if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
                     if s.get_ref().leader != 0 {
                         return;
                     }
@@ -297,8 +327,8 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
-                let Ok(mut c) = MaintenanceClient::connect(m.client_url.clone()).await else { continue };
-                let Ok(s) = c.status(StatusRequest {}).await else { continue };
+                let Ok(ch) = self.channel(&m.client_url).await else { continue };
+                let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await else { continue };
                 let s = s.into_inner();
                 if s.leader != 0 && s.header.as_ref().is_some_and(|h| h.member_id == s.leader) {
                     return i;
@@ -316,9 +346,7 @@ impl Cluster {
 
     /// A KV client to member `i`.
     pub async fn kv(&self, i: usize) -> KvClient<Channel> {
-        KvClient::connect(self.members[i].client_url.clone())
-            .await
-            .expect("connecting to cairn")
+        KvClient::new(self.channel(&self.members[i].client_url).await.expect("connecting to cairn"))
             .max_decoding_message_size(64 << 20)
     }
 }

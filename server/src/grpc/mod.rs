@@ -191,8 +191,13 @@ fn is_grpc<B>(req: &tonic::codegen::http::Request<B>) -> bool {
 }
 
 /// Serve `svc` (HTTP/1.1 and HTTP/2) on `listener` until the member shuts down.
-async fn serve_http<S, F>(node: &Node, what: &str, svc: S, listener: TcpListener)
-where
+async fn serve_http<S, F>(
+    node: &Node,
+    what: &str,
+    svc: S,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) where
     S: tower::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible, Future = F>
         + Clone
         + Send
@@ -200,7 +205,17 @@ where
     F: std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send + 'static,
 {
     let token = node.shutdown.clone();
-    let res = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{what} server TLS: {e}");
+                return;
+            }
+        };
+    }
+    let res = builder
         .accept_http1(true)
         .layer(tower::util::MapResponseLayer::new(grpc_go_size_error))
         .serve_with_incoming_shutdown(svc, incoming(listener), token.cancelled_owned())
@@ -212,7 +227,7 @@ where
 
 /// Serve the client port on `listener` until the member shuts down: gRPC (by its
 /// content type) and, for everything else, the JSON gateway and observability routes.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<tonic::transport::ServerTlsConfig>) {
     use tower::ServiceExt;
     let services = Services::new(&node);
     let grpc = grpc_router(&node, &services);
@@ -228,11 +243,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
             }
         }
     });
-    serve_http(&node, "client", by_content_type, listener).await;
+    serve_http(&node, "client", by_content_type, listener, tls).await;
 }
 
 /// Serve only the observability endpoints (`--listen-metrics-urls`).
 pub async fn serve_metrics(node: Arc<Node>, listener: TcpListener) {
     let router = crate::gateway::observe::router(node.clone()).fallback(crate::gateway::not_found);
-    serve_http(&node, "metrics", router, listener).await;
+    serve_http(&node, "metrics", router, listener, None).await;
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The most entry bytes sent in one AppendEntries (at least one entry is always sent).
 const MAX_APPEND_BYTES: usize = 1 << 20;
@@ -31,6 +31,8 @@ pub type Contacts = Arc<Mutex<HashMap<u64, Instant>>>;
 pub struct Network {
     /// This cluster's id, stamped on every message.
     pub cluster_id: u64,
+    /// TLS for https:// peer URLs.
+    pub tls: Option<ClientTlsConfig>,
     /// Last successful exchange with each member.
     pub contacts: Contacts,
 }
@@ -43,12 +45,16 @@ pub struct PeerConnection {
     client: Option<PeerClient<Channel>>,
 }
 
-/// Open a lazy channel to the first usable peer URL.
-pub fn peer_channel(member: &Member) -> Option<Channel> {
+/// Open a lazy channel to the first usable peer URL (over TLS with `tls` for https://).
+pub fn peer_channel(member: &Member, tls: Option<&ClientTlsConfig>) -> Option<Channel> {
     member.peer_urls.iter().find_map(|u| {
-        Endpoint::from_shared(u.clone())
-            .ok()
-            .map(|e| e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
+        let e = Endpoint::from_shared(u.clone()).ok()?;
+        let e = match (crate::tls::is_https(u), tls) {
+            (true, Some(t)) => e.tls_config(t.clone()).ok()?,
+            (true, None) => return None,
+            (false, _) => e,
+        };
+        Some(e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
     })
 }
 
@@ -60,7 +66,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster_id: self.cluster_id,
             contacts: self.contacts.clone(),
             target,
-            client: peer_channel(node).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
+            client: peer_channel(node, self.tls.as_ref())
+                .map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
         }
     }
 }

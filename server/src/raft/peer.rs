@@ -23,14 +23,21 @@ pub struct PeerService {
 }
 
 /// Serve the peer port on `listener` until the member shuts down.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<tonic::transport::ServerTlsConfig>) {
     let token = node.shutdown.clone();
     let svc =
         PeerServer::new(PeerService { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let res = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned())
-        .await;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("peer server TLS: {e}");
+                return;
+            }
+        };
+    }
+    let res = builder.add_service(svc).serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned()).await;
     if let Err(e) = res {
         tracing::error!("peer server: {e}");
     }

@@ -12,4 +12,5 @@ mod lease;
 mod lock_election;
 mod maintenance;
 mod membership;
+mod tls;
 mod watch;

@@ -63,14 +63,35 @@ fn members_json(c: &Cluster) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// The id (hex, as etcdctl takes it) of the member with `peer_url`.
+/// The member list once it satisfies `ok` (asked again for up to 5 s, as in [`id_of`]).
+fn members_until(c: &Cluster, ok: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = members_json(c);
+        if ok(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "member list never as expected: {m:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The id (hex, as etcdctl takes it) of the member with `peer_url`. etcdctl's member list
+/// is served by whichever member it picks, which may not have applied a change just made
+/// through another one yet: asked again for up to 5 s.
 fn id_of(c: &Cluster, peer_url: &str) -> String {
-    members_json(c)
-        .iter()
-        .find(|m| m["peerURLs"].as_array().is_some_and(|u| u.iter().any(|u| u == peer_url)))
-        .and_then(|m| m["ID"].as_u64())
-        .map(|id| format!("{id:x}"))
-        .unwrap_or_else(|| panic!("no member with {peer_url}"))
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = members_json(c)
+            .iter()
+            .find(|m| m["peerURLs"].as_array().is_some_and(|u| u.iter().any(|u| u == peer_url)))
+            .and_then(|m| m["ID"].as_u64());
+        if let Some(id) = found {
+            return format!("{id:x}");
+        }
+        assert!(Instant::now() < deadline, "no member with {peer_url}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `etcdctl member add`, then start the new member with what it printed.
@@ -127,7 +148,7 @@ async fn grow_three_to_five_and_back_under_writes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m3 = add_and_start(&mut c, "m3", false).await;
     let m4 = add_and_start(&mut c, "m4", false).await;
-    let listed = members_json(&c);
+    let listed = members_until(&c, |m| m.len() == 5);
     assert_eq!(listed.len(), 5, "{listed:?}\n{}", c.members[m3].log());
     assert!(listed.iter().all(|m| m["name"].as_str().is_some_and(|n| !n.is_empty())), "all started: {listed:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -144,7 +165,7 @@ async fn grow_three_to_five_and_back_under_writes() {
     let (acked, failed) = task.await.expect("writer");
     assert!(acked.len() > 50, "the load ran: {} acked", acked.len());
     assert_eq!(failed, 0, "no write failed during the membership changes");
-    assert_eq!(members_json(&c).len(), 3);
+    members_until(&c, |m| m.len() == 3);
     for i in 0..3 {
         let have = load_keys(&c, i).await;
         let lost: Vec<_> = acked.difference(&have).collect();
@@ -176,7 +197,7 @@ async fn replace_a_wiped_member_then_remove_the_leader() {
     let other = (0..c.members.len()).find(|&i| i != l && c.members[i].is_running()).expect("another member");
     etcdctl_ok(&c.members[other].endpoint(), &["member", "remove", &lid]);
     assert!(c.members[l].wait_exit(Duration::from_secs(20)).await, "removed leader still running");
-    assert_eq!(members_json(&c).len(), 2);
+    members_until(&c, |m| m.len() == 2);
     etcdctl_ok(&c.endpoints(), &["put", "after", "leader-removed"]);
     let out = etcdctl_ok(&c.endpoints(), &["get", "after", "--print-value-only"]);
     assert_eq!(out.trim(), "leader-removed");
@@ -233,8 +254,7 @@ async fn learners_bad_requests_and_move_leader() {
     }
     let out = etcdctl_ok(&ep, &["member", "promote", &id]);
     assert!(out.contains("promoted"), "{out}");
-    let m = members_json(&c);
-    assert!(m.iter().all(|m| !m.get("isLearner").is_some_and(|l| l == true)), "{m:?}");
+    members_until(&c, |m| m.iter().all(|m| !m.get("isLearner").is_some_and(|l| l == true)));
 
     // Move the leadership to a follower, asked of the leader and of a follower.
     for _ in 0..2 {
@@ -530,7 +550,7 @@ async fn learners_promote_themselves_with_the_flag() {
         assert!(Instant::now() < deadline, "never promoted: {me}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(members_json(&c).len(), 4);
+    members_until(&c, |m| m.len() == 4);
     etcdctl_ok(&c.endpoints(), &["put", "after", "promotion"]);
 }
 

@@ -1,0 +1,206 @@
+//! TLS on the client and peer ports, with certificates made at test time (rcgen): the real
+//! etcdctl and cairnctl with `--cacert/--cert/--key`, client-certificate auth, a 3-member
+//! cluster over peer TLS, and what must be refused (no certificate, an untrusted one,
+//! plaintext to a TLS port, a rogue peer).
+
+use super::harness::{etcdctl, Cluster};
+use cairn_server::testing::cairnctl_binary;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A CA and certificates it signed, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let p = Pki { dir: tempfile::tempdir().expect("tempdir") };
+        let ca = p.ca("ca");
+        let rogue = p.ca("rogue-ca");
+        // One certificate for servers and members (SANs 127.0.0.1 and localhost) and
+        // clients (CN = the user name, as etcd maps it).
+        p.leaf(&ca, "server", "cairn-member");
+        p.leaf(&ca, "client", "root");
+        p.leaf(&rogue, "rogue", "root");
+        p
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn ca(&self, name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("cairn test {name}"));
+        let ca = CertifiedIssuer::self_signed(params, key).expect("self-signed CA");
+        std::fs::write(self.path(&format!("{name}.pem")), ca.pem()).expect("write");
+        ca
+    }
+
+    fn leaf(&self, ca: &CertifiedIssuer<'static, KeyPair>, name: &str, cn: &str) {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, ca).expect("sign");
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+    }
+
+    /// etcdctl's TLS flags for certificate `who` (or none).
+    fn etcdctl_flags(&self, who: Option<&str>) -> Vec<String> {
+        let mut f = vec![format!("--cacert={}", self.s("ca.pem"))];
+        if let Some(w) = who {
+            f.push(format!("--cert={}", self.s(&format!("{w}.pem"))));
+            f.push(format!("--key={}", self.s(&format!("{w}-key.pem"))));
+        }
+        f
+    }
+}
+
+fn run(endpoints: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+    all.extend(args);
+    let out = etcdctl(endpoints, &all, None);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Members serving https:// client URLs with client-certificate auth.
+async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster {
+    let mut flags: Vec<String> = vec![
+        format!("--cert-file={}", pki.s("server.pem")),
+        format!("--key-file={}", pki.s("server-key.pem")),
+        format!("--trusted-ca-file={}", pki.s("ca.pem")),
+        "--client-cert-auth".into(),
+    ];
+    if peer_tls {
+        flags.extend([
+            format!("--peer-cert-file={}", pki.s("server.pem")),
+            format!("--peer-key-file={}", pki.s("server-key.pem")),
+            format!("--peer-trusted-ca-file={}", pki.s("ca.pem")),
+            "--peer-client-cert-auth".into(),
+        ]);
+    }
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut c = Cluster::prepare_tls(n, &refs, peer_tls);
+    c.start_all_with_tls(&pki.path("ca.pem"), &pki.path("client.pem"), &pki.path("client-key.pem")).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_with_certificate_auth() {
+    let pki = Pki::new();
+    let c = tls_cluster(&pki, 1, false).await;
+    let ep = c.endpoints();
+    let client = pki.etcdctl_flags(Some("client"));
+    let (ok, _, err) = run(&ep, &client, &["put", "k", "v"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&ep, &client, &["get", "k", "--print-value-only"]);
+    assert!(ok && out.trim() == "v", "{out} {err}");
+
+    // Refused: no client certificate, one from another CA, plaintext, no TLS at all.
+    for (name, flags) in [
+        ("no client certificate", pki.etcdctl_flags(None)),
+        ("untrusted client certificate", pki.etcdctl_flags(Some("rogue"))),
+        ("plaintext", vec![]),
+    ] {
+        let mut f = flags.clone();
+        f.push("--dial-timeout=2s".into());
+        f.push("--command-timeout=3s".into());
+        let (ok, _, err) = run(&ep, &f, &["get", "k"]);
+        assert!(!ok, "{name} must be refused");
+        assert!(!err.is_empty(), "{name}: a clear error");
+    }
+    // Garbage on the TLS port does not hurt it.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(ep.as_str()).expect("connect");
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x16\x03\x01garbage");
+    }
+    let (ok, out, _) = run(&ep, &client, &["get", "k", "--print-value-only"]);
+    assert!(ok && out.trim() == "v", "still serving");
+
+    // cairnctl takes the same flags.
+    let ctl = |args: &[&str]| {
+        Command::new(cairnctl_binary()).arg(format!("--endpoints={ep}")).args(args).output().expect("cairnctl")
+    };
+    let cacert = format!("--cacert={}", pki.s("ca.pem"));
+    let cert = format!("--cert={}", pki.s("client.pem"));
+    let key = format!("--key={}", pki.s("client-key.pem"));
+    let out = ctl(&[&cacert, &cert, &key, "get", "k", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&[&cacert, "--dial-timeout=2s", "get", "k"]);
+    assert!(!out.status.success(), "cairnctl without a client certificate is refused");
+
+    // The HTTP/JSON gateway over TLS, with curl.
+    let out = Command::new("curl")
+        .args(["-s", "--cacert", &pki.s("ca.pem"), "--cert", &pki.s("client.pem"), "--key", &pki.s("client-key.pem")])
+        .arg(format!("https://{ep}/v3/kv/range"))
+        .args(["-X", "POST", "-d", r#"{"key":"aw=="}"#])
+        .output()
+        .expect("curl (./scripts/test installs it)");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains(r#""value":"dg==""#), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_over_peer_tls_refuse_a_rogue_peer() {
+    let pki = Pki::new();
+    let c = tls_cluster(&pki, 3, true).await;
+    let ep = c.endpoints();
+    let client = pki.etcdctl_flags(Some("client"));
+    for n in 0..10 {
+        let (ok, _, err) = run(&ep, &client, &["put", &format!("k{n}"), "v"]);
+        assert!(ok, "{err}");
+    }
+    let (ok, out, _) =
+        run(&c.members[2].endpoint(), &client, &["get", "k", "--prefix", "--keys-only", "--consistency=s"]);
+    assert!(ok && out.lines().filter(|l| !l.is_empty()).count() == 10, "replicated over TLS: {out}");
+    assert!(c.members.iter().all(|m| m.peer_url.starts_with("https://")));
+
+    // A peer with a certificate from another CA cannot talk to a member's peer port.
+    let rogue = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).expect("ca")))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.path("rogue.pem")).expect("cert"),
+            std::fs::read(pki.path("rogue-key.pem")).expect("key"),
+        ));
+    let endpoint = tonic::transport::Endpoint::from_shared(c.members[0].peer_url.clone())
+        .expect("url")
+        .tls_config(rogue)
+        .expect("tls");
+    let refused = match endpoint.connect().await {
+        Err(_) => true,
+        Ok(ch) => cairn_api::cairnpb::peer_client::PeerClient::new(ch)
+            .members(cairn_api::cairnpb::MembersRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a rogue peer certificate is refused");
+    // Plaintext to the TLS peer port, too.
+    let plain = c.members[0].peer_url.replace("https://", "http://");
+    let plain = tonic::transport::Endpoint::from_shared(plain).expect("url");
+    let refused = match plain.connect().await {
+        Err(_) => true,
+        Ok(ch) => cairn_api::cairnpb::peer_client::PeerClient::new(ch)
+            .members(cairn_api::cairnpb::MembersRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plaintext to the TLS peer port is refused");
+    let (ok, _, err) = run(&ep, &client, &["put", "after", "rogue"]);
+    assert!(ok, "the cluster keeps serving: {err}");
+}
