@@ -293,7 +293,7 @@ impl Config {
         if c.listen_client_urls.iter().any(|u| crate::tls::is_https(u)) {
             c.client_tls.server("")?;
         }
-        if c.listen_peer_urls.iter().chain(c.initial_cluster.values().flatten()).any(|u| crate::tls::is_https(u)) {
+        if crate::tls::peer_tls_needed(&c) {
             c.peer_tls.server("peer-")?;
             c.peer_tls.client("peer-")?;
         }

@@ -255,6 +255,7 @@ pub async fn discover(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
     mine.sort();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last_err = String::from("no other member in --initial-cluster");
+    let tls = crate::node::peer_client_tls(config)?;
     loop {
         for urls in config.initial_cluster.values() {
             let mut theirs = urls.clone();
@@ -262,7 +263,6 @@ pub async fn discover(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
             if theirs == mine {
                 continue;
             }
-            let tls = config.peer_tls.client("peer-").ok();
             let member = Member { name: String::new(), peer_urls: urls.clone() };
             let Some(ch) = crate::raft::network::peer_channel(&member, tls.as_ref()) else {
                 continue;

@@ -319,7 +319,7 @@ impl Metrics {
         self.compact_revision.set(compacted);
         let size = node.engine.size_on_disk() as i64;
         self.db_size.set(size);
-        self.db_size_in_use.set(size);
+        self.db_size_in_use.set(node.engine.size_in_use() as i64);
         let w = &node.sm.hub.metrics;
         self.watchers.set(w.watchers.load(Ordering::Relaxed) as i64);
         self.slow_watchers.set(w.catching_up.load(Ordering::Relaxed) as i64);

@@ -721,9 +721,8 @@ fn warn_if_exposed(url: &str, tls: bool, what: &str) {
 }
 
 /// TLS for calling other members, when any peer URL is https://.
-fn peer_client_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
-    let https = config.listen_peer_urls.iter().chain(config.initial_cluster.values().flatten());
-    if !https.into_iter().any(|u| crate::tls::is_https(u)) {
+pub fn peer_client_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    if !crate::tls::peer_tls_needed(config) {
         return Ok(None);
     }
     config.peer_tls.client("peer-").map(Some).map_err(|e| anyhow::anyhow!(e))

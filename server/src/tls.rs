@@ -64,6 +64,27 @@ impl TlsFiles {
     }
 }
 
+/// A tonic server builder, serving TLS with `tls`; `None` (logged) if the configuration
+/// is unusable.
+pub fn server_builder(tls: Option<ServerTlsConfig>, what: &str) -> Option<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        None => Some(builder),
+        Some(tls) => match builder.tls_config(tls) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!("{what} server TLS: {e}");
+                None
+            }
+        },
+    }
+}
+
+/// Whether any peer URL of `config` (listened on or of a member) asks for TLS.
+pub fn peer_tls_needed(config: &crate::Config) -> bool {
+    config.listen_peer_urls.iter().chain(config.initial_cluster.values().flatten()).any(|u| is_https(u))
+}
+
 /// Whether `url` asks for TLS.
 pub fn is_https(url: &str) -> bool {
     url.starts_with("https://")

@@ -68,17 +68,23 @@ impl Cluster for ClusterService {
             is_learner,
             ..Default::default()
         });
-        Ok(Response::new(MemberAddResponse { header: Some(self.header()), member: Some(member), members }))
+        Ok(Response::new(MemberAddResponse { header: Some(self.node.current_header()), member: Some(member), members }))
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         crate::membership::change(&self.node, Change::Remove(req.into_inner())).await?;
-        Ok(Response::new(MemberRemoveResponse { header: Some(self.header()), members: members(&self.node) }))
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.node.current_header()),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
         crate::membership::change(&self.node, Change::Update(req.into_inner())).await?;
-        Ok(Response::new(MemberUpdateResponse { header: Some(self.header()), members: members(&self.node) }))
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.node.current_header()),
+            members: members(&self.node),
+        }))
     }
 
     async fn member_promote(
@@ -86,12 +92,9 @@ impl Cluster for ClusterService {
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         crate::membership::change(&self.node, Change::Promote(req.into_inner())).await?;
-        Ok(Response::new(MemberPromoteResponse { header: Some(self.header()), members: members(&self.node) }))
-    }
-}
-
-impl ClusterService {
-    fn header(&self) -> cairn_api::etcdserverpb::ResponseHeader {
-        self.node.header(self.node.read(|st| st.mvcc.current_revision()))
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.node.current_header()),
+            members: members(&self.node),
+        }))
     }
 }

@@ -96,9 +96,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, compact_revision, rev) = self.node.hash_kv(req.get_ref().revision).map_err(Status::from)?;
-        let hash_revision = if req.get_ref().revision > 0 { req.get_ref().revision } else { rev };
-        Ok(Response::new(HashKvResponse { header: Some(self.node.header(rev)), hash, compact_revision, hash_revision }))
+        Ok(Response::new(self.node.hash_kv_response(req.get_ref().revision)?))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -108,8 +106,7 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         self.node.defragment().await?;
-        let rev = self.node.read(|st| st.mvcc.current_revision());
-        Ok(Response::new(DefragmentResponse { header: Some(self.node.header(rev)) }))
+        Ok(Response::new(DefragmentResponse { header: Some(self.node.current_header()) }))
     }
 
     async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
@@ -153,12 +150,23 @@ impl Maintenance for MaintenanceService {
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         use cairn_api::cairnpb::cluster_change_request::Change;
         crate::membership::change(&self.node, Change::MoveLeader(req.into_inner())).await?;
-        let rev = self.node.read(|st| st.mvcc.current_revision());
-        Ok(Response::new(MoveLeaderResponse { header: Some(self.node.header(rev)) }))
+        Ok(Response::new(MoveLeaderResponse { header: Some(self.node.current_header()) }))
     }
 }
 
 impl Node {
+    /// HashKV at `revision` (0: the current one) as etcd answers it.
+    pub fn hash_kv_response(&self, revision: i64) -> crate::error::Result<HashKvResponse> {
+        let (hash, compact_revision, current) = self.hash_kv(revision)?;
+        let hash_revision = if revision > 0 { revision } else { current };
+        Ok(HashKvResponse { header: Some(self.header(current)), hash, compact_revision, hash_revision })
+    }
+
+    /// A response header at the current revision.
+    pub fn current_header(&self) -> cairn_api::etcdserverpb::ResponseHeader {
+        self.header(self.read(|st| st.mvcc.current_revision()))
+    }
+
     /// Write a backup of the store (as `Maintenance.Snapshot` streams it) to an unnamed
     /// file under the snapshot directory; returns it rewound, its size and the revision.
     pub fn write_backup(&self) -> crate::error::Result<(std::fs::File, u64, i64)> {

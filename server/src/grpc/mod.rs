@@ -205,16 +205,7 @@ async fn serve_http<S, F>(
     F: std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send + 'static,
 {
     let token = node.shutdown.clone();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = match builder.tls_config(tls) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("{what} server TLS: {e}");
-                return;
-            }
-        };
-    }
+    let Some(builder) = crate::tls::server_builder(tls, what) else { return };
     let res = builder
         .accept_http1(true)
         .layer(tower::util::MapResponseLayer::new(grpc_go_size_error))

@@ -27,16 +27,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<tonic::tr
     let token = node.shutdown.clone();
     let svc =
         PeerServer::new(PeerService { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = match builder.tls_config(tls) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("peer server TLS: {e}");
-                return;
-            }
-        };
-    }
+    let Some(mut builder) = crate::tls::server_builder(tls, "peer") else { return };
     let res = builder.add_service(svc).serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned()).await;
     if let Err(e) = res {
         tracing::error!("peer server: {e}");
@@ -151,13 +142,6 @@ impl Peer for PeerService {
 
     async fn hash_kv(&self, req: Request<HashKvPeerRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.check(req.get_ref().cluster_id, None)?;
-        let rev = req.get_ref().revision;
-        let (hash, compact_revision, current) = self.node.hash_kv(rev)?;
-        Ok(Response::new(HashKvResponse {
-            header: Some(self.node.header(current)),
-            hash,
-            compact_revision,
-            hash_revision: if rev > 0 { rev } else { current },
-        }))
+        Ok(Response::new(self.node.hash_kv_response(req.get_ref().revision)?))
     }
 }

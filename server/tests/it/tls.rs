@@ -182,25 +182,22 @@ async fn three_members_over_peer_tls_refuse_a_rogue_peer() {
         .expect("url")
         .tls_config(rogue)
         .expect("tls");
-    let refused = match endpoint.connect().await {
-        Err(_) => true,
-        Ok(ch) => cairn_api::cairnpb::peer_client::PeerClient::new(ch)
-            .members(cairn_api::cairnpb::MembersRequest {})
-            .await
-            .is_err(),
-    };
-    assert!(refused, "a rogue peer certificate is refused");
+    assert!(peer_refuses(endpoint).await, "a rogue peer certificate is refused");
     // Plaintext to the TLS peer port, too.
     let plain = c.members[0].peer_url.replace("https://", "http://");
-    let plain = tonic::transport::Endpoint::from_shared(plain).expect("url");
-    let refused = match plain.connect().await {
+    assert!(peer_refuses(tonic::transport::Endpoint::from_shared(plain).expect("url")).await, "plaintext refused");
+    let (ok, _, err) = run(&ep, &client, &["put", "after", "rogue"]);
+    assert!(ok, "the cluster keeps serving: {err}");
+}
+
+/// Whether a member's peer port refuses a caller dialling `endpoint` (at the handshake or
+/// on its first call).
+async fn peer_refuses(endpoint: tonic::transport::Endpoint) -> bool {
+    match endpoint.connect().await {
         Err(_) => true,
         Ok(ch) => cairn_api::cairnpb::peer_client::PeerClient::new(ch)
             .members(cairn_api::cairnpb::MembersRequest {})
             .await
             .is_err(),
-    };
-    assert!(refused, "plaintext to the TLS peer port is refused");
-    let (ok, _, err) = run(&ep, &client, &["put", "after", "rogue"]);
-    assert!(ok, "the cluster keeps serving: {err}");
+    }
 }

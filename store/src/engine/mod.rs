@@ -134,7 +134,8 @@ pub trait Engine: Send + Sync + 'static {
     fn frozen_view(&self) -> Result<Option<Box<dyn ReadView>>>;
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> u64;
-    /// Bytes of that holding live data (the rest is free space a defragment gives back).
+    /// Bytes of that holding live data (the rest is free space a defragment gives back);
+    /// may be measured less often than it is asked for (redb: once a minute).
     fn size_in_use(&self) -> u64 {
         self.size_on_disk()
     }

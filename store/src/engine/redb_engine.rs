@@ -43,7 +43,12 @@ pub struct RedbEngine {
     // `journal` before `db`.
     journal: Mutex<Option<Vec<WriteBatch>>>,
     defragmenting: Mutex<()>,
+    // Free bytes inside the file, and when they were measured (see `size_in_use`).
+    fragmented: Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a measurement of the free space inside the file is used.
+const FRAGMENTATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn create(path: &Path) -> Result<Database> {
     let db = Database::builder()
@@ -105,6 +110,7 @@ impl RedbEngine {
             path: path.to_path_buf(),
             journal: Mutex::new(None),
             defragmenting: Mutex::new(()),
+            fragmented: Mutex::new(None),
         })
     }
 
@@ -238,12 +244,19 @@ impl Engine for RedbEngine {
     }
 
     fn size_in_use(&self) -> u64 {
-        let fragmented = self.db().begin_write().and_then(|t| {
-            let s = t.stats().map(|s| s.fragmented_bytes());
-            t.abort()?;
-            Ok(s?)
-        });
-        self.size_on_disk().saturating_sub(fragmented.unwrap_or(0))
+        // redb's stats walk every page inside a write transaction (writers wait), so the
+        // free space is measured at most once a minute and the file size tracked between.
+        let mut cached = self.fragmented.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = cached.is_some_and(|(at, _)| at.elapsed() < FRAGMENTATION_MAX_AGE);
+        if !fresh {
+            let measured = self.db().begin_write().and_then(|t| {
+                let s = t.stats().map(|s| s.fragmented_bytes());
+                t.abort()?;
+                Ok(s?)
+            });
+            *cached = Some((std::time::Instant::now(), measured.unwrap_or(0)));
+        }
+        self.size_on_disk().saturating_sub(cached.map_or(0, |(_, f)| f))
     }
 
     fn defragment(&self) -> Result<()> {
@@ -266,6 +279,8 @@ impl Engine for RedbEngine {
                 std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
             }
             *db = Arc::new(new);
+            // The copy is dense: measure again when next asked.
+            *self.fragmented.lock().unwrap_or_else(|p| p.into_inner()) = None;
             Ok(())
         });
         *journal = None;
