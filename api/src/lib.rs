@@ -58,4 +58,16 @@ pub mod v3electionpb {
 /// `cairnpb`: Cairn's Raft-log commands and peer service (not etcd's contract).
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");
+
+    impl RaftRequest {
+        /// A request the member makes on its own (no client, so no permission check).
+        pub fn internal(request: raft_request::Request) -> RaftRequest {
+            RaftRequest { request: Some(request), caller: None }
+        }
+
+        /// A client's request, made by `user` (empty: no credentials).
+        pub fn by(user: &str, request: raft_request::Request) -> RaftRequest {
+            RaftRequest { request: Some(request), caller: Some(Caller { user: user.to_string() }) }
+        }
+    }
 }

@@ -17,6 +17,9 @@ pub struct Opts {
     /// Comma-separated host:port endpoints.
     #[arg(long, global = true, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+    /// Log in as `name:password` (a cluster with auth on); every request carries the token.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
     /// gRPC connections (clients are spread over them).
     #[arg(long, global = true, default_value_t = 1)]
     pub conns: usize,

@@ -9,10 +9,37 @@ use cairn_api::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, S
 use rand::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+/// Adds the `--user`'s auth token to every call.
+#[derive(Clone)]
+pub struct Token(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection with the token of `--user` (if any).
+pub type Ch = InterceptedService<Channel, Token>;
+
+/// Log in as `name:password` over `ch`.
+async fn log_in(ch: &Channel, user: &str) -> anyhow::Result<AsciiMetadataValue> {
+    use cairn_api::etcdserverpb::{auth_client::AuthClient, AuthenticateRequest};
+    let (name, password) = user.split_once(':').ok_or_else(|| anyhow::anyhow!("--user wants name:password"))?;
+    let req = AuthenticateRequest { name: name.into(), password: password.into() };
+    let token = AuthClient::new(ch.clone()).authenticate(req).await?.into_inner().token;
+    Ok(token.parse()?)
+}
+
 /// Open `--conns` connections, spread over the endpoints (or all to the leader).
-pub async fn connect(opts: &Opts) -> anyhow::Result<Vec<Channel>> {
+pub async fn connect(opts: &Opts) -> anyhow::Result<Vec<Ch>> {
     let mut endpoints: Vec<String> =
         opts.endpoints.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
     anyhow::ensure!(!endpoints.is_empty(), "no endpoints given");
@@ -25,7 +52,11 @@ pub async fn connect(opts: &Opts) -> anyhow::Result<Vec<Channel>> {
         let url = if ep.contains("://") { ep.clone() } else { format!("http://{ep}") };
         chans.push(Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?);
     }
-    Ok(chans)
+    let token = match (&opts.user, chans.first()) {
+        (Some(user), Some(ch)) => Some(log_in(ch, user).await?),
+        _ => None,
+    };
+    Ok(chans.into_iter().map(|ch| InterceptedService::new(ch, Token(token.clone()))).collect())
 }
 
 /// The endpoint whose member is the leader.
@@ -43,7 +74,7 @@ pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
 }
 
 /// KV clients, one per connection.
-async fn kv_clients(opts: &Opts) -> anyhow::Result<Arc<Vec<KvClient<Channel>>>> {
+async fn kv_clients(opts: &Opts) -> anyhow::Result<Arc<Vec<KvClient<Ch>>>> {
     Ok(Arc::new(connect(opts).await?.into_iter().map(KvClient::new).collect()))
 }
 
@@ -341,8 +372,7 @@ pub async fn lease_grant_revoke(opts: &Opts) -> anyhow::Result<Report> {
     use cairn_api::etcdserverpb::lease_client::LeaseClient;
     use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
 
-    let clients: Arc<Vec<LeaseClient<Channel>>> =
-        Arc::new(connect(opts).await?.into_iter().map(LeaseClient::new).collect());
+    let clients: Arc<Vec<LeaseClient<Ch>>> = Arc::new(connect(opts).await?.into_iter().map(LeaseClient::new).collect());
     Ok(drive("lease-grant-revoke", opts, move |c, _| {
         let mut lc = clients[c % clients.len()].clone();
         async move {

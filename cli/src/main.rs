@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the cluster answered with an error or could not be reached;
 //! 2 an invalid command line or input.
 
+mod auth;
 mod coord;
 mod ops;
 mod output;
@@ -58,6 +59,12 @@ struct Cli {
     /// Client private key (PEM).
     #[arg(long = "key", id = "tls_key", env = "CAIRNCTL_KEY", global = true, requires = "tls_cert")]
     key: Option<std::path::PathBuf>,
+    /// User name for a cluster with auth on, as `name:password` (or give --password).
+    #[arg(long, env = "CAIRNCTL_USER", global = true)]
+    user: Option<String>,
+    /// Password for --user (when --user has none).
+    #[arg(long, env = "CAIRNCTL_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -134,6 +141,15 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         ttl: i64,
     },
+    /// Auth on, off, status.
+    #[command(subcommand)]
+    Auth(auth::AuthCmd),
+    /// User commands: add, delete, get, list, passwd, grant-role, revoke-role.
+    #[command(subcommand)]
+    User(auth::UserCmd),
+    /// Role commands: add, delete, get, list, grant-permission, revoke-permission.
+    #[command(subcommand)]
+    Role(auth::RoleCmd),
     /// Print cairnctl's version.
     Version,
 }
@@ -478,6 +494,19 @@ impl Cli {
         } else if self.cert.is_some() {
             return Err(BadArgs("--cert needs --cacert (the CA that signed the server's certificate)".into()).into());
         }
+        if let Some(user) = &self.user {
+            let (name, password) = match (user.split_once(':'), &self.password) {
+                (Some((name, password)), None) => (name.to_string(), password.to_string()),
+                (None, Some(password)) => (user.clone(), password.clone()),
+                (Some(_), Some(_)) => {
+                    return Err(BadArgs("--user has a password and --password is given too".into()).into())
+                }
+                (None, None) => {
+                    return Err(BadArgs("--user needs a password: --user name:password or --password".into()).into())
+                }
+            };
+            opts = opts.with_user(name, password);
+        }
         Ok(Client::connect(endpoints, opts).await?)
     }
 
@@ -539,6 +568,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Watch(a) => watch(&cli, a).await?,
         Cmd::Lease(l) => lease(&cli, l).await?,
         Cmd::Member(m) => ops::member(&cli, m).await?,
+        Cmd::Auth(a) => auth::auth(&cli, a).await?,
+        Cmd::User(u) => auth::user(&cli, u).await?,
+        Cmd::Role(r) => auth::role(&cli, r).await?,
         Cmd::MoveLeader { target } => ops::move_leader(&cli, target).await?,
         Cmd::Defrag { cluster } => ops::defrag(&cli, *cluster).await?,
         Cmd::Snapshot(s) => ops::snapshot(&cli, s).await?,

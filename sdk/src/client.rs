@@ -5,18 +5,26 @@
 //! (connection refused or broken, or it has no leader), the next call dials the next
 //! endpoint. Reads are retried there; writes only when they certainly were not applied
 //! (the connection could not be made, or the member had no leader) — like etcd's clientv3.
+//!
+//! With [`ConnectOptions::with_user`] the client logs in (`Authenticate`) when it
+//! connects and sends the token with every call; when the server says the token is no
+//! longer valid (expired, or issued by a member that restarted) it logs in again and
+//! retries, as clientv3 does.
 
 use crate::error::{Error, Result};
+use cairn_api::etcdserverpb::auth_client::AuthClient;
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_api::etcdserverpb::StatusRequest;
+use cairn_api::etcdserverpb::{AuthenticateRequest, StatusRequest};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How to connect and how long to wait. `ConnectOptions::default()` suits most programs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// How long to wait for one endpoint's connection before trying the next (default 5 s).
     pub dial_timeout: Duration,
@@ -34,6 +42,22 @@ pub struct ConnectOptions {
     pub prefer_leader: bool,
     /// TLS (rustls): endpoints without a scheme then use `https://` (default none).
     pub tls: Option<ClientTlsConfig>,
+    /// User name and password for a cluster with auth enabled (default none).
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("dial_timeout", &self.dial_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("prefer_leader", &self.prefer_leader)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -45,6 +69,7 @@ impl Default for ConnectOptions {
             keep_alive_timeout: Duration::from_secs(5),
             prefer_leader: false,
             tls: None,
+            user: None,
         }
     }
 }
@@ -73,6 +98,11 @@ impl ConnectOptions {
     /// Set [`ConnectOptions::prefer_leader`].
     pub fn with_prefer_leader(mut self, on: bool) -> Self {
         self.prefer_leader = on;
+        self
+    }
+    /// Log in as `name` with `password` (etcdctl's `--user name:password`).
+    pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
         self
     }
     /// Set [`ConnectOptions::tls`].
@@ -119,7 +149,35 @@ pub(crate) struct Inner {
     endpoints: Vec<String>,
     pub(crate) opts: ConnectOptions,
     conn: Mutex<Conn>,
+    token: Mutex<Token>,
 }
+
+/// What the client knows about its auth token.
+#[derive(Clone)]
+enum Token {
+    /// Not asked yet (or the last one was refused).
+    Unknown,
+    /// No user configured, or the cluster has auth off.
+    NotNeeded,
+    /// Sent as the `token` metadata of every call.
+    Valid(AsciiMetadataValue),
+}
+
+/// Adds the auth token to each call.
+#[derive(Clone)]
+pub(crate) struct WithToken(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for WithToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel every call goes through: the connection plus the caller's token.
+pub(crate) type AuthChannel = InterceptedService<Channel, WithToken>;
 
 struct Conn {
     /// Index of the endpoint in use (or to try first).
@@ -132,7 +190,13 @@ struct Conn {
 /// A connection handed to one call, with the generation to report failures against.
 #[derive(Clone)]
 pub(crate) struct Conn1 {
-    pub(crate) channel: Channel,
+    pub(crate) channel: AuthChannel,
+    generation: u64,
+}
+
+/// A connection before the token is attached.
+struct Raw {
+    channel: Channel,
     generation: u64,
 }
 
@@ -164,7 +228,9 @@ impl Client {
         if list.is_empty() {
             return Err(Error::InvalidArgument("no endpoints given".into()));
         }
-        let inner = Inner { endpoints: list, opts, conn: Mutex::new(Conn { index: 0, channel: None, generation: 0 }) };
+        let token = Mutex::new(if opts.user.is_some() { Token::Unknown } else { Token::NotNeeded });
+        let conn = Mutex::new(Conn { index: 0, channel: None, generation: 0 });
+        let inner = Inner { endpoints: list, opts, conn, token };
         let client = Client { inner: Arc::new(inner) };
         client.inner.conn().await?;
         Ok(client)
@@ -216,13 +282,61 @@ impl Inner {
         }
     }
 
+    /// The connection in use (dialled if needed, see [`Inner::raw_conn`]) with the auth
+    /// token, logging in first if a user is configured and there is no token yet.
+    pub(crate) async fn conn(&self) -> Result<Conn1> {
+        let raw = self.raw_conn().await?;
+        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let token = match token {
+            Token::NotNeeded => None,
+            Token::Valid(t) => Some(t),
+            Token::Unknown => self.log_in(&raw.channel).await?,
+        };
+        let channel = InterceptedService::new(raw.channel, WithToken(token));
+        Ok(Conn1 { channel, generation: raw.generation })
+    }
+
+    /// Authenticate as the configured user over `channel`; the token (none if the
+    /// cluster has auth off, as clientv3 treats it).
+    async fn log_in(&self, channel: &Channel) -> Result<Option<AsciiMetadataValue>> {
+        let Some((name, password)) = self.opts.user.clone() else { return Ok(None) };
+        let req = AuthenticateRequest { name, password };
+        let state = match AuthClient::new(channel.clone()).authenticate(req).await {
+            Ok(r) => {
+                let token = r.into_inner().token;
+                let value = token
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| Error::InvalidArgument("the server sent a token that is not ASCII".into()))?;
+                Token::Valid(value)
+            }
+            Err(s) if s.message() == "etcdserver: authentication is not enabled" => Token::NotNeeded,
+            Err(s) => return Err(s.into()),
+        };
+        let token = match &state {
+            Token::Valid(t) => Some(t.clone()),
+            _ => None,
+        };
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        Ok(token)
+    }
+
+    /// Forget the token (the server refused it, or auth was turned on): the next call logs
+    /// in again. Whether a retry can help (a user is configured).
+    pub(crate) fn token_refused(&self) -> bool {
+        if self.opts.user.is_none() {
+            return false;
+        }
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Token::Unknown;
+        true
+    }
+
     /// The connection in use, dialling endpoints in turn (from the current one) if there is
     /// none. With `prefer_leader`, the leader's endpoint wins when it is among them.
-    pub(crate) async fn conn(&self) -> Result<Conn1> {
+    async fn raw_conn(&self) -> Result<Raw> {
         let start = {
             let c = self.lock();
             if let Some(ch) = &c.channel {
-                return Ok(Conn1 { channel: ch.clone(), generation: c.generation });
+                return Ok(Raw { channel: ch.clone(), generation: c.generation });
             }
             c.index
         };
@@ -250,16 +364,16 @@ impl Inner {
         Err(Error::Unavailable(format!("no endpoint reachable ({})", errors.join("; "))))
     }
 
-    fn install(&self, i: usize, ch: Channel) -> Conn1 {
+    fn install(&self, i: usize, ch: Channel) -> Raw {
         let mut c = self.lock();
         if let Some(existing) = &c.channel {
             // Another call connected meanwhile; share its connection.
-            return Conn1 { channel: existing.clone(), generation: c.generation };
+            return Raw { channel: existing.clone(), generation: c.generation };
         }
         c.index = i;
         c.channel = Some(ch.clone());
         c.generation += 1;
-        Conn1 { channel: ch, generation: c.generation }
+        Raw { channel: ch, generation: c.generation }
     }
 
     /// Report that `conn` failed: the next call connects to the next endpoint.
@@ -277,7 +391,7 @@ impl Inner {
     /// (or 20 attempts without one).
     pub(crate) async fn unary<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let attempts = async {
@@ -297,7 +411,10 @@ impl Inner {
                         self.failed(conn);
                     }
                 }
-                let retry = if idempotent { err.is_transient() } else { err.is_safe_to_retry() };
+                // A refused token (or none, with auth turned on meanwhile): log in again.
+                // The request was refused before it could apply, so any call may retry.
+                let relogin = matches!(err, Error::InvalidAuthToken | Error::UserEmpty) && self.token_refused();
+                let retry = relogin || if idempotent { err.is_transient() } else { err.is_safe_to_retry() };
                 if !retry || attempt >= 20 {
                     return Err(err);
                 }

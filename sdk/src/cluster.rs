@@ -1,21 +1,21 @@
 //! Cluster membership and maintenance: members, status, alarms, hashes, defragmentation
 //! and leadership transfer. Answers are etcd's protobuf messages (see [`crate::proto`]).
 
+use crate::client::AuthChannel;
 use crate::client::{Client, MAX_DECODE};
 use crate::error::Result;
 use cairn_api::etcdserverpb as pb;
 use cairn_api::etcdserverpb::cluster_client::ClusterClient;
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use tonic::transport::Channel;
 
 pub use pb::alarm_request::AlarmAction;
 pub use pb::{AlarmMember, AlarmType, Member};
 
-fn cluster(ch: Channel) -> ClusterClient<Channel> {
+fn cluster(ch: AuthChannel) -> ClusterClient<AuthChannel> {
     ClusterClient::new(ch).max_decoding_message_size(MAX_DECODE)
 }
 
-fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
+fn maintenance(ch: AuthChannel) -> MaintenanceClient<AuthChannel> {
     MaintenanceClient::new(ch).max_decoding_message_size(MAX_DECODE)
 }
 

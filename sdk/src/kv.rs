@@ -1,13 +1,13 @@
 //! Keys and values: get, put, delete, transactions and compaction, with option builders
 //! over etcd's `Range`, `Put`, `DeleteRange`, `Txn` and `Compact` requests.
 
+use crate::client::AuthChannel;
 use crate::client::{Client, MAX_DECODE};
 use crate::error::Result;
 use cairn_api::etcdserverpb as pb;
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::mvccpb::KeyValue;
 pub use cairn_api::prefix_end;
-use tonic::transport::Channel;
 
 /// The header every response carries: which cluster and member answered, and the store's
 /// revision when it did.
@@ -488,7 +488,7 @@ impl From<pb::TxnResponse> for TxnResponse {
     }
 }
 
-fn kv(ch: Channel) -> KvClient<Channel> {
+fn kv(ch: AuthChannel) -> KvClient<AuthChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_DECODE).max_encoding_message_size(usize::MAX)
 }
 

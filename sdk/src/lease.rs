@@ -39,7 +39,7 @@ pub struct LeaseTimeToLiveResponse {
     pub keys: Vec<Vec<u8>>,
 }
 
-fn lease(ch: tonic::transport::Channel) -> LeaseClient<tonic::transport::Channel> {
+fn lease(ch: crate::client::AuthChannel) -> LeaseClient<crate::client::AuthChannel> {
     LeaseClient::new(ch)
 }
 
@@ -174,7 +174,7 @@ impl Drop for KeepAlive {
 }
 
 /// One request-response on a fresh keep-alive stream: the TTL the server answered.
-async fn keep_alive_round(channel: &tonic::transport::Channel, id: i64) -> Result<i64> {
+async fn keep_alive_round(channel: &crate::client::AuthChannel, id: i64) -> Result<i64> {
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
     let mut s = LeaseClient::new(channel.clone()).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
@@ -211,7 +211,10 @@ async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseS
             Ok(s) => s.into_inner(),
             Err(s) => {
                 tracing::debug!(%s, lease = id, "keep-alive stream failed; failing over");
-                inner.failed(&conn);
+                let refused = s.code() == tonic::Code::Unauthenticated && inner.token_refused();
+                if !refused {
+                    inner.failed(&conn);
+                }
                 tokio::time::sleep(backoff).await;
                 continue;
             }

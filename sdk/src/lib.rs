@@ -26,10 +26,12 @@
 //!
 //! Layout: [`client`] (endpoints, failover, retries), [`kv`] (get/put/delete/txn/compact),
 //! [`watch`], [`lease`] (leases, keep-alive, [`Session`]), [`cluster`] (members and
-//! maintenance), [`error`] (one [`Error`] enum mapping etcd's errors).
+//! maintenance), [`auth`] (users, roles, permissions), [`error`] (one [`Error`] enum mapping
+//! etcd's errors).
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod error;
@@ -37,6 +39,7 @@ pub mod kv;
 pub mod lease;
 pub mod watch;
 
+pub use auth::{Permission, PermissionType};
 pub use client::{Client, ConnectOptions};
 
 /// TLS settings for [`ConnectOptions::with_tls`] (tonic's rustls types).

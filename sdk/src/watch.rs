@@ -203,7 +203,9 @@ async fn run(
             Ended::Done => return,
             Ended::Broken(e) => {
                 tracing::debug!(%e, next = create.start_revision, "watch stream broke; resuming on another member");
-                inner.failed(&conn);
+                if !(matches!(e, Error::InvalidAuthToken) && inner.token_refused()) {
+                    inner.failed(&conn);
+                }
                 if tx.is_closed() {
                     return;
                 }
@@ -217,7 +219,7 @@ async fn run(
 /// Run one gRPC watch stream until it ends. Updates `create.start_revision` to the next
 /// revision owed, so the caller can resume.
 async fn stream_once(
-    channel: &tonic::transport::Channel,
+    channel: &crate::client::AuthChannel,
     create: &mut pb::WatchCreateRequest,
     tx: &mpsc::Sender<Result<WatchResponse>>,
     created_tx: &mut Option<oneshot::Sender<Result<()>>>,
@@ -287,7 +289,12 @@ async fn fail(
     tx: &mpsc::Sender<Result<WatchResponse>>,
     created_tx: &mut Option<oneshot::Sender<Result<()>>>,
 ) -> Ended {
-    if err.is_transient() || matches!(err, Error::Server { code: tonic::Code::Cancelled | tonic::Code::Unknown, .. }) {
+    // A refused token: the caller logs in again and resumes.
+    let relogin = matches!(err, Error::InvalidAuthToken);
+    if relogin
+        || err.is_transient()
+        || matches!(err, Error::Server { code: tonic::Code::Cancelled | tonic::Code::Unknown, .. })
+    {
         Ended::Broken(err)
     } else {
         deliver_final(err, tx, created_tx).await

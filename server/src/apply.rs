@@ -35,6 +35,14 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
         let response = Some(refused(Code::DataLoss, msg::CORRUPT));
         return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
     }
+    // With auth on, a client's request is checked again against the auth state of
+    // this moment: a permission revoked while the request was in flight stops it.
+    if let Some(request) = &req.request {
+        if let Err(e) = crate::auth::check_at_apply(state, req.caller.as_ref(), request) {
+            let response = Some(refused(e.code(), &e.message()));
+            return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
+        }
+    }
     let leases = &state.leases;
     let lease_exists = |id: i64| leases.contains_key(&id);
     let result = match &req.request {
@@ -100,6 +108,10 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
                 if changed || on { vec![AlarmMember { member_id: a.member_id, alarm: a.alarm }] } else { vec![] };
             Ok(R::Alarm(AlarmResponse { header: None, alarms }))
         }
+        Some(raft_request::Request::Auth(a)) => Ok(match crate::auth::apply(state, a) {
+            Ok(()) => R::Empty(Empty {}),
+            Err(e) => refused(e.code(), &e.message()),
+        }),
         Some(raft_request::Request::Publish(attrs)) => {
             state.publish(attrs.clone());
             Ok(R::Empty(Empty {}))

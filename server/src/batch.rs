@@ -110,7 +110,7 @@ async fn write_loop(
                 Some(r) if single => r,
                 last => {
                     reqs.extend(last);
-                    RaftRequest { request: Some(raft_request::Request::Batch(RaftBatch { requests: reqs })) }
+                    RaftRequest::internal(raft_request::Request::Batch(RaftBatch { requests: reqs }))
                 }
             };
             let result = match raft.client_write(Request(entry)).await {

@@ -121,6 +121,12 @@ pub struct Flags {
     /// Promote a learner to a voter by itself once it has caught up (Cairn's; etcd has none).
     #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE")]
     pub experimental_learner_auto_promote: bool,
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
 }
 
 /// A validated configuration.
@@ -184,6 +190,12 @@ pub struct Config {
     pub client_tls: crate::tls::TlsFiles,
     /// Peer port TLS.
     pub peer_tls: crate::tls::TlsFiles,
+    /// Auth token kind (`--auth-token`).
+    pub auth_token: crate::auth::token::TokenKind,
+    /// How long an unused simple token lives.
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of new password hashes.
+    pub bcrypt_cost: u32,
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -279,6 +291,9 @@ impl Config {
                 trusted_ca: f.peer_trusted_ca_file,
                 client_cert_auth: f.peer_client_cert_auth,
             },
+            auth_token: crate::auth::token::TokenKind::parse(&f.auth_token)?,
+            auth_token_ttl: Duration::from_secs(f.auth_token_ttl.max(1)),
+            bcrypt_cost: f.bcrypt_cost,
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;

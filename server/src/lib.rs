@@ -7,6 +7,7 @@
 //! Nothing below `apply` knows about gRPC.
 
 pub mod apply;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod error;

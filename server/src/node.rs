@@ -74,6 +74,10 @@ pub struct Node {
     pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Set when Raft stopped on a storage failure (the process should exit non-zero).
     pub failed: AtomicBool,
+    /// How auth tokens are made and checked.
+    pub tokens: crate::auth::token::TokenKind,
+    /// Whether auth is on (the state machine's flag, read without its lock).
+    pub auth_on: Arc<AtomicBool>,
 }
 
 /// Resolve `http://host:port` to socket addresses.
@@ -149,6 +153,7 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
+        let auth_on = sm.state.read().unwrap_or_else(|p| p.into_inner()).auth.on.clone();
         let contacts = Contacts::default();
         let peer_tls = peer_client_tls(&config)?;
         let network = Network { cluster_id, contacts: contacts.clone(), tls: peer_tls.clone() };
@@ -175,7 +180,10 @@ impl Node {
             free_disk: Mutex::new(None),
             peer_tls,
             failed: AtomicBool::new(false),
+            tokens: config.auth_token.clone(),
+            auth_on,
         });
+        node.read(|st| st.auth.tokens.set_ttl(config.auth_token_ttl));
         {
             let n = Arc::downgrade(&node);
             node.sm.hub.set_header(Box::new(move |rev| match n.upgrade() {
@@ -381,7 +389,7 @@ impl Node {
         );
         let alarm =
             AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.id, alarm: AlarmType::Nospace as i32 };
-        if let Err(e) = self.propose_inner(RaftRequest { request: Some(raft_request::Request::Alarm(alarm)) }).await {
+        if let Err(e) = self.propose_inner(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await {
             tracing::warn!("raising NOSPACE: {e}");
         }
         Err(no_space())
@@ -556,8 +564,7 @@ impl Node {
                                 let cp = LeaseCheckpointRequest {
                                     checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: ttl }],
                                 };
-                                self.propose(RaftRequest { request: Some(raft_request::Request::LeaseCheckpoint(cp)) })
-                                    .await?;
+                                self.propose(RaftRequest::internal(raft_request::Request::LeaseCheckpoint(cp))).await?;
                             }
                             Ok(ttl)
                         }
@@ -680,7 +687,7 @@ async fn publish_attributes(node: Arc<Node>) {
         if node.read(|st| st.attrs.get(&node.id) == Some(&want)) {
             return;
         }
-        let req = RaftRequest { request: Some(raft_request::Request::Publish(want.clone())) };
+        let req = RaftRequest::internal(raft_request::Request::Publish(want.clone()));
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = node.propose(req) => match r {

@@ -60,9 +60,7 @@ async fn compact(node: &Node, revision: i64) {
     if revision <= node.read(|st| st.mvcc.compact_revision()) {
         return;
     }
-    let req = RaftRequest {
-        request: Some(raft_request::Request::Compaction(CompactionRequest { revision, physical: false })),
-    };
+    let req = RaftRequest::internal(raft_request::Request::Compaction(CompactionRequest { revision, physical: false }));
     match node.propose(req).await {
         Ok(_) => tracing::info!(revision, "auto-compacted"),
         Err(e) => tracing::warn!(revision, "auto-compaction: {e}"),
@@ -151,7 +149,7 @@ async fn check_once(node: &Node) -> crate::error::Result<()> {
             );
             let alarm =
                 AlarmRequest { action: AlarmAction::Activate as i32, member_id: *id, alarm: AlarmType::Corrupt as i32 };
-            node.propose(RaftRequest { request: Some(raft_request::Request::Alarm(alarm)) }).await?;
+            node.propose(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await?;
         }
     }
     Ok(())

@@ -6,13 +6,13 @@
 //! then the SHA-256 of everything before it — the shape etcd gives its snapshot stream
 //! (`etcdctl snapshot save` checks that the size is a multiple of 512 plus 32). A file
 //! whose checksum does not match is refused as a whole. Restoring keeps the key history, the
-//! revisions and the leases, and drops what belonged to the old cluster (its membership,
+//! revisions, the leases and the users and roles, and drops what belonged to the old cluster (its membership,
 //! applied Raft index, member attributes and alarms): the restored members form a new
 //! cluster with a new id.
 
 use crate::engine::{Engine, ReadView, Table, WriteBatch};
 use crate::error::{Result, StoreError};
-use crate::mvcc::{META_COMPACT_REV, META_CURRENT_REV};
+use crate::mvcc::{META_AUTH_PREFIX, META_COMPACT_REV, META_CURRENT_REV};
 use crate::{ids, snapshot, Revision};
 use sha2::{Digest, Sha256};
 use std::io::{BufReader, Read, Write};
@@ -189,7 +189,8 @@ pub fn restore(path: &Path, engine: &dyn Engine, opts: &RestoreOptions) -> Resul
     let status = status(path)?;
     let mut batch = WriteBatch::new();
     scan(path, &mut |table, k, v| {
-        let keep = table != Table::Meta || k == META_COMPACT_REV || k == META_CURRENT_REV;
+        let keep =
+            table != Table::Meta || k == META_COMPACT_REV || k == META_CURRENT_REV || k.starts_with(META_AUTH_PREFIX);
         if keep {
             batch.put(table, k, v);
         }

@@ -29,6 +29,9 @@ const KIND_DELETE: u8 = 1;
 pub const META_CURRENT_REV: &[u8] = b"current_rev";
 /// `Meta` key of the compacted revision.
 pub const META_COMPACT_REV: &[u8] = b"compact_rev";
+/// Meta-table keys under this prefix hold users, roles and auth settings (the server's
+/// auth state); they belong to the data, so a backup restore keeps them.
+pub const META_AUTH_PREFIX: &[u8] = b"auth/";
 
 /// Tells the store whether a lease id exists (the lessor lives above the store).
 pub type LeaseCheck<'a> = &'a dyn Fn(i64) -> bool;

@@ -342,3 +342,69 @@ async fn member_snapshot_defrag_and_move_leader_commands() {
     let table = ok(&one, &["snapshot", "status", &file, "-w", "table"]);
     assert!(table.contains("HASH") && table.contains("TOTAL KEYS"), "{table}");
 }
+
+#[tokio::test]
+async fn auth_user_and_role_commands_match_etcdctl() {
+    let c = Cluster::start(1, &["--bcrypt-cost=4"]).await;
+    let ep = c.endpoints();
+    let etcdctl = |args: &[&str]| {
+        let out = etcdctl_command(&ep).args(args).output().expect("etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Set up with cairnctl, printed as etcdctl prints it.
+    for (args, printed) in [
+        (&["user", "add", "root:rootpw"][..], "User root created\n"),
+        (&["user", "add", "alice", "--new-user-password", "alicepw"], "User alice created\n"),
+        (&["role", "add", "app"], "Role app created\n"),
+        (&["role", "grant-permission", "app", "readwrite", "/app/", "--prefix=true"], "Role app updated\n"),
+        (&["role", "grant-permission", "app", "read", "/cfg", "/cfh"], "Role app updated\n"),
+        (&["user", "grant-role", "alice", "app"], "Role app is granted to user alice\n"),
+        // root lacks the root role: cairnctl grants it, as etcdctl does.
+        (&["auth", "enable"], "Authentication Enabled\n"),
+    ] {
+        assert_eq!(ok(&ep, args), printed, "{args:?}");
+    }
+    fn with_root<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [&["--user", "root:rootpw"][..], args].concat()
+    }
+    assert_eq!(ok(&ep, &with_root(&["auth", "status"])), "Authentication Status: true\nAuthRevision: 9\n");
+    for args in [&["role", "get", "app"][..], &["user", "get", "alice"], &["user", "list"], &["role", "list"]] {
+        let etcd_style = etcdctl(&with_root(args));
+        assert_eq!(ok(&ep, &with_root(args)), etcd_style, "{args:?} prints as etcdctl");
+    }
+
+    assert_eq!(ok(&ep, &["--user", "alice:alicepw", "put", "/app/x", "1"]), "OK\n");
+    assert_eq!(ok(&ep, &["--user", "alice", "--password", "alicepw", "get", "/app/x", "--print-value-only"]), "1\n");
+    for (args, code, msg) in [
+        (&["--user", "alice:alicepw", "get", "/other"][..], 1, "Error: etcdserver: permission denied"),
+        (&["get", "/app/x"], 1, "Error: etcdserver: user name is empty"),
+        (
+            &["--user", "alice:nope", "get", "/app/x"],
+            1,
+            "Error: etcdserver: authentication failed, invalid user ID or password",
+        ),
+        (&["--user", "alice", "get", "/app/x"], 2, "--user needs a password"),
+        (&["--user", "alice:alicepw", "user", "list"], 1, "Error: etcdserver: permission denied"),
+        (&["--user", "root:rootpw", "user", "add", "bob"], 2, "no password"),
+        (&["--user", "root:rootpw", "role", "grant-permission", "app", "all", "k"], 2, "invalid permission type"),
+    ] {
+        let out = cairnctl(&ep, args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    // A password from stdin, revocations, deletions.
+    let out = cairnctl(&ep, &with_root(&["user", "passwd", "alice", "--interactive=false"]), Some("newpw\n"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Password updated\n");
+    assert_eq!(ok(&ep, &["--user", "alice:newpw", "get", "/app/x", "--print-value-only"]), "1\n");
+    assert_eq!(
+        ok(&ep, &with_root(&["role", "revoke-permission", "app", "/app/", "--prefix=true"])),
+        "Permission of range [/app/, /app0) is revoked from role app\n"
+    );
+    assert_eq!(ok(&ep, &with_root(&["user", "revoke-role", "alice", "app"])), "Role app is revoked from user alice\n");
+    assert_eq!(ok(&ep, &with_root(&["role", "delete", "app"])), "Role app deleted\n");
+    assert_eq!(ok(&ep, &with_root(&["user", "delete", "alice"])), "User alice deleted\n");
+    assert_eq!(ok(&ep, &with_root(&["auth", "disable"])), "Authentication Disabled\n");
+    assert_eq!(ok(&ep, &["get", "/app/x", "--print-value-only"]), "1\n");
+}

@@ -2,6 +2,7 @@
 //! against real etcd 3.4 (Debian's `etcd-server`) — and must pass on both: that is how we
 //! know the SDK and the server agree with etcd.
 
+mod auth;
 mod cluster;
 mod failover;
 mod harness;

@@ -12,6 +12,7 @@
 
 pub mod observe;
 
+use crate::auth::Credentials;
 use crate::grpc::Services;
 use crate::metrics::{Metrics, RpcId};
 use crate::node::Node;
@@ -213,9 +214,13 @@ impl Gateway {
     }
 
     /// The request as a gRPC handler receives it: the message plus the caller's token.
-    fn request<T>(&self, headers: &HeaderMap, msg: T) -> tonic::Request<T> {
+    fn request<T>(&self, caller: &Caller, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        // A TLS client's certificate, for `--client-cert-auth` user names.
+        if let Some(axum::Extension(tls)) = &caller.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
+        if let Some(v) = caller.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             if let Ok(token) = v.parse::<tonic::metadata::MetadataValue<_>>() {
                 req.metadata_mut().insert("token", token.clone());
                 req.metadata_mut().insert("authorization", token);
@@ -228,7 +233,7 @@ impl Gateway {
     async fn unary<Req, Resp, F, Fut>(
         &self,
         rpc: (&'static str, &'static str),
-        headers: HeaderMap,
+        caller: Caller,
         body: Body,
         call: F,
     ) -> Response
@@ -242,7 +247,7 @@ impl Gateway {
         let id = self.started(rpc);
         let result: Result<Vec<u8>, Failure> = async {
             let req = self.decode::<Req>(body).await?;
-            let resp = call(self.request(&headers, req)).await?;
+            let resp = call(self.request(&caller, req)).await?;
             Ok(to_json(resp.get_ref())?)
         }
         .await;
@@ -262,7 +267,7 @@ impl Gateway {
     async fn bidi<Req, Resp, F>(
         &self,
         rpc: (&'static str, &'static str),
-        headers: HeaderMap,
+        caller: Caller,
         body: Body,
         call: F,
     ) -> Response
@@ -275,7 +280,7 @@ impl Gateway {
         let id = self.started(rpc);
         let (bad_tx, bad_rx) = oneshot::channel();
         let inbound = self.json_messages(body, bad_tx);
-        let out = call(self.request(&headers, inbound));
+        let out = call(self.request(&caller, inbound));
         self.pump(id, start, out, bad_rx)
     }
 
@@ -283,7 +288,7 @@ impl Gateway {
     async fn server_stream<Req, Resp, F, Fut>(
         &self,
         rpc: (&'static str, &'static str),
-        headers: HeaderMap,
+        caller: Caller,
         body: Body,
         call: F,
     ) -> Response
@@ -297,7 +302,7 @@ impl Gateway {
         let id = self.started(rpc);
         let opened: Result<BoxStream<Resp>, Failure> = async {
             let req = self.decode::<Req>(body).await?;
-            Ok(call(self.request(&headers, req)).await?.into_inner())
+            Ok(call(self.request(&caller, req)).await?.into_inner())
         }
         .await;
         match opened {
@@ -441,6 +446,16 @@ fn route(router: Router, path: &str, m: MethodRouter) -> Router {
     PREFIXES.iter().fold(router, |r, p| r.route(&format!("{p}/{path}"), m.clone()))
 }
 
+/// The TLS connection a request came on (its client certificate names the user with
+/// `--client-cert-auth`).
+type Tls = Option<axum::Extension<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>>;
+
+/// Who calls: the HTTP headers (`Authorization` carries the token) and the TLS connection.
+struct Caller {
+    headers: HeaderMap,
+    tls: Tls,
+}
+
 /// The gateway's routes over `services`, plus the observability endpoints.
 pub fn router(node: Arc<Node>, services: &Services) -> Router {
     let gw = Gateway {
@@ -454,9 +469,10 @@ pub fn router(node: Arc<Node>, services: &Services) -> Router {
         ($kind:ident, $svc:ident, $service:literal, $( $method:ident $rpc:literal [$($path:literal),+] ),+ $(,)?) => {$(
             let handler = {
                 let (gw, svc) = (gw.clone(), services.$svc.clone());
-                move |headers: HeaderMap, body: Body| {
+                move |tls: Tls, headers: HeaderMap, body: Body| {
                     let (gw, svc) = (gw.clone(), svc.clone());
-                    async move { routes!(@call $kind, gw, svc, $method, ($service, $rpc), headers, body) }
+                    let caller = Caller { headers, tls };
+                    async move { routes!(@call $kind, gw, svc, $method, ($service, $rpc), caller, body) }
                 }
             };
             $( r = route(r, $path, post(handler.clone())); )+
@@ -527,16 +543,21 @@ pub fn router(node: Arc<Node>, services: &Services) -> Router {
 
     // The two bidirectional streams take the handlers' stream entry points.
     let (g, watch) = (gw.clone(), services.watch.clone());
-    let watch_route = move |headers: HeaderMap, body: Body| {
+    let watch_route = move |tls: Tls, headers: HeaderMap, body: Body| {
         let (g, watch) = (g.clone(), watch.clone());
-        async move { g.bidi(("etcdserverpb.Watch", "Watch"), headers, body, |req| watch.open(req.into_inner())).await }
+        let caller = Caller { headers, tls };
+        async move {
+            let open = |req: tonic::Request<_>| watch.open(Credentials::of(&req), req.into_inner());
+            g.bidi(("etcdserverpb.Watch", "Watch"), caller, body, open).await
+        }
     };
     r = route(r, "watch", post(watch_route));
     let (g, lease) = (gw.clone(), services.lease.clone());
-    let keepalive_route = move |headers: HeaderMap, body: Body| {
+    let keepalive_route = move |tls: Tls, headers: HeaderMap, body: Body| {
         let (g, lease) = (g.clone(), lease.clone());
+        let caller = Caller { headers, tls };
         async move {
-            g.bidi(("etcdserverpb.Lease", "LeaseKeepAlive"), headers, body, |req| lease.keep_alive(req.into_inner()))
+            g.bidi(("etcdserverpb.Lease", "LeaseKeepAlive"), caller, body, |req| lease.keep_alive(req.into_inner()))
                 .await
         }
     };

@@ -58,6 +58,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        self.node.require_admin(&req).await?;
         let r = req.into_inner();
         let (urls, is_learner) = (r.peer_ur_ls.clone(), r.is_learner);
         let done = crate::membership::change(&self.node, Change::Add(r)).await?;
@@ -72,6 +73,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.node.require_admin(&req).await?;
         crate::membership::change(&self.node, Change::Remove(req.into_inner())).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.node.current_header()),
@@ -80,6 +82,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.node.require_admin(&req).await?;
         crate::membership::change(&self.node, Change::Update(req.into_inner())).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.node.current_header()),
@@ -91,6 +94,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.node.require_admin(&req).await?;
         crate::membership::change(&self.node, Change::Promote(req.into_inner())).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.node.current_header()),

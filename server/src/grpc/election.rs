@@ -36,21 +36,21 @@ impl ElectionService {
     pub fn new(node: Arc<Node>) -> Self {
         Self { local: Arc::new(Local::new(node)) }
     }
+}
 
-    /// Put `value` on the leader's key if it still leads.
-    async fn proclaim_as(&self, leader: &LeaderKey, value: Vec<u8>) -> Result<i64, Status> {
-        let put = PutRequest { key: leader.key.clone(), value, lease: leader.lease, ..Default::default() };
-        let txn = TxnRequest {
-            compare: vec![created_at(&leader.key, leader.rev)],
-            success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
-            failure: vec![],
-        };
-        let resp = self.local.txn(txn).await?;
-        if !resp.succeeded {
-            return Err(Status::unknown(msg::ELECTION_NOT_LEADER));
-        }
-        Ok(resp.header.map_or(0, |h| h.revision))
+/// Put `value` on the leader's key if it still leads.
+async fn proclaim_as(local: &Local, leader: &LeaderKey, value: Vec<u8>) -> Result<i64, Status> {
+    let put = PutRequest { key: leader.key.clone(), value, lease: leader.lease, ..Default::default() };
+    let txn = TxnRequest {
+        compare: vec![created_at(&leader.key, leader.rev)],
+        success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
+        failure: vec![],
+    };
+    let resp = local.txn(txn).await?;
+    if !resp.succeeded {
+        return Err(Status::unknown(msg::ELECTION_NOT_LEADER));
     }
+    Ok(resp.header.map_or(0, |h| h.revision))
 }
 
 fn with_slash(name: &[u8]) -> Vec<u8> {
@@ -62,28 +62,31 @@ fn with_slash(name: &[u8]) -> Vec<u8> {
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        self.campaign_inner(req.into_inner()).await.map(Response::new).map_err(relay)
+        let local = self.local.acting_for(&req).await?;
+        campaign(&local, req.into_inner()).await.map(Response::new).map_err(relay)
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let local = self.local.acting_for(&req).await?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(msg::MISSING_LEADER_KEY))?;
-        let rev = self.proclaim_as(&leader, r.value).await.map_err(relay)?;
+        let rev = proclaim_as(&local, &leader, r.value).await.map_err(relay)?;
         Ok(Response::new(ProclaimResponse { header: Some(self.local.node.header(rev)) }))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let local = self.local.acting_for(&req).await?;
         let prefix = with_slash(&req.into_inner().name);
-        match self.local.first_created(&prefix).await.map_err(relay)? {
+        match local.first_created(&prefix).await.map_err(relay)? {
             (Some(kv), resp) => Ok(Response::new(LeaderResponse { header: resp.header, kv: Some(kv) })),
             (None, _) => Err(Status::unknown(msg::ELECTION_NO_LEADER)),
         }
     }
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<BoxStream<LeaderResponse>>, Status> {
+        let local = self.local.acting_for(&req).await?;
         let prefix = with_slash(&req.into_inner().name);
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
-        let local = self.local.clone();
         let shutdown = local.node.shutdown.clone();
         self.local.node.tasks.spawn(async move {
             tokio::select! {
@@ -96,6 +99,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let local = self.local.acting_for(&req).await?;
         let leader = req.into_inner().leader.ok_or_else(|| Status::unknown(msg::MISSING_LEADER_KEY))?;
         let del = DeleteRangeRequest { key: leader.key.clone(), ..Default::default() };
         let txn = TxnRequest {
@@ -103,28 +107,25 @@ impl Election for ElectionService {
             success: vec![RequestOp { request: Some(Op::RequestDeleteRange(del)) }],
             failure: vec![],
         };
-        let resp = self.local.txn(txn).await.map_err(relay)?;
+        let resp = local.txn(txn).await.map_err(relay)?;
         Ok(Response::new(ResignResponse { header: resp.header }))
     }
 }
 
-impl ElectionService {
-    async fn campaign_inner(&self, r: CampaignRequest) -> Result<CampaignResponse, Status> {
-        let local = &self.local;
-        let lease = local.lease_or_new(r.lease).await?;
-        let prefix = with_slash(&r.name);
-        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
-        let (rev, existing, _) = create_if_absent(local, &key, &r.value, lease).await?;
-        let pending = Pending::new(local, key.clone(), rev);
-        let leader = LeaderKey { name: r.name, key, rev, lease };
-        // Campaigning again with the same lease keeps the place and updates the value.
-        if existing.is_some_and(|v| v != r.value) {
-            self.proclaim_as(&leader, r.value).await?;
-        }
-        let header = wait_turn(local, &prefix, &leader.key, rev, msg::ELECTION_NOT_LEADER).await?;
-        pending.keep();
-        Ok(CampaignResponse { header: Some(header), leader: Some(leader) })
+async fn campaign(local: &Arc<Local>, r: CampaignRequest) -> Result<CampaignResponse, Status> {
+    let lease = local.lease_or_new(r.lease).await?;
+    let prefix = with_slash(&r.name);
+    let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+    let (rev, existing, _) = create_if_absent(local, &key, &r.value, lease).await?;
+    let pending = Pending::new(local, key.clone(), rev);
+    let leader = LeaderKey { name: r.name, key, rev, lease };
+    // Campaigning again with the same lease keeps the place and updates the value.
+    if existing.is_some_and(|v| v != r.value) {
+        proclaim_as(local, &leader, r.value).await?;
     }
+    let header = wait_turn(local, &prefix, &leader.key, rev, msg::ELECTION_NOT_LEADER).await?;
+    pending.keep();
+    Ok(CampaignResponse { header: Some(header), leader: Some(leader) })
 }
 
 /// Send the leader, then each new proclamation and each new leader, until the client goes.

@@ -1,9 +1,10 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 
 use super::validate;
+use crate::auth::Identity;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use cairn_api::cairnpb::{raft_request, raft_response, RaftRequest, RaftResponse};
+use cairn_api::cairnpb::{raft_request, raft_response, RaftResponse};
 use cairn_api::etcdserverpb::kv_server::Kv;
 use cairn_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -23,8 +24,9 @@ impl KvService {
         Self { node }
     }
 
-    async fn write(&self, req: raft_request::Request) -> Result<(i64, raft_response::Response)> {
-        let RaftResponse { revision, response } = self.node.propose(RaftRequest { request: Some(req) }).await?;
+    async fn write(&self, who: &Identity, req: raft_request::Request) -> Result<(i64, raft_response::Response)> {
+        let req = self.node.client_request(who, req)?;
+        let RaftResponse { revision, response } = self.node.propose(req).await?;
         let r = response.ok_or_else(|| Error::Internal("empty apply result".into()))?;
         Ok((revision, r))
     }
@@ -47,8 +49,10 @@ fn read_only(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> std::result::Result<Response<RangeResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let r = req.into_inner();
         validate::range(&r)?;
+        self.node.check_read(&who, &r.key, &r.range_end)?;
         if !r.serializable {
             self.node.read_barrier().await?;
         }
@@ -58,9 +62,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> std::result::Result<Response<PutResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let r = req.into_inner();
         validate::put(&r)?;
-        match self.write(raft_request::Request::Put(r)).await? {
+        match self.write(&who, raft_request::Request::Put(r)).await? {
             (rev, raft_response::Response::Put(mut p)) => {
                 p.header = Some(self.node.header(rev));
                 Ok(Response::new(p))
@@ -73,9 +78,10 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> std::result::Result<Response<DeleteRangeResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let r = req.into_inner();
         validate::delete(&r)?;
-        match self.write(raft_request::Request::DeleteRange(r)).await? {
+        match self.write(&who, raft_request::Request::DeleteRange(r)).await? {
             (rev, raft_response::Response::DeleteRange(mut d)) => {
                 d.header = Some(self.node.header(rev));
                 Ok(Response::new(d))
@@ -85,16 +91,20 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> std::result::Result<Response<TxnResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let r = req.into_inner();
         validate::txn(&r, self.node.config.max_txn_ops)?;
         if read_only(&r) {
             // Like etcd, a read-only txn is a linearizable read, not a Raft proposal.
+            if !who.open {
+                self.node.read(|st| st.auth.check_txn(&who.user, &r, &|_| Vec::new()))?;
+            }
             self.node.read_barrier().await?;
             let mut resp = self.node.read(|st| st.mvcc.read_txn(&r)).map_err(Error::from)?;
             resp.header = Some(self.node.header(resp.header.map_or(0, |h| h.revision)));
             return Ok(Response::new(resp));
         }
-        match self.write(raft_request::Request::Txn(r)).await? {
+        match self.write(&who, raft_request::Request::Txn(r)).await? {
             (rev, raft_response::Response::Txn(mut t)) => {
                 t.header = Some(self.node.header(rev));
                 Ok(Response::new(t))
@@ -107,8 +117,9 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> std::result::Result<Response<CompactionResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let r = req.into_inner();
-        match self.write(raft_request::Request::Compaction(r)).await? {
+        match self.write(&who, raft_request::Request::Compaction(r)).await? {
             (rev, raft_response::Response::Compaction(_)) => {
                 Ok(Response::new(CompactionResponse { header: Some(self.node.header(rev)) }))
             }

@@ -2,10 +2,11 @@
 //! Grants and revocations go through Raft; keepalives and TTL queries are answered by the
 //! leader's lessor (a follower forwards them).
 
+use crate::auth::Need;
 use crate::error::{msg, Error};
 use crate::lease::MAX_TTL;
 use crate::node::Node;
-use cairn_api::cairnpb::{raft_request, raft_response, RaftRequest};
+use cairn_api::cairnpb::{raft_request, raft_response};
 use cairn_api::etcdserverpb::lease_server::Lease;
 use cairn_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -41,6 +42,7 @@ impl LeaseService {
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let mut r = req.into_inner();
         if r.ttl > MAX_TTL {
             return Err(Status::out_of_range(msg::LEASE_TTL_TOO_LARGE));
@@ -56,7 +58,7 @@ impl Lease for LeaseService {
                 // A random positive id; a collision is refused at apply and retried here.
                 r.id = (rand::random::<u64>() >> 1).max(1) as i64;
             }
-            let req = RaftRequest { request: Some(raft_request::Request::LeaseGrant(r)) };
+            let req = self.node.client_request(&who, raft_request::Request::LeaseGrant(r))?;
             match self.node.propose(req).await {
                 Ok(resp) => {
                     let rev = resp.revision;
@@ -75,7 +77,8 @@ impl Lease for LeaseService {
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let req = RaftRequest { request: Some(raft_request::Request::LeaseRevoke(req.into_inner())) };
+        let who = self.node.identify(&req).await?;
+        let req = self.node.client_request(&who, raft_request::Request::LeaseRevoke(req.into_inner()))?;
         let resp = self.node.propose(req).await?;
         Ok(Response::new(LeaseRevokeResponse { header: Some(self.node.header(resp.revision)) }))
     }
@@ -91,7 +94,14 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(self.node.lease_time_to_live(req.into_inner()).await?))
+        let who = self.node.identify(&req).await?;
+        let r = req.into_inner();
+        // As etcd: the TTL of a lease is shown to whoever may read every key it holds.
+        self.node.read(|st| {
+            let mvcc = &st.mvcc;
+            st.auth.check_lease_keys(&who.user, r.id, Need::Read, &|id| mvcc.lease_keys(id))
+        })?;
+        Ok(Response::new(self.node.lease_time_to_live(r).await?))
     }
 
     async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {

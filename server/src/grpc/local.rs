@@ -4,6 +4,7 @@
 
 use super::kv::KvService;
 use super::lease::LeaseService;
+use crate::auth::Identity;
 use crate::node::Node;
 use crate::watch::{WatchHub, STREAM_BUFFER};
 use cairn_api::etcdserverpb::kv_server::Kv;
@@ -22,11 +23,12 @@ use tonic::{Request, Status};
 /// A lock or candidacy whose lease was not given lives this long (etcd's session default).
 pub const DEFAULT_TTL: i64 = 60;
 
-/// A client of this member, inside it.
+/// A client of this member, inside it, acting for one caller.
 pub struct Local {
     pub node: Arc<Node>,
     kv: KvService,
     lease: LeaseService,
+    who: Identity,
 }
 
 /// The first key under `prefix` in create-revision `order`, among those created at or
@@ -46,15 +48,38 @@ fn by_create(prefix: &[u8], order: SortOrder, max_create_revision: i64) -> Range
 impl Local {
     /// A client of `node`.
     pub fn new(node: Arc<Node>) -> Local {
-        Local { kv: KvService::new(node.clone()), lease: LeaseService::new(node.clone()), node }
+        Local {
+            kv: KvService::new(node.clone()),
+            lease: LeaseService::new(node.clone()),
+            node,
+            who: Identity::default(),
+        }
+    }
+
+    /// The same client acting for the caller of `req`: its requests are checked against
+    /// the caller's permissions, as etcd's Lock and Election act with the caller's token.
+    pub async fn acting_for<T>(&self, req: &Request<T>) -> Result<Arc<Local>, Status> {
+        let who = self.node.identify(req).await?;
+        Ok(Arc::new(Local {
+            node: self.node.clone(),
+            kv: KvService::new(self.node.clone()),
+            lease: LeaseService::new(self.node.clone()),
+            who,
+        }))
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.extensions_mut().insert(self.who.clone());
+        r
     }
 
     pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse, Status> {
-        Ok(self.kv.txn(Request::new(r)).await?.into_inner())
+        Ok(self.kv.txn(self.request(r)).await?.into_inner())
     }
 
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
-        Ok(self.kv.range(Request::new(r)).await?.into_inner())
+        Ok(self.kv.range(self.request(r)).await?.into_inner())
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<RangeResponse, Status> {
@@ -63,7 +88,7 @@ impl Local {
 
     pub async fn delete(&self, key: &[u8]) -> Result<i64, Status> {
         let r = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
-        let resp = self.kv.delete_range(Request::new(r)).await?.into_inner();
+        let resp = self.kv.delete_range(self.request(r)).await?.into_inner();
         Ok(resp.header.map_or(0, |h| h.revision))
     }
 
@@ -73,7 +98,7 @@ impl Local {
             return Ok(lease);
         }
         let r = LeaseGrantRequest { ttl: DEFAULT_TTL, id: 0 };
-        Ok(self.lease.lease_grant(Request::new(r)).await?.into_inner().id)
+        Ok(self.lease.lease_grant(self.request(r)).await?.into_inner().id)
     }
 
     /// The first-created key under `prefix` (the lock holder, the leader) and the read's header.

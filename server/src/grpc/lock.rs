@@ -146,26 +146,25 @@ pub fn relay(s: Status) -> Status {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        self.lock_inner(req.into_inner()).await.map(Response::new).map_err(relay)
+        let local = self.local.acting_for(&req).await?;
+        lock(&local, req.into_inner()).await.map(Response::new).map_err(relay)
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let rev = self.local.delete(&req.into_inner().key).await.map_err(relay)?;
+        let local = self.local.acting_for(&req).await?;
+        let rev = local.delete(&req.into_inner().key).await.map_err(relay)?;
         Ok(Response::new(UnlockResponse { header: Some(self.local.node.header(rev)) }))
     }
 }
 
-impl LockService {
-    async fn lock_inner(&self, r: LockRequest) -> Result<LockResponse, Status> {
-        let local = &self.local;
-        let lease = local.lease_or_new(r.lease).await?;
-        let mut prefix = r.name;
-        prefix.push(b'/');
-        let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
-        let (rev, _, _) = create_if_absent(local, &key, b"", lease).await?;
-        let pending = Pending::new(local, key.clone(), rev);
-        let header = wait_turn(local, &prefix, &key, rev, msg::SESSION_EXPIRED).await?;
-        pending.keep();
-        Ok(LockResponse { header: Some(header), key })
-    }
+async fn lock(local: &Arc<Local>, r: LockRequest) -> Result<LockResponse, Status> {
+    let lease = local.lease_or_new(r.lease).await?;
+    let mut prefix = r.name;
+    prefix.push(b'/');
+    let key = [prefix.as_slice(), format!("{lease:x}").as_bytes()].concat();
+    let (rev, _, _) = create_if_absent(local, &key, b"", lease).await?;
+    let pending = Pending::new(local, key.clone(), rev);
+    let header = wait_turn(local, &prefix, &key, rev, msg::SESSION_EXPIRED).await?;
+    pending.keep();
+    Ok(LockResponse { header: Some(header), key })
 }

@@ -64,6 +64,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let who = self.node.identify(&req).await?;
         let r = req.into_inner();
         match alarm_request::AlarmAction::try_from(r.action) {
             Ok(alarm_request::AlarmAction::Get) => {
@@ -82,7 +83,7 @@ impl Maintenance for MaintenanceService {
                 if AlarmType::try_from(r.alarm).is_err() {
                     return Err(Status::invalid_argument("etcdserver: unknown alarm type"));
                 }
-                let resp = self.node.propose(RaftRequest { request: Some(raft_request::Request::Alarm(r)) }).await?;
+                let resp = self.node.propose(self.node.client_request(&who, raft_request::Request::Alarm(r))?).await?;
                 match resp.response {
                     Some(raft_response::Response::Alarm(mut a)) => {
                         a.header = Some(self.node.header(resp.revision));
@@ -96,20 +97,24 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.node.require_admin(&req).await?;
         Ok(Response::new(self.node.hash_kv_response(req.get_ref().revision)?))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.node.require_admin(&req).await?;
         let (hash, _, rev) = self.node.hash_kv(0).map_err(Status::from)?;
         Ok(Response::new(HashResponse { header: Some(self.node.header(rev)), hash }))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.node.require_admin(&req).await?;
         self.node.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: Some(self.node.current_header()) }))
     }
 
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+        self.node.require_admin(&req).await?;
         let node = self.node.clone();
         let (mut file, size, rev) = tokio::task::spawn_blocking(move || node.write_backup())
             .await
@@ -149,6 +154,7 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         use cairn_api::cairnpb::cluster_change_request::Change;
+        self.node.require_admin(&req).await?;
         crate::membership::change(&self.node, Change::MoveLeader(req.into_inner())).await?;
         Ok(Response::new(MoveLeaderResponse { header: Some(self.node.current_header()) }))
     }
@@ -220,6 +226,6 @@ impl Node {
             member_id: self.id,
             alarm: AlarmType::Nospace as i32,
         };
-        self.propose(RaftRequest { request: Some(raft_request::Request::Alarm(alarm)) }).await.map(|_| ())
+        self.propose(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await.map(|_| ())
     }
 }

@@ -3,9 +3,10 @@
 //! [`Node::read_barrier`] (linearizable) or directly (serializable).
 //!
 //! Lock and Election are built on the KV, Lease and Watch handlers through [`local`], as
-//! etcd builds them on its in-process client. Auth, which a later issue implements,
-//! answers UNIMPLEMENTED until then.
+//! etcd builds them on its in-process client. Every handler identifies its caller
+//! ([`Node::identify`]) and, with auth on, checks the caller's permissions.
 
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod kv;
@@ -18,7 +19,7 @@ pub mod watch;
 
 use crate::metrics::{Metrics, RpcId};
 use crate::node::Node;
-use cairn_api::etcdserverpb::auth_server::{Auth, AuthServer};
+use cairn_api::etcdserverpb::auth_server::AuthServer;
 use cairn_api::etcdserverpb::cluster_server::ClusterServer;
 use cairn_api::etcdserverpb::kv_server::KvServer;
 use cairn_api::etcdserverpb::lease_server::LeaseServer;
@@ -31,10 +32,6 @@ use tokio::net::TcpListener;
 
 /// gRPC's own framing overhead on top of the largest request (etcd allows 512 KiB).
 const GRPC_OVERHEAD: usize = 512 * 1024;
-
-/// Services not implemented yet: every RPC answers UNIMPLEMENTED.
-pub struct NotYet;
-impl Auth for NotYet {}
 
 /// tonic refuses a message over the receive limit with OUT_OF_RANGE; grpc-go, and so
 /// etcd, with RESOURCE_EXHAUSTED "grpc: received message larger than max". Clients
@@ -72,7 +69,7 @@ pub struct Services {
     /// Maintenance.
     pub maintenance: Arc<maintenance::MaintenanceService>,
     /// Auth.
-    pub auth: Arc<NotYet>,
+    pub auth: Arc<auth::AuthService>,
     /// Lock.
     pub lock: Arc<lock::LockService>,
     /// Election.
@@ -84,11 +81,11 @@ impl Services {
     pub fn new(node: &Arc<Node>) -> Services {
         Services {
             kv: Arc::new(kv::KvService::new(node.clone())),
-            watch: Arc::new(watch::WatchService::new(node.sm.hub.clone(), node.tasks.clone(), node.shutdown.clone())),
+            watch: Arc::new(watch::WatchService::new(node.clone())),
             lease: Arc::new(lease::LeaseService::new(node.clone())),
             cluster: Arc::new(cluster::ClusterService::new(node.clone())),
             maintenance: Arc::new(maintenance::MaintenanceService::new(node.clone())),
-            auth: Arc::new(NotYet),
+            auth: Arc::new(auth::AuthService::new(node.clone())),
             lock: Arc::new(lock::LockService::new(node.clone())),
             election: Arc::new(election::ElectionService::new(node.clone())),
         }

@@ -2,7 +2,9 @@
 //! read by one task per stream and handed to the [`WatchHub`]; responses flow back
 //! through the stream's bounded channel.
 
-use crate::watch::{WatchHub, STREAM_BUFFER};
+use crate::auth::Credentials;
+use crate::node::Node;
+use crate::watch::STREAM_BUFFER;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::watch_server::Watch;
 use cairn_api::etcdserverpb::{WatchRequest, WatchResponse};
@@ -10,22 +12,22 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// What a watch the caller may not read gets as its cancel reason (etcd sends the
+/// gRPC error's text).
+const WATCH_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+
 /// The Watch service of one member.
 pub struct WatchService {
-    hub: Arc<WatchHub>,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
+    node: Arc<Node>,
 }
 
 impl WatchService {
-    /// The Watch service over `hub`; stream tasks live on `tasks` until `shutdown`.
-    pub fn new(hub: Arc<WatchHub>, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
-        Self { hub, tasks, shutdown }
+    /// The Watch service of `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
     }
 }
 
@@ -35,22 +37,25 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
-        Ok(Response::new(self.open(request.into_inner())))
+        Ok(Response::new(self.open(Credentials::of(&request), request.into_inner())))
     }
 }
 
 impl WatchService {
     /// Serve one watch stream: requests from `inbound` (a gRPC stream, or the
-    /// gateway's JSON), responses on the returned stream.
-    pub fn open<S>(&self, mut inbound: S) -> BoxStream<WatchResponse>
+    /// gateway's JSON) by the client with `credentials`, responses on the returned
+    /// stream. With auth on, each watcher needs READ on its range.
+    pub fn open<S>(&self, credentials: Credentials, mut inbound: S) -> BoxStream<WatchResponse>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let hub = self.hub.clone();
-        let shutdown = self.shutdown.clone();
+        let node = self.node.clone();
+        let hub = node.sm.hub.clone();
+        let shutdown = node.shutdown.clone();
         let sid = hub.open_stream(tx.clone());
-        self.tasks.spawn(async move {
+        self.node.tasks.spawn(async move {
+            let who = node.identify_by(credentials).await;
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -59,7 +64,25 @@ impl WatchService {
                 };
                 match msg {
                     Ok(Some(WatchRequest { request_union: Some(u) })) => match u {
-                        RequestUnion::CreateRequest(c) => hub.create(sid, c, &tx).await,
+                        RequestUnion::CreateRequest(c) => {
+                            let allowed = who.as_ref().is_ok_and(|w| node.check_read(w, &c.key, &c.range_end).is_ok());
+                            if allowed {
+                                hub.create(sid, c, &tx).await
+                            } else {
+                                let rev = node.read(|st| st.mvcc.current_revision());
+                                let denied = WatchResponse {
+                                    header: Some(node.header(rev)),
+                                    watch_id: -1,
+                                    created: true,
+                                    canceled: true,
+                                    cancel_reason: WATCH_DENIED.to_string(),
+                                    ..Default::default()
+                                };
+                                if tx.send(Ok(denied)).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
                         RequestUnion::CancelRequest(c) => hub.cancel(sid, c.watch_id, &tx).await,
                         RequestUnion::ProgressRequest(_) => hub.progress(sid, &tx).await,
                     },

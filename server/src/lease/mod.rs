@@ -250,7 +250,7 @@ pub async fn run_expiry(node: Arc<Node>, rate: u32) {
         for id in ids {
             let n = node.clone();
             proposals.spawn(async move {
-                let req = RaftRequest { request: Some(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id })) };
+                let req = RaftRequest::internal(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id }));
                 match n.propose(req).await {
                     Ok(_) => {}
                     // Already gone (revoked by a client): the apply removed it.
@@ -277,11 +277,8 @@ pub async fn run_checkpoints(node: Arc<Node>, interval: Duration) {
             _ = tick.tick() => {}
         }
         for chunk in node.lessor.checkpoints().chunks(1000) {
-            let req = RaftRequest {
-                request: Some(raft_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
-                    checkpoints: chunk.to_vec(),
-                })),
-            };
+            let cp = LeaseCheckpointRequest { checkpoints: chunk.to_vec() };
+            let req = RaftRequest::internal(raft_request::Request::LeaseCheckpoint(cp));
             if let Err(e) = node.propose(req).await {
                 tracing::debug!("lease checkpoint not committed: {e}");
                 break;

@@ -44,6 +44,8 @@ pub struct SmState {
     pub leases: BTreeMap<i64, LeaseRecord>,
     /// Raised alarms: (member id, `AlarmType` value).
     pub alarms: BTreeSet<(u64, i32)>,
+    /// Users, roles, auth on or off, simple tokens.
+    pub auth: crate::auth::AuthState,
     /// Lease changes since the lessor last took them.
     lease_changes: Vec<LeaseChange>,
     /// Staged changes to write with the next commit (member attributes, leases).
@@ -92,6 +94,14 @@ impl SmState {
     /// Whether a CORRUPT alarm is raised (no data changes are applied).
     pub fn corrupt(&self) -> bool {
         self.alarms.iter().any(|(_, a)| *a == cairn_api::etcdserverpb::AlarmType::Corrupt as i32)
+    }
+
+    /// Stage a write (`Some`) or delete of a meta-table key with the next commit.
+    pub fn stage_meta(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match value {
+            Some(v) => self.staged.put(Table::Meta, key, v),
+            None => self.staged.delete(Table::Meta, key),
+        }
     }
 
     /// Store a new or changed lease record.
@@ -153,6 +163,7 @@ impl SmState {
             Ok(true)
         })?;
         self.alarms = alarms;
+        crate::auth::load(engine.as_ref(), &mut self.auth)?;
         let mut leases = BTreeMap::new();
         engine.scan(Table::Lease, &[], None, &mut |_, v| {
             let l = LeaseRecord::decode(v)?;
@@ -215,6 +226,7 @@ impl StateMachine {
             attrs: BTreeMap::new(),
             leases: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            auth: Default::default(),
             lease_changes: Vec::new(),
             staged: WriteBatch::new(),
         };

@@ -5,8 +5,8 @@ use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::{ProposeRequest, RaftPayload, RaftRequest};
 use cairn_api::etcdserverpb::auth_client::AuthClient;
 use cairn_api::etcdserverpb::{
-    request_op, AuthStatusRequest, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    request_op, AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, CompactionRequest,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use std::io::Write;
 use tonic::Code;
@@ -60,10 +60,16 @@ async fn etcd_errors_for_invalid_requests() {
         kv.range(RangeRequest { key: "\0".into(), range_end: "\0".into(), ..Default::default() }).await.expect("range");
     assert_eq!(r.get_ref().count, 0);
     assert_eq!(r.get_ref().header.as_ref().map(|h| h.revision), Some(1));
-    // Services a later issue implements say so instead of failing silently.
+    // Auth management with missing names.
     let mut auth = AuthClient::connect(c.members[0].client_url.clone()).await.expect("connect");
-    let e = auth.auth_status(AuthStatusRequest {}).await.expect_err("auth is not served yet");
-    assert_eq!(e.code(), Code::Unimplemented);
+    let e = auth.user_add(AuthUserAddRequest::default()).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: user name is empty");
+    let e = auth.role_add(AuthRoleAddRequest::default()).await;
+    expect_status(e, Code::InvalidArgument, "etcdserver: role name is empty");
+    let e = auth.auth_enable(AuthEnableRequest {}).await;
+    expect_status(e, Code::FailedPrecondition, "etcdserver: root user does not exist");
+    let e = auth.user_grant_role(AuthUserGrantRoleRequest { user: "ghost".into(), role: "root".into() }).await;
+    expect_status(e, Code::FailedPrecondition, "etcdserver: user name not found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! driven by the real `etcdctl` (etcd 3.4, Debian's etcd-client) and by the generated
 //! gRPC client. One binary, a module per topic.
 
+mod auth;
 mod bad_input;
 mod cluster;
 mod crash;

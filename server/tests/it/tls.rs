@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// A CA and certificates it signed, written as PEM files.
-struct Pki {
+pub(super) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(super) fn new() -> Pki {
         let p = Pki { dir: tempfile::tempdir().expect("tempdir") };
         let ca = p.ca("ca");
         let rogue = p.ca("rogue-ca");
@@ -23,15 +23,16 @@ impl Pki {
         // clients (CN = the user name, as etcd maps it).
         p.leaf(&ca, "server", "cairn-member");
         p.leaf(&ca, "client", "root");
+        p.leaf(&ca, "alice", "alice");
         p.leaf(&rogue, "rogue", "root");
         p
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn s(&self, name: &str) -> String {
+    pub(super) fn s(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
 
@@ -57,7 +58,7 @@ impl Pki {
     }
 
     /// etcdctl's TLS flags for certificate `who` (or none).
-    fn etcdctl_flags(&self, who: Option<&str>) -> Vec<String> {
+    pub(super) fn etcdctl_flags(&self, who: Option<&str>) -> Vec<String> {
         let mut f = vec![format!("--cacert={}", self.s("ca.pem"))];
         if let Some(w) = who {
             f.push(format!("--cert={}", self.s(&format!("{w}.pem"))));
@@ -67,7 +68,7 @@ impl Pki {
     }
 }
 
-fn run(endpoints: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
+pub(super) fn run(endpoints: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
     let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
     all.extend(args);
     let out = etcdctl(endpoints, &all, None);
@@ -79,7 +80,7 @@ fn run(endpoints: &str, tls: &[String], args: &[&str]) -> (bool, String, String)
 }
 
 /// Members serving https:// client URLs with client-certificate auth.
-async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster {
+pub(super) async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster {
     let mut flags: Vec<String> = vec![
         format!("--cert-file={}", pki.s("server.pem")),
         format!("--key-file={}", pki.s("server-key.pem")),

@@ -1,0 +1,276 @@
+//! `auth`, `user` and `role`: etcdctl's auth management commands, printed as etcdctl
+//! prints them.
+
+use crate::{BadArgs, Cli};
+use cairn_sdk::{prefix_end, Error, PermissionType};
+use clap::{ArgAction, Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum AuthCmd {
+    /// Turn auth on (needs a root user; gives it the root role if it lacks it).
+    Enable,
+    /// Turn auth off.
+    Disable,
+    /// Whether auth is on, and the auth revision.
+    Status,
+}
+
+/// Where a new password comes from.
+#[derive(Args)]
+pub struct PasswordArgs {
+    /// The password (instead of `name:password`).
+    #[arg(long)]
+    new_user_password: Option<String>,
+    /// `false`: read the password from the first line of stdin.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    interactive: bool,
+}
+
+impl PasswordArgs {
+    fn password(&self, given: Option<&str>) -> anyhow::Result<String> {
+        if let Some(p) = given.or(self.new_user_password.as_deref()) {
+            return Ok(p.to_string());
+        }
+        if self.interactive {
+            return Err(BadArgs(
+                "no password: give name:password, --new-user-password, or --interactive=false with it on stdin".into(),
+            )
+            .into());
+        }
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user: `name:password`, or `name` with --new-user-password, --no-password
+    /// (certificate auth only) or --interactive=false.
+    Add {
+        #[arg(id = "new_user", value_name = "NAME[:PASSWORD]")]
+        user: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Delete a user.
+    Delete { name: String },
+    /// A user's roles.
+    Get { name: String },
+    /// Every user.
+    List,
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Grant a role to a user.
+    GrantRole {
+        #[arg(id = "user_name", value_name = "USER")]
+        user: String,
+        role: String,
+    },
+    /// Take a role from a user.
+    RevokeRole {
+        #[arg(id = "user_name", value_name = "USER")]
+        user: String,
+        role: String,
+    },
+}
+
+/// The keys a permission covers.
+#[derive(Args)]
+pub struct KeyRange {
+    key: String,
+    /// End of the range (exclusive).
+    range_end: Option<String>,
+    /// Every key with this prefix.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    prefix: bool,
+    /// Every key from this one on.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    from_key: bool,
+}
+
+impl KeyRange {
+    fn bounds(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let key = self.key.as_bytes().to_vec();
+        let end = match (&self.range_end, self.prefix, self.from_key) {
+            (Some(_), true, _) | (Some(_), _, true) | (None, true, true) => {
+                return Err(BadArgs("give one of: a range end, --prefix, --from-key".into()).into())
+            }
+            (Some(e), false, false) => e.as_bytes().to_vec(),
+            (None, true, false) => prefix_end(&key),
+            (None, false, true) => vec![0],
+            (None, false, false) => vec![],
+        };
+        Ok((key, end))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum RoleCmd {
+    /// Add a role.
+    Add { name: String },
+    /// Delete a role.
+    Delete { name: String },
+    /// A role's permissions.
+    Get { name: String },
+    /// Every role.
+    List,
+    /// Let a role read, write or readwrite a key, range or prefix.
+    GrantPermission {
+        role: String,
+        /// read, write or readwrite.
+        perm: String,
+        #[command(flatten)]
+        range: KeyRange,
+    },
+    /// Take a permission from a role (the exact key or range it was granted on).
+    RevokePermission {
+        role: String,
+        #[command(flatten)]
+        range: KeyRange,
+    },
+}
+
+pub async fn auth(cli: &Cli, cmd: &AuthCmd) -> anyhow::Result<()> {
+    let c = cli.client().await?;
+    match cmd {
+        AuthCmd::Enable => {
+            if let Err(Error::Auth(m)) = c.auth_enable().await {
+                if m != "etcdserver: root user does not have root role" {
+                    return Err(Error::Auth(m).into());
+                }
+                // As etcdctl: give root the root role, then try again.
+                match c.role_add("root").await {
+                    Ok(()) => {}
+                    Err(Error::Auth(m)) if m == "etcdserver: role name already exists" => {}
+                    Err(e) => return Err(e.into()),
+                }
+                c.user_grant_role("root", "root").await?;
+                c.auth_enable().await?;
+            }
+            println!("Authentication Enabled");
+        }
+        AuthCmd::Disable => {
+            c.auth_disable().await?;
+            println!("Authentication Disabled");
+        }
+        AuthCmd::Status => {
+            let (enabled, revision) = c.auth_status().await?;
+            println!("Authentication Status: {enabled}\nAuthRevision: {revision}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn user(cli: &Cli, cmd: &UserCmd) -> anyhow::Result<()> {
+    let c = cli.client().await?;
+    match cmd {
+        UserCmd::Add { user, password, no_password } => {
+            let (name, given) = match user.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (user.as_str(), None),
+            };
+            if *no_password {
+                c.user_add(name, None).await?;
+            } else {
+                c.user_add(name, Some(&password.password(given)?)).await?;
+            }
+            println!("User {name} created");
+        }
+        UserCmd::Delete { name } => {
+            c.user_delete(name).await?;
+            println!("User {name} deleted");
+        }
+        UserCmd::Get { name } => {
+            let roles = c.user_get(name).await?;
+            println!("User: {name}");
+            println!("Roles:{}", roles.iter().map(|r| format!(" {r}")).collect::<String>());
+        }
+        UserCmd::List => c.user_list().await?.iter().for_each(|u| println!("{u}")),
+        UserCmd::Passwd { name, password } => {
+            c.user_change_password(name, &password.password(None)?).await?;
+            println!("Password updated");
+        }
+        UserCmd::GrantRole { user, role } => {
+            c.user_grant_role(user, role).await?;
+            println!("Role {role} is granted to user {user}");
+        }
+        UserCmd::RevokeRole { user, role } => {
+            c.user_revoke_role(user, role).await?;
+            println!("Role {role} is revoked from user {user}");
+        }
+    }
+    Ok(())
+}
+
+/// A permission's keys as etcdctl prints them.
+fn print_range(key: &[u8], end: &[u8]) {
+    let (k, e) = (String::from_utf8_lossy(key), String::from_utf8_lossy(end));
+    if end.is_empty() {
+        println!("\t{k}");
+        return;
+    }
+    let mut line = if end == [0] { format!("\t[{k}, <open ended>") } else { format!("\t[{k}, {e})") };
+    if prefix_end(key) == end {
+        line.push_str(&format!(" (prefix {k})"));
+    }
+    println!("{line}");
+}
+
+pub async fn role(cli: &Cli, cmd: &RoleCmd) -> anyhow::Result<()> {
+    let c = cli.client().await?;
+    match cmd {
+        RoleCmd::Add { name } => {
+            c.role_add(name).await?;
+            println!("Role {name} created");
+        }
+        RoleCmd::Delete { name } => {
+            c.role_delete(name).await?;
+            println!("Role {name} deleted");
+        }
+        RoleCmd::Get { name } => {
+            let perms = c.role_get(name).await?;
+            println!("Role {name}");
+            for (title, wanted) in [("KV Read:", PermissionType::Read), ("KV Write:", PermissionType::Write)] {
+                println!("{title}");
+                for p in perms
+                    .iter()
+                    .filter(|p| p.perm_type == wanted as i32 || p.perm_type == PermissionType::Readwrite as i32)
+                {
+                    print_range(&p.key, &p.range_end);
+                }
+            }
+        }
+        RoleCmd::List => c.role_list().await?.iter().for_each(|r| println!("{r}")),
+        RoleCmd::GrantPermission { role, perm, range } => {
+            let perm = match perm.to_ascii_lowercase().as_str() {
+                "read" => PermissionType::Read,
+                "write" => PermissionType::Write,
+                "readwrite" => PermissionType::Readwrite,
+                other => {
+                    return Err(BadArgs(format!("invalid permission type {other:?} (read, write or readwrite)")).into())
+                }
+            };
+            let (key, end) = range.bounds()?;
+            c.role_grant_permission(role, perm, key, end).await?;
+            println!("Role {role} updated");
+        }
+        RoleCmd::RevokePermission { role, range } => {
+            let (key, end) = range.bounds()?;
+            c.role_revoke_permission(role, key.clone(), end.clone()).await?;
+            let (k, e) = (String::from_utf8_lossy(&key), String::from_utf8_lossy(&end));
+            if end.is_empty() {
+                println!("Permission of key {k} is revoked from role {role}");
+            } else {
+                println!("Permission of range [{k}, {e}) is revoked from role {role}");
+            }
+        }
+    }
+    Ok(())
+}
