@@ -255,7 +255,7 @@ pub async fn discover(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
     mine.sort();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last_err = String::from("no other member in --initial-cluster");
-    let tls = crate::node::peer_client_tls(config)?;
+    let dial = crate::raft::network::PeerDial::of(config)?;
     loop {
         for urls in config.initial_cluster.values() {
             let mut theirs = urls.clone();
@@ -264,7 +264,7 @@ pub async fn discover(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
                 continue;
             }
             let member = Member { name: String::new(), peer_urls: urls.clone() };
-            let Some(ch) = crate::raft::network::peer_channel(&member, tls.as_ref()) else {
+            let Some(ch) = crate::raft::network::peer_channel(&member, &dial) else {
                 continue;
             };
             let mut req = tonic::Request::new(MembersRequest {});

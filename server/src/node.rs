@@ -70,8 +70,8 @@ pub struct Node {
     /// Set while leadership is being handed over: new proposals and reads wait.
     pub transferring: AtomicBool,
     free_disk: Mutex<Option<(Instant, u64)>>,
-    /// TLS for calls to other members (https:// peer URLs).
-    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// How to call other members (TLS for https:// peer URLs, source address).
+    pub peer_dial: crate::raft::network::PeerDial,
     /// Set when Raft stopped on a storage failure (the process should exit non-zero).
     pub failed: AtomicBool,
     /// How auth tokens are made and checked.
@@ -155,8 +155,8 @@ impl Node {
         .validate()?;
         let auth_on = sm.state.read().unwrap_or_else(|p| p.into_inner()).auth.on.clone();
         let contacts = Contacts::default();
-        let peer_tls = peer_client_tls(&config)?;
-        let network = Network { cluster_id, contacts: contacts.clone(), tls: peer_tls.clone() };
+        let peer_dial = crate::raft::network::PeerDial::of(&config)?;
+        let network = Network { cluster_id, contacts: contacts.clone(), dial: peer_dial.clone() };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm.clone()).await?;
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -178,7 +178,7 @@ impl Node {
             member_change: tokio::sync::Mutex::new(()),
             transferring: AtomicBool::new(false),
             free_disk: Mutex::new(None),
-            peer_tls,
+            peer_dial,
             failed: AtomicBool::new(false),
             tokens: config.auth_token.clone(),
             auth_on,
@@ -316,7 +316,7 @@ impl Node {
                 return Some(c.clone());
             }
         }
-        let c = PeerClient::new(peer_channel(member, self.peer_tls.as_ref())?).max_decoding_message_size(64 << 20);
+        let c = PeerClient::new(peer_channel(member, &self.peer_dial)?).max_decoding_message_size(64 << 20);
         cache.insert(id, (member.clone(), c.clone()));
         Some(c)
     }
@@ -725,14 +725,6 @@ fn warn_if_exposed(url: &str, tls: bool, what: &str) {
             if what == "peer" { "peer-" } else { "" }
         );
     }
-}
-
-/// TLS for calling other members, when any peer URL is https://.
-pub fn peer_client_tls(config: &Config) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
-    if !crate::tls::peer_tls_needed(config) {
-        return Ok(None);
-    }
-    config.peer_tls.client("peer-").map(Some).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// This member's id and its cluster's: stored on first start; for a new cluster derived

@@ -46,15 +46,17 @@ fn port() -> u16 {
 }
 
 /// The `cairn` executable for process tests: `$CAIRN_BIN` if set, else `cairn` next to the
-/// running test's `deps/` directory (`target/debug/cairn`). Panics with the command that
-/// builds it when it is missing.
+/// running program (a binary such as `cairn-chaos`) or next to the running test's `deps/`
+/// directory (`target/debug/cairn`). Panics with the command that builds it when missing.
 pub fn cairn_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CAIRN_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("the test's own path");
+    let name = format!("cairn{}", std::env::consts::EXE_SUFFIX);
+    let exe = std::env::current_exe().expect("the program's own path");
+    let beside = exe.parent().map(|d| d.join(&name)).filter(|p| p.exists());
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let bin = dir.join(format!("cairn{}", std::env::consts::EXE_SUFFIX));
+    let bin = beside.unwrap_or_else(|| dir.join(&name));
     assert!(bin.exists(), "{} is missing: run `cargo build --bin cairn` first (./scripts/test does)", bin.display());
     bin
 }
@@ -79,6 +81,12 @@ pub struct Member {
 }
 
 impl Member {
+    /// The member's IP address (its client and peer URLs' host).
+    pub fn host(&self) -> String {
+        let rest = self.peer_url.split("://").nth(1).unwrap_or_default();
+        rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string()
+    }
+
     /// `host:port` of the client URL, as etcdctl wants it.
     pub fn endpoint(&self) -> String {
         self.client_url.trim_start_matches("http://").trim_start_matches("https://").to_string()
@@ -103,6 +111,28 @@ impl Member {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process freezes (its sockets stay open, nothing answers).
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT after [`Member::pause`].
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = self.pid().and_then(|p| rustix::process::Pid::from_raw(p as i32));
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, sig);
         }
     }
 
@@ -208,6 +238,23 @@ impl Cluster {
         Self::prepare_schemes(bin, n, extra, "http", "http")
     }
 
+    /// Like [`Cluster::start`], with each member on its own loopback address
+    /// (`127.a.b.10`, `127.a.b.11`, ... with random `a.b`), which its outgoing peer
+    /// connections also come from: a test can cut members apart with per-address firewall
+    /// rules ([`Member::host`]).
+    pub async fn start_on_own_addresses(n: usize, extra: &[&str]) -> Cluster {
+        let (a, b) = (1 + rand::random::<u8>() % 254, rand::random::<u8>());
+        let hosts: Vec<String> = (0..n).map(|i| format!("127.{a}.{b}.{}", 10 + i)).collect();
+        let mut c = Self::prepare_on(&cairn_binary(), n, extra, "http", "http", &hosts);
+        for m in &mut c.members {
+            m.start();
+        }
+        for i in 0..n {
+            c.wait_ready(i).await;
+        }
+        c
+    }
+
     /// Like [`Cluster::prepare`], with https:// client URLs (and peer URLs with `peer_tls`);
     /// `extra` carries the TLS flags. Start with [`Cluster::start_all_with_tls`].
     pub fn prepare_tls(n: usize, extra: &[&str], peer_tls: bool) -> Cluster {
@@ -234,16 +281,20 @@ impl Cluster {
     }
 
     fn prepare_schemes(bin: &Path, n: usize, extra: &[&str], client: &str, peer: &str) -> Cluster {
+        Self::prepare_on(bin, n, extra, client, peer, &vec!["127.0.0.1".to_string(); n])
+    }
+
+    fn prepare_on(bin: &Path, n: usize, extra: &[&str], client: &str, peer: &str, hosts: &[String]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
         let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}={peer}://127.0.0.1:{p}")).collect();
+            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}={peer}://{}:{p}", hosts[i])).collect();
         let token = format!("test-{}", port());
         let mut members = Vec::new();
         for (i, (cp, pp)) in ports.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("{client}://127.0.0.1:{cp}");
-            let peer_url = format!("{peer}://127.0.0.1:{pp}");
+            let client_url = format!("{client}://{}:{cp}", hosts[i]);
+            let peer_url = format!("{peer}://{}:{pp}", hosts[i]);
             let data_dir = dir.path().join(&name);
             let mut args = member_args(&name, &data_dir, &client_url, &peer_url, &initial.join(","), &token);
             args.extend(extra.iter().map(|s| s.to_string()));
@@ -260,6 +311,11 @@ impl Cluster {
             });
         }
         Cluster { members, client_tls: None, token, bin: bin.to_path_buf(), dir }
+    }
+
+    /// The directory holding every member's data directory and log (`<name>.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The cluster token (`--initial-cluster-token`).

@@ -31,8 +31,8 @@ pub type Contacts = Arc<Mutex<HashMap<u64, Instant>>>;
 pub struct Network {
     /// This cluster's id, stamped on every message.
     pub cluster_id: u64,
-    /// TLS for https:// peer URLs.
-    pub tls: Option<ClientTlsConfig>,
+    /// How to reach other members.
+    pub dial: PeerDial,
     /// Last successful exchange with each member.
     pub contacts: Contacts,
 }
@@ -45,11 +45,41 @@ pub struct PeerConnection {
     client: Option<PeerClient<Channel>>,
 }
 
+/// How this member dials the others.
+#[derive(Debug, Clone, Default)]
+pub struct PeerDial {
+    /// TLS for https:// peer URLs.
+    pub tls: Option<ClientTlsConfig>,
+    /// The source address of outgoing peer connections: the member's own peer listen
+    /// address when that is a loopback one, so members sharing a machine on 127.0.0.x
+    /// addresses can be told apart by their packets (a test can then partition them with
+    /// per-address firewall rules).
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl PeerDial {
+    /// From the member's flags.
+    pub fn of(config: &crate::Config) -> anyhow::Result<PeerDial> {
+        let tls = if crate::tls::peer_tls_needed(config) {
+            Some(config.peer_tls.client("peer-").map_err(|e| anyhow::anyhow!(e))?)
+        } else {
+            None
+        };
+        let source = config
+            .listen_peer_urls
+            .first()
+            .and_then(|u| u.parse::<tonic::codegen::http::Uri>().ok())
+            .and_then(|u| u.host()?.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+            .filter(|ip| ip.is_loopback());
+        Ok(PeerDial { tls, source })
+    }
+}
+
 /// Open a lazy channel to the first usable peer URL (over TLS with `tls` for https://).
-pub fn peer_channel(member: &Member, tls: Option<&ClientTlsConfig>) -> Option<Channel> {
+pub fn peer_channel(member: &Member, dial: &PeerDial) -> Option<Channel> {
     member.peer_urls.iter().find_map(|u| {
-        let e = Endpoint::from_shared(u.clone()).ok()?;
-        let e = match (crate::tls::is_https(u), tls) {
+        let e = Endpoint::from_shared(u.clone()).ok()?.local_address(dial.source);
+        let e = match (crate::tls::is_https(u), &dial.tls) {
             (true, Some(t)) => e.tls_config(t.clone()).ok()?,
             (true, None) => return None,
             (false, _) => e,
@@ -66,8 +96,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster_id: self.cluster_id,
             contacts: self.contacts.clone(),
             target,
-            client: peer_channel(node, self.tls.as_ref())
-                .map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
+            client: peer_channel(node, &self.dial).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
         }
     }
 }

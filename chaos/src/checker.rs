@@ -1,0 +1,273 @@
+//! Checkers over a recorded history.
+//!
+//! [`linearizable`] decides, key by key, whether the reads, writes, deletes and
+//! compare-and-sets could have taken effect one at a time, each at some instant between its
+//! invocation and its completion, as a single register would (Wing & Gong's search with
+//! Lowe's memoization, as Knossos and Porcupine do). Operations whose outcome is unknown
+//! ([`Outcome::Info`]) may have taken effect at any instant after their invocation, or never.
+
+use crate::history::{Call, Op, Outcome};
+use std::collections::{BTreeMap, HashSet};
+
+/// Why a key's history is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No order of the operations explains what the clients saw.
+    NotLinearizable {
+        /// The operation that could not be placed, and those concurrent with it.
+        around: Vec<Op>,
+    },
+    /// The search gave up after this many states (the history is too concurrent).
+    Unknown(usize),
+}
+
+/// The register after `op`, if `op` can take effect on `state`.
+fn step(state: Option<u64>, op: &Op) -> Option<Option<u64>> {
+    match (&op.call, &op.outcome) {
+        (Call::Read, Outcome::Ok(v)) => (state == *v).then_some(state),
+        (Call::Write(v), _) => Some(Some(*v)),
+        (Call::Delete, _) => Some(None),
+        (Call::Cas { expect, new }, Outcome::Swapped(true)) => (state == *expect).then_some(Some(*new)),
+        (Call::Cas { expect, .. }, Outcome::Swapped(false)) => (state != *expect).then_some(state),
+        // An unknown CAS that did not swap changed nothing: the same as never applying it.
+        (Call::Cas { expect, new }, Outcome::Info) => (state == *expect).then_some(Some(*new)),
+        _ => None,
+    }
+}
+
+struct Search<'a> {
+    ops: &'a [Op],
+    /// Whether each op must be placed (everything but unknown outcomes).
+    required: Vec<bool>,
+}
+
+type Set = Vec<u64>;
+
+fn has(set: &Set, i: usize) -> bool {
+    set[i / 64] & (1 << (i % 64)) != 0
+}
+
+fn with(set: &Set, i: usize) -> Set {
+    let mut s = set.clone();
+    s[i / 64] |= 1 << (i % 64);
+    s
+}
+
+impl Search<'_> {
+    /// Operations that may take effect next: not placed yet, and invoked before every
+    /// unplaced required operation completed.
+    fn candidates(&self, placed: &Set) -> Vec<usize> {
+        let first_return = (0..self.ops.len())
+            .filter(|&i| self.required[i] && !has(placed, i))
+            .map(|i| self.ops[i].completed)
+            .min()
+            .unwrap_or(u64::MAX);
+        (0..self.ops.len()).take_while(|&i| self.ops[i].invoked <= first_return).filter(|&i| !has(placed, i)).collect()
+    }
+
+    fn done(&self, placed: &Set) -> bool {
+        (0..self.ops.len()).all(|i| !self.required[i] || has(placed, i))
+    }
+
+    /// The earliest required operation not placed.
+    fn stuck(&self, placed: &Set) -> Option<usize> {
+        (0..self.ops.len()).find(|&i| self.required[i] && !has(placed, i))
+    }
+}
+
+/// Check one key's operations (any order; a fresh key starts absent). `budget` bounds the
+/// states explored.
+pub fn check_key(ops: &[Op], budget: usize) -> Result<(), Verdict> {
+    let mut ops: Vec<Op> = ops
+        .iter()
+        .filter(|o| o.outcome != Outcome::Fail && !(o.call == Call::Read && o.outcome == Outcome::Info))
+        .cloned()
+        .collect();
+    ops.sort_by_key(|o| (o.invoked, o.completed));
+    let required = ops.iter().map(|o| o.outcome != Outcome::Info).collect();
+    let s = Search { ops: &ops, required };
+    let words = ops.len().div_ceil(64).max(1);
+    let start: Set = vec![0; words];
+    let mut stack = vec![(start.clone(), None::<u64>)];
+    let mut seen: HashSet<(Set, Option<u64>)> = HashSet::new();
+    let (mut deepest, mut deepest_count) = (start, 0u32);
+    while let Some((placed, state)) = stack.pop() {
+        if s.done(&placed) {
+            return Ok(());
+        }
+        if seen.len() > budget {
+            return Err(Verdict::Unknown(seen.len()));
+        }
+        let count: u32 = placed.iter().map(|w| w.count_ones()).sum();
+        if count > deepest_count {
+            (deepest, deepest_count) = (placed.clone(), count);
+        }
+        for i in s.candidates(&placed) {
+            if let Some(next) = step(state, &ops[i]) {
+                let p = with(&placed, i);
+                if seen.insert((p.clone(), next)) {
+                    stack.push((p, next));
+                }
+            }
+        }
+    }
+    let at = s.stuck(&deepest).unwrap_or(0);
+    let stuck = &ops[at];
+    let around = ops.iter().filter(|o| o.invoked <= stuck.completed && o.completed >= stuck.invoked).cloned().collect();
+    Err(Verdict::NotLinearizable { around })
+}
+
+/// Check every key of `history`; the first failure per key.
+pub fn linearizable(history: &[Op], budget: usize) -> BTreeMap<String, Verdict> {
+    let mut by_key: BTreeMap<&str, Vec<Op>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key.as_str()).or_default().push(op.clone());
+    }
+    by_key.into_iter().filter_map(|(k, ops)| check_key(&ops, budget).err().map(|v| (k.to_string(), v))).collect()
+}
+
+/// Every client's completed operations must see non-decreasing store revisions (`revisions`
+/// holds, per op of `history`, the header revision of its response, 0 if none).
+pub fn revisions_monotonic(history: &[Op], revisions: &[i64]) -> Result<(), String> {
+    let mut last: BTreeMap<usize, (i64, &Op)> = BTreeMap::new();
+    let mut order: Vec<usize> = (0..history.len()).collect();
+    order.sort_by_key(|&i| history[i].completed);
+    for i in order {
+        let (op, rev) = (&history[i], revisions[i]);
+        if rev == 0 {
+            continue;
+        }
+        if let Some((prev, prev_op)) = last.get(&op.client) {
+            if rev < *prev {
+                return Err(format!("client {} saw revision {rev} after {prev}: {prev_op:?} then {op:?}", op.client));
+            }
+        }
+        last.insert(op.client, (rev, op));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: usize, call: Call, outcome: Outcome, invoked: u64, completed: u64) -> Op {
+        Op { client, key: "k".into(), call, outcome, invoked, completed }
+    }
+
+    fn ok(h: &[Op]) -> bool {
+        check_key(h, 1_000_000).is_ok()
+    }
+
+    #[test]
+    fn sequential_and_concurrent_histories_pass() {
+        let h = [
+            op(0, Call::Write(1), Outcome::Ok(None), 0, 10),
+            op(1, Call::Read, Outcome::Ok(Some(1)), 11, 20),
+            op(0, Call::Cas { expect: Some(1), new: 2 }, Outcome::Swapped(true), 21, 30),
+            op(1, Call::Cas { expect: Some(1), new: 3 }, Outcome::Swapped(false), 31, 40),
+            op(0, Call::Delete, Outcome::Ok(None), 41, 50),
+            op(1, Call::Read, Outcome::Ok(None), 51, 60),
+        ];
+        assert!(ok(&h));
+        // Overlapping write and reads: either order of the reads' values is fine.
+        let h = [
+            op(0, Call::Write(1), Outcome::Ok(None), 0, 100),
+            op(1, Call::Read, Outcome::Ok(None), 10, 20),
+            op(2, Call::Read, Outcome::Ok(Some(1)), 30, 40),
+            op(1, Call::Read, Outcome::Ok(Some(1)), 50, 60),
+        ];
+        assert!(ok(&h));
+    }
+
+    #[test]
+    fn a_stale_read_fails() {
+        // The write completed before the read began; the read saw the old (absent) value.
+        let h = [op(0, Call::Write(1), Outcome::Ok(None), 0, 10), op(1, Call::Read, Outcome::Ok(None), 20, 30)];
+        assert!(matches!(check_key(&h, 1000), Err(Verdict::NotLinearizable { .. })));
+    }
+
+    #[test]
+    fn reads_that_go_back_in_time_fail() {
+        // Concurrent with a write, two reads in sequence: new value, then old value.
+        let h = [
+            op(0, Call::Write(1), Outcome::Ok(None), 0, 5),
+            op(0, Call::Write(2), Outcome::Ok(None), 10, 100),
+            op(1, Call::Read, Outcome::Ok(Some(2)), 20, 30),
+            op(1, Call::Read, Outcome::Ok(Some(1)), 40, 50),
+        ];
+        assert!(!ok(&h));
+    }
+
+    #[test]
+    fn a_cas_that_swapped_on_a_wrong_value_fails() {
+        let h = [
+            op(0, Call::Write(1), Outcome::Ok(None), 0, 10),
+            op(1, Call::Cas { expect: Some(7), new: 2 }, Outcome::Swapped(true), 20, 30),
+        ];
+        assert!(!ok(&h));
+        // Two CAS from the same value both succeeding, one after the other: a lost update.
+        let h = [
+            op(0, Call::Write(1), Outcome::Ok(None), 0, 10),
+            op(1, Call::Cas { expect: Some(1), new: 2 }, Outcome::Swapped(true), 20, 30),
+            op(2, Call::Cas { expect: Some(1), new: 3 }, Outcome::Swapped(true), 40, 50),
+        ];
+        assert!(!ok(&h));
+    }
+
+    #[test]
+    fn unknown_outcomes_may_apply_late_or_never() {
+        // A timed-out write read back long after: it applied.
+        let h = [
+            op(0, Call::Write(1), Outcome::Info, 0, u64::MAX),
+            op(1, Call::Read, Outcome::Ok(None), 10, 20),
+            op(1, Call::Read, Outcome::Ok(Some(1)), 1_000, 1_010),
+        ];
+        assert!(ok(&h));
+        // Or never: nobody saw it.
+        let h = [op(0, Call::Write(1), Outcome::Info, 0, u64::MAX), op(1, Call::Read, Outcome::Ok(None), 10, 20)];
+        assert!(ok(&h));
+        // But not before its invocation.
+        let h = [op(1, Call::Read, Outcome::Ok(Some(1)), 0, 5), op(0, Call::Write(1), Outcome::Info, 10, u64::MAX)];
+        assert!(!ok(&h));
+        // A refused write never applied: reading its value fails.
+        let h = [op(0, Call::Write(1), Outcome::Fail, 0, 5), op(1, Call::Read, Outcome::Ok(Some(1)), 10, 20)];
+        assert!(!ok(&h));
+    }
+
+    #[test]
+    fn every_key_is_checked_and_reported() {
+        let mut h = vec![op(0, Call::Write(1), Outcome::Ok(None), 0, 10), op(1, Call::Read, Outcome::Ok(None), 20, 30)];
+        h.push(Op { key: "other".into(), ..op(0, Call::Write(5), Outcome::Ok(None), 0, 10) });
+        let bad = linearizable(&h, 1000);
+        assert_eq!(bad.keys().collect::<Vec<_>>(), ["k"]);
+        let Verdict::NotLinearizable { around } = &bad["k"] else { panic!("expected a violation") };
+        assert!(around.iter().any(|o| o.call == Call::Read), "{around:?}");
+    }
+
+    #[test]
+    fn revision_order_per_client() {
+        let h = [op(0, Call::Read, Outcome::Ok(None), 0, 10), op(0, Call::Read, Outcome::Ok(None), 20, 30)];
+        assert!(revisions_monotonic(&h, &[5, 6]).is_ok());
+        assert!(revisions_monotonic(&h, &[6, 5]).is_err());
+    }
+
+    #[test]
+    fn many_concurrent_clients_finish_quickly() {
+        // 8 clients, 400 ops, heavy overlap: the memoized search must stay fast.
+        let mut h = Vec::new();
+        let mut value = 0;
+        for round in 0..50u64 {
+            for c in 0..8usize {
+                let t = round * 100 + c as u64;
+                if c % 2 == 0 {
+                    value += 1;
+                    h.push(op(c, Call::Write(value), Outcome::Ok(None), t, t + 60));
+                } else {
+                    h.push(op(c, Call::Read, Outcome::Ok(Some(value)), t, t + 60));
+                }
+            }
+        }
+        assert!(check_key(&h, 2_000_000).is_ok());
+    }
+}
