@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Faults to inject (comma-separated; empty for none).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause,partition")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause,partition,loss")]
     faults: Vec<Fault>,
     /// Inject no faults at all.
     #[arg(long)]

@@ -28,28 +28,33 @@ pub enum Fault {
     /// Cut a minority (with the leader half of the time) off from the other members with
     /// iptables rules on their 127.x addresses (clients still reach every member), then heal.
     Partition,
+    /// Drop 30% of the packets between a member and the others (iptables `statistic`).
+    Loss,
 }
 
 /// iptables rules this run added, removed when healed or dropped.
 #[derive(Default)]
 struct Firewall {
-    rules: Vec<(String, String)>,
+    /// (from, to, probability of a drop: 1 for all).
+    rules: Vec<(String, String, f64)>,
 }
 
 impl Firewall {
-    fn iptables(action: &str, from: &str, to: &str) -> std::io::Result<std::process::ExitStatus> {
-        std::process::Command::new("iptables")
-            .args([action, "INPUT", "-s", from, "-d", to, "-j", "DROP"])
-            .stderr(std::process::Stdio::null())
-            .status()
+    fn iptables(action: &str, from: &str, to: &str, p: f64) -> std::io::Result<std::process::ExitStatus> {
+        let mut cmd = std::process::Command::new("iptables");
+        cmd.args([action, "INPUT", "-s", from, "-d", to]);
+        if p < 1.0 {
+            cmd.args(["-m", "statistic", "--mode", "random", "--probability", &format!("{p:.2}")]);
+        }
+        cmd.args(["-j", "DROP"]).stderr(std::process::Stdio::null()).status()
     }
 
     /// Whether this machine lets us add rules (root, iptables installed, netfilter).
     fn usable() -> Result<(), String> {
         let probe = ("127.254.254.1", "127.254.254.2");
-        match Self::iptables("-I", probe.0, probe.1) {
+        match Self::iptables("-I", probe.0, probe.1, 0.5) {
             Ok(s) if s.success() => {
-                let _ = Self::iptables("-D", probe.0, probe.1);
+                let _ = Self::iptables("-D", probe.0, probe.1, 0.5);
                 Ok(())
             }
             Ok(s) => Err(format!("iptables exited with {s} (root and netfilter are needed)")),
@@ -57,18 +62,18 @@ impl Firewall {
         }
     }
 
-    /// Drop everything between `a` and `b`, both ways.
-    fn cut(&mut self, a: &str, b: &str) {
+    /// Drop packets between `a` and `b` with probability `p` (1: all), both ways.
+    fn cut(&mut self, a: &str, b: &str, p: f64) {
         for (from, to) in [(a, b), (b, a)] {
-            if Self::iptables("-I", from, to).is_ok_and(|s| s.success()) {
-                self.rules.push((from.to_string(), to.to_string()));
+            if Self::iptables("-I", from, to, p).is_ok_and(|s| s.success()) {
+                self.rules.push((from.to_string(), to.to_string(), p));
             }
         }
     }
 
     fn heal(&mut self) {
-        for (from, to) in self.rules.drain(..) {
-            let _ = Self::iptables("-D", &from, &to);
+        for (from, to, p) in self.rules.drain(..) {
+            let _ = Self::iptables("-D", &from, &to, p);
         }
     }
 }
@@ -116,7 +121,7 @@ impl Default for Config {
             clients: 6,
             keys: 8,
             duration: Duration::from_secs(30),
-            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition],
+            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Loss],
             fault_interval: Duration::from_secs(4),
             op_timeout: Duration::from_secs(2),
             serializable_reads: false,
@@ -384,11 +389,20 @@ async fn nemesis(cluster: Arc<tokio::sync::Mutex<Cluster>>, cfg: Config, until: 
                 let hosts: Vec<String> = c.members.iter().map(|m| m.host()).collect();
                 for &v in &side {
                     for o in (0..n).filter(|o| !side.contains(o)) {
-                        firewall.cut(&hosts[v], &hosts[o]);
+                        firewall.cut(&hosts[v], &hosts[o], 1.0);
                     }
                 }
                 let names: Vec<&str> = side.iter().map(|&i| c.members[i].name.as_str()).collect();
                 done.push(format!("partition {} ({} ms)", names.join("+"), lasts.as_millis()));
+                tokio::time::sleep(lasts).await;
+                firewall.heal();
+            }
+            Fault::Loss => {
+                let hosts: Vec<String> = c.members.iter().map(|m| m.host()).collect();
+                for o in (0..hosts.len()).filter(|&o| o != victim) {
+                    firewall.cut(&hosts[victim], &hosts[o], 0.3);
+                }
+                done.push(format!("30% loss at {name} ({} ms)", lasts.as_millis()));
                 tokio::time::sleep(lasts).await;
                 firewall.heal();
             }
@@ -400,10 +414,10 @@ async fn nemesis(cluster: Arc<tokio::sync::Mutex<Cluster>>, cfg: Config, until: 
 pub async fn run_chaos(cfg: &Config) -> Report {
     let mut cfg = cfg.clone();
     let mut skipped = None;
-    if cfg.faults.contains(&Fault::Partition) {
+    if cfg.faults.iter().any(|f| matches!(f, Fault::Partition | Fault::Loss)) {
         if let Err(why) = Firewall::usable() {
-            eprintln!("\n*** cairn-chaos: SKIPPING PARTITIONS: {why} ***\n");
-            cfg.faults.retain(|f| *f != Fault::Partition);
+            eprintln!("\n*** cairn-chaos: SKIPPING PARTITIONS AND PACKET LOSS: {why} ***\n");
+            cfg.faults.retain(|f| !matches!(f, Fault::Partition | Fault::Loss));
             skipped = Some(why);
         }
     }

@@ -32,13 +32,13 @@ async fn three_members_killed_paused_and_partitioned_stay_linearizable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_members_with_leader_kills_stay_linearizable() {
+async fn five_members_killed_partitioned_and_lossy_stay_linearizable() {
     let cfg = Config {
         seed: seed(5),
         members: 5,
         clients: 8,
         duration: Duration::from_secs(30),
-        faults: vec![Fault::Kill],
+        faults: vec![Fault::Kill, Fault::Partition, Fault::Loss],
         fault_interval: Duration::from_secs(3),
         ..Config::default()
     };
