@@ -147,6 +147,20 @@ pub fn revisions_monotonic(history: &[Op], revisions: &[i64]) -> Result<(), Stri
     Ok(())
 }
 
+/// Lock safety by fencing: `writes` are (fencing token, revision of the write) of the
+/// writes made while holding the lock. In revision order the tokens must never go down: a
+/// holder whose lock was taken over may not write after the new holder did.
+pub fn fencing(writes: &mut [(i64, i64)]) -> Result<(), String> {
+    writes.sort_by_key(|&(_, rev)| rev);
+    match writes.windows(2).find(|w| w[1].0 < w[0].0) {
+        Some(w) => Err(format!(
+            "lock fencing violated: token {} wrote at revision {} after token {} wrote at revision {}",
+            w[1].0, w[1].1, w[0].0, w[0].1
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +257,13 @@ mod tests {
         assert_eq!(bad.keys().collect::<Vec<_>>(), ["k"]);
         let Verdict::NotLinearizable { around } = &bad["k"] else { panic!("expected a violation") };
         assert!(around.iter().any(|o| o.call == Call::Read), "{around:?}");
+    }
+
+    #[test]
+    fn fenced_writes_in_token_order() {
+        assert!(fencing(&mut [(5, 10), (5, 11), (9, 12)]).is_ok());
+        assert!(fencing(&mut [(9, 12), (5, 10)]).is_ok(), "sorted by revision first");
+        assert!(fencing(&mut [(5, 10), (9, 12), (5, 13)]).is_err(), "an old holder wrote after the new one");
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct Config {
     /// Count a write nobody made as acknowledged (a self-test: the watch check must
     /// report it missing).
     pub phantom_write: bool,
+    /// Clients that take a lock (etcd's Lock service, on a 3 s lease they do not keep
+    /// alive) and write a key guarded by the lock key's create revision (the fencing token).
+    pub lock_clients: usize,
 }
 
 impl Default for Config {
@@ -127,6 +130,7 @@ impl Default for Config {
             serializable_reads: false,
             check_budget: 2_000_000,
             phantom_write: false,
+            lock_clients: 2,
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct Report {
     pub kept: Option<PathBuf>,
     /// Why partitions were asked for but not injected (no root, no iptables).
     pub partitions_skipped: Option<String>,
+    /// Writes made under the lock (checked for fencing).
+    pub locked_writes: usize,
 }
 
 impl Report {
@@ -158,7 +164,11 @@ impl Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (total, ok, fail, info) = self.ops;
-        writeln!(f, "seed {}: {total} ops ({ok} ok, {fail} failed, {info} unknown)", self.seed)?;
+        writeln!(
+            f,
+            "seed {}: {total} ops ({ok} ok, {fail} failed, {info} unknown), {} writes under the lock",
+            self.seed, self.locked_writes
+        )?;
         writeln!(f, "faults: {}", if self.faults.is_empty() { "none".to_string() } else { self.faults.join(", ") })?;
         if let Some(why) = &self.partitions_skipped {
             writeln!(f, "PARTITIONS SKIPPED: {why}")?;
@@ -167,7 +177,7 @@ impl std::fmt::Display for Report {
             writeln!(
                 f,
                 "PASS: linearizable, revisions monotonic, members converged, every member's watch \
-                 stream identical, ordered and complete"
+                 stream identical, ordered and complete, lock fencing held"
             )?;
         }
         for p in &self.problems {
@@ -325,6 +335,46 @@ async fn run(
     }
 }
 
+/// Take the lock `kz-lock` on a fresh 3 s lease (not kept alive, so a holder that
+/// stalls loses it), write `kz-fenced` only if the lock key still has the create revision it
+/// had when taken (the fencing token), release. The (token, revision of the write) if the
+/// write happened.
+async fn locked_write(url: &str, client: usize) -> Result<Option<(i64, i64)>, tonic::Status> {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+    use cairn_api::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+    let ch = channel(url).await.ok_or_else(|| tonic::Status::unavailable("tcp connect error"))?;
+    let lease = LeaseClient::new(ch.clone()).lease_grant(LeaseGrantRequest { ttl: 3, id: 0 }).await?.into_inner().id;
+    let key =
+        LockClient::new(ch.clone()).lock(LockRequest { name: b"kz-lock".to_vec(), lease }).await?.into_inner().key;
+    let mut kv = KvClient::new(ch.clone());
+    let held = kv.range(RangeRequest { key: key.clone(), ..Default::default() }).await?.into_inner();
+    let Some(token) = held.kvs.first().map(|kv| kv.create_revision) else {
+        return Ok(None);
+    };
+    let compare = Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Create as i32,
+        key: key.clone(),
+        target_union: Some(TargetUnion::CreateRevision(token)),
+        range_end: vec![],
+    };
+    let put = PutRequest {
+        key: b"kz-fenced".to_vec(),
+        value: format!("{token}:{client}").into_bytes(),
+        ..Default::default()
+    };
+    let txn = TxnRequest {
+        compare: vec![compare],
+        success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }],
+        failure: vec![],
+    };
+    let r = kv.txn(txn).await?.into_inner();
+    let _ = LockClient::new(ch.clone()).unlock(UnlockRequest { key }).await;
+    let _ = LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id: lease }).await;
+    Ok(r.succeeded.then(|| (token, r.header.map_or(0, |h| h.revision))))
+}
+
 /// The index of the member that leads, if one answers.
 async fn leader(c: &Cluster) -> Option<usize> {
     for (i, m) in c.members.iter().enumerate() {
@@ -451,6 +501,21 @@ pub async fn run_chaos(cfg: &Config) -> Report {
             }
         }));
     }
+    let fenced = Arc::new(Mutex::new(Vec::<(i64, i64)>::new()));
+    for id in 0..cfg.lock_clients {
+        let (cfg, urls, fenced) = (cfg.clone(), urls.clone(), fenced.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut turn = id;
+            while Instant::now() < until {
+                let url = &urls[turn % urls.len()];
+                turn += 1;
+                match tokio::time::timeout(cfg.op_timeout * 3, locked_write(url, id)).await {
+                    Ok(Ok(Some(w))) => fenced.lock().unwrap_or_else(|p| p.into_inner()).push(w),
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }));
+    }
     let faults = nemesis(cluster.clone(), cfg.clone(), until).await;
     for t in tasks {
         let _ = t.await;
@@ -541,6 +606,11 @@ pub async fn run_chaos(cfg: &Config) -> Report {
     if let Err(e) = checker::revisions_monotonic(&ops, &revisions) {
         report.problems.push(e);
     }
+    let mut fenced = std::mem::take(&mut *fenced.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Err(e) = checker::fencing(&mut fenced) {
+        report.problems.push(e);
+    }
+    report.locked_writes = fenced.len();
     if !report.problems.is_empty() {
         report.kept = keep(&c, &ops, cfg.seed);
     }
@@ -580,7 +650,8 @@ async fn converged(urls: &[String]) -> Option<String> {
     Some(if last.is_empty() { "members did not all answer Status after recovery".into() } else { last })
 }
 
-/// Every event under the test's keys from revision 1, as one member's watch delivers it:
+/// Every event under the test's keys (`k...`, the lock's `kz-` keys included, so every
+/// revision is one of them) from revision 1, as one member's watch delivers it:
 /// (revision, key, value or None for a delete).
 async fn replay(url: &str) -> Result<Vec<(i64, String, Option<u64>)>, String> {
     use cairn_api::etcdserverpb::watch_client::WatchClient;
