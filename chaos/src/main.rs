@@ -5,7 +5,10 @@ use clap::Parser;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "cairn-chaos", about = "Kill and pause cairn members under load; check the history is linearizable")]
+#[command(
+    name = "cairn-chaos",
+    about = "Kill, pause, partition and slow cairn members under load; check the history is linearizable"
+)]
 struct Args {
     /// Seed of every random choice (printed on failure, to rerun).
     #[arg(long, default_value_t = 1)]
@@ -23,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Faults to inject (comma-separated; empty for none).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause,partition,loss")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause,partition,loss,delay")]
     faults: Vec<Fault>,
     /// Inject no faults at all.
     #[arg(long)]

@@ -2,7 +2,9 @@
 //! history, a nemesis injecting faults, then recovery and the checks.
 
 use crate::checker::{self, Verdict};
+use crate::delay::{Delays, Front};
 use crate::history::{Call, Op, Outcome};
+use crate::watch::Live;
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -30,6 +32,9 @@ pub enum Fault {
     Partition,
     /// Drop 30% of the packets between a member and the others (iptables `statistic`).
     Loss,
+    /// Delay every byte to and from a member's peers by 20-250 ms each way (the relays in
+    /// front of the peer ports, [`crate::delay`]).
+    Delay,
 }
 
 /// iptables rules this run added, removed when healed or dropped.
@@ -114,6 +119,14 @@ pub struct Config {
     /// Clients that take a lock (etcd's Lock service, on a 3 s lease they do not keep
     /// alive) and write a key guarded by the lock key's create revision (the fencing token).
     pub lock_clients: usize,
+    /// Clients that put keys on short leases and watch them expire ([`crate::lease`]).
+    pub lease_clients: usize,
+    /// Record the lease clients' TTLs as three times what was granted (a self-test: the
+    /// lease check must report early expiries).
+    pub overstate_lease_ttl: bool,
+    /// Drop one event from member 0's live watch stream (a self-test: the watch check must
+    /// report the gap).
+    pub drop_live_event: bool,
 }
 
 impl Default for Config {
@@ -124,13 +137,16 @@ impl Default for Config {
             clients: 6,
             keys: 8,
             duration: Duration::from_secs(30),
-            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Loss],
+            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Loss, Fault::Delay],
             fault_interval: Duration::from_secs(4),
             op_timeout: Duration::from_secs(2),
             serializable_reads: false,
             check_budget: 2_000_000,
             phantom_write: false,
             lock_clients: 2,
+            lease_clients: 2,
+            overstate_lease_ttl: false,
+            drop_live_event: false,
         }
     }
 }
@@ -152,6 +168,8 @@ pub struct Report {
     pub partitions_skipped: Option<String>,
     /// Writes made under the lock (checked for fencing).
     pub locked_writes: usize,
+    /// Leases granted, used and watched to expiry.
+    pub leases: usize,
 }
 
 impl Report {
@@ -166,8 +184,8 @@ impl std::fmt::Display for Report {
         let (total, ok, fail, info) = self.ops;
         writeln!(
             f,
-            "seed {}: {total} ops ({ok} ok, {fail} failed, {info} unknown), {} writes under the lock",
-            self.seed, self.locked_writes
+            "seed {}: {total} ops ({ok} ok, {fail} failed, {info} unknown), {} writes under the lock, {} leases",
+            self.seed, self.locked_writes, self.leases
         )?;
         writeln!(f, "faults: {}", if self.faults.is_empty() { "none".to_string() } else { self.faults.join(", ") })?;
         if let Some(why) = &self.partitions_skipped {
@@ -177,7 +195,8 @@ impl std::fmt::Display for Report {
             writeln!(
                 f,
                 "PASS: linearizable, revisions monotonic, members converged, every member's watch \
-                 stream identical, ordered and complete, lock fencing held"
+                 stream identical, ordered and complete (live ones too), lock fencing held, no lease \
+                 expired early or outlived its TTL"
             )?;
         }
         for p in &self.problems {
@@ -190,13 +209,13 @@ impl std::fmt::Display for Report {
     }
 }
 
-async fn channel(url: &str) -> Option<Channel> {
+pub(crate) async fn channel(url: &str) -> Option<Channel> {
     let e = Endpoint::from_shared(url.to_string()).ok()?.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true);
     e.connect().await.ok()
 }
 
 /// The value a read returned (values are decimal u64 strings).
-fn value_of(kvs: &[cairn_api::mvccpb::KeyValue]) -> Option<u64> {
+pub(crate) fn value_of(kvs: &[cairn_api::mvccpb::KeyValue]) -> Option<u64> {
     kvs.first().and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
 }
 
@@ -393,18 +412,25 @@ async fn leader(c: &Cluster) -> Option<usize> {
 }
 
 /// Inject faults until `until`, healing each before the next; the faults injected.
-async fn nemesis(cluster: Arc<tokio::sync::Mutex<Cluster>>, cfg: Config, until: Instant) -> Vec<String> {
+async fn nemesis(
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    delays: Delays,
+    cfg: Config,
+    start: Instant,
+    until: Instant,
+) -> (Vec<String>, Vec<(u64, u64)>) {
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut done = Vec::new();
+    let mut windows = Vec::new();
     let mut firewall = Firewall::default();
     if cfg.faults.is_empty() {
-        return done;
+        return (done, windows);
     }
     loop {
         let wait = cfg.fault_interval / 2
             + Duration::from_millis(rng.random_range(0..=cfg.fault_interval.as_millis() as u64 / 2));
         if Instant::now() + wait >= until {
-            return done;
+            return (done, windows);
         }
         tokio::time::sleep(wait).await;
         let fault = cfg.faults[rng.random_range(0..cfg.faults.len())];
@@ -416,6 +442,7 @@ async fn nemesis(cluster: Arc<tokio::sync::Mutex<Cluster>>, cfg: Config, until: 
             _ => rng.random_range(0..c.members.len()),
         };
         let name = c.members[victim].name.clone();
+        let began = start.elapsed().as_nanos() as u64;
         match fault {
             Fault::Kill => {
                 c.members[victim].kill();
@@ -456,7 +483,17 @@ async fn nemesis(cluster: Arc<tokio::sync::Mutex<Cluster>>, cfg: Config, until: 
                 tokio::time::sleep(lasts).await;
                 firewall.heal();
             }
+            Fault::Delay => {
+                let by = Duration::from_millis(rng.random_range(20..=250));
+                if let Ok(ip) = c.members[victim].host().parse() {
+                    delays.set(ip, by);
+                }
+                done.push(format!("{} ms delay at {name} ({} ms)", by.as_millis(), lasts.as_millis()));
+                tokio::time::sleep(lasts).await;
+                delays.clear();
+            }
         }
+        windows.push((began, start.elapsed().as_nanos() as u64));
     }
 }
 
@@ -472,8 +509,24 @@ pub async fn run_chaos(cfg: &Config) -> Report {
         }
     }
     let cfg = &cfg;
-    let cluster = Cluster::start_on_own_addresses(cfg.members, &["--log-level", "info"]).await;
+    // Members talk to each other through relays (which add the Delay fault's latency):
+    // member i listens for peers on 127.a.b.(10+i) and advertises 127.a.b.(40+i).
+    // Lease checkpoints every second (etcd's default is 5 minutes): leader changes then
+    // restart lease clocks from recent checkpoints, racing keepalives.
+    let flags = ["--log-level", "info", "--lease-checkpoint-interval", "1s"];
+    let mut cluster = Cluster::prepare_on_own_addresses(cfg.members, &flags, front_url);
+    let delays = Delays::default();
+    let mut fronts = Vec::new();
+    for m in &cluster.members {
+        let (Some(front), Some(listen)) = (socket_addr(&m.peer_url), socket_addr(&m.listen_peer_url)) else {
+            panic!("peer URLs {} / {} are not ip:port", m.peer_url, m.listen_peer_url);
+        };
+        let relay = Front::start(front, listen, delays.clone()).await;
+        fronts.push(relay.unwrap_or_else(|e| panic!("relay on {front}: {e}")));
+    }
+    cluster.start_all().await;
     let urls: Vec<String> = cluster.members.iter().map(|m| m.client_url.clone()).collect();
+    let live: Vec<Live> = urls.iter().map(|u| Live::start(u.clone())).collect();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let start = Instant::now();
     let until = start + cfg.duration;
@@ -516,7 +569,13 @@ pub async fn run_chaos(cfg: &Config) -> Report {
             }
         }));
     }
-    let faults = nemesis(cluster.clone(), cfg.clone(), until).await;
+    let leases = Arc::new(Mutex::new(Vec::<crate::lease::LeaseRun>::new()));
+    for id in 0..cfg.lease_clients {
+        let url = urls[(id + 1) % urls.len()].clone();
+        let seed = cfg.seed.wrapping_mul(7_919).wrapping_add(id as u64);
+        tasks.push(tokio::spawn(crate::lease::client(url, id, seed, start, until, cfg.op_timeout, leases.clone())));
+    }
+    let (faults, windows) = nemesis(cluster.clone(), delays.clone(), cfg.clone(), start, until).await;
     for t in tasks {
         let _ = t.await;
     }
@@ -532,6 +591,7 @@ pub async fn run_chaos(cfg: &Config) -> Report {
         }
     }
     c.start_all().await;
+    let recovered = Instant::now();
     let mut history: Vec<Recorded> = std::mem::take(&mut *recorded.lock().unwrap_or_else(|p| p.into_inner()));
     for (i, url) in urls.iter().enumerate() {
         for k in 0..cfg.keys {
@@ -578,7 +638,17 @@ pub async fn run_chaos(cfg: &Config) -> Report {
     if cfg.phantom_write {
         acked.push(("k0".into(), u64::MAX));
     }
-    report.problems.extend(watch_streams(&urls, &acked).await);
+    let mut live_events = Vec::new();
+    let rev = current_revision(&urls[0]).await;
+    for l in live {
+        live_events.push(l.finish(rev, Duration::from_secs(30)).await);
+    }
+    if let (true, Some(Ok(events))) = (cfg.drop_live_event, live_events.first_mut()) {
+        if !events.is_empty() {
+            events.remove(events.len() / 2);
+        }
+    }
+    report.problems.extend(crate::watch::check(&urls, &acked, live_events, rev).await);
 
     let ops: Vec<Op> = history.iter().map(|r| r.op.clone()).collect();
     let revisions: Vec<i64> = history.iter().map(|r| r.revision).collect();
@@ -611,10 +681,76 @@ pub async fn run_chaos(cfg: &Config) -> Report {
         report.problems.push(e);
     }
     report.locked_writes = fenced.len();
+    let mut leases = std::mem::take(&mut *leases.lock().unwrap_or_else(|p| p.into_inner()));
+    if cfg.overstate_lease_ttl {
+        for l in &mut leases {
+            l.ttl *= 3;
+        }
+    }
+    report.leases = leases.len();
+    report.problems.extend(crate::lease::check(&leases, &windows));
+    if let Some(p) = leased_keys_gone(&urls, recovered).await {
+        report.problems.push(p);
+    }
     if !report.problems.is_empty() {
-        report.kept = keep(&c, &ops, cfg.seed);
+        report.kept = keep(&c, &ops, &leases, cfg.seed);
     }
     report
+}
+
+/// After recovery (at `recovered`) no leased key may outlive the TTL plus the slack (and
+/// an election's worth of time: a restarted member may still move leadership).
+async fn leased_keys_gone(urls: &[String], recovered: Instant) -> Option<String> {
+    use crate::lease::{PREFIX, SLACK, TTL};
+    let due = recovered + Duration::from_secs(TTL as u64) + SLACK + Duration::from_secs(2);
+    tokio::time::sleep_until(due.into()).await;
+    for (i, url) in urls.iter().enumerate() {
+        let Some(ch) = channel(url).await else { return Some(format!("member {i}: no connection")) };
+        let req = RangeRequest {
+            key: PREFIX.as_bytes().to_vec(),
+            range_end: cairn_api::prefix_end(PREFIX.as_bytes()),
+            keys_only: true,
+            ..Default::default()
+        };
+        match KvClient::new(ch).range(req).await {
+            Ok(r) if r.get_ref().kvs.is_empty() => {}
+            Ok(r) => {
+                let keys: Vec<String> =
+                    r.get_ref().kvs.iter().take(5).map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+                return Some(format!(
+                    "{} leased keys outlived their leases after recovery (member {i}): {keys:?}",
+                    r.get_ref().kvs.len()
+                ));
+            }
+            Err(e) => return Some(format!("member {i}: reading the leased keys: {e}")),
+        }
+    }
+    None
+}
+
+/// The member's current revision (0 if it does not answer).
+async fn current_revision(url: &str) -> i64 {
+    let Some(ch) = channel(url).await else { return 0 };
+    match MaintenanceClient::new(ch).status(StatusRequest {}).await {
+        Ok(s) => s.into_inner().header.map_or(0, |h| h.revision),
+        Err(_) => 0,
+    }
+}
+
+/// The URL of the relay in front of the peer listen URL `listen`: the same port on
+/// `127.a.b.(host + 30)`.
+fn front_url(listen: &str) -> String {
+    let Some((head, port)) = listen.rsplit_once(':') else { return listen.to_string() };
+    let Some((net, host)) = head.rsplit_once('.') else { return listen.to_string() };
+    match host.parse::<u8>() {
+        Ok(h) if h < 200 => format!("{net}.{}:{port}", h + 30),
+        _ => listen.to_string(),
+    }
+}
+
+/// `ip:port` of an `http://ip:port` URL.
+fn socket_addr(url: &str) -> Option<std::net::SocketAddr> {
+    url.split("://").nth(1)?.parse().ok()
 }
 
 /// Whether every member reports the same HashKV at the same revision (waiting for
@@ -650,93 +786,14 @@ async fn converged(urls: &[String]) -> Option<String> {
     Some(if last.is_empty() { "members did not all answer Status after recovery".into() } else { last })
 }
 
-/// Every event under the test's keys (`k...`, the lock's `kz-` keys included, so every
-/// revision is one of them) from revision 1, as one member's watch delivers it:
-/// (revision, key, value or None for a delete).
-async fn replay(url: &str) -> Result<Vec<(i64, String, Option<u64>)>, String> {
-    use cairn_api::etcdserverpb::watch_client::WatchClient;
-    use cairn_api::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
-    let ch = channel(url).await.ok_or_else(|| format!("{url}: no connection"))?;
-    let status = MaintenanceClient::new(ch.clone()).status(StatusRequest {}).await.map_err(|e| e.to_string())?;
-    let until = status.into_inner().header.map_or(0, |h| h.revision);
-    let create =
-        WatchCreateRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), start_revision: 1, ..Default::default() };
-    let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
-    let mut stream = WatchClient::new(ch)
-        .watch(tokio_stream_once(req))
-        .await
-        .map_err(|e| format!("{url}: watch: {e}"))?
-        .into_inner();
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while events.last().map_or(until > 1, |(rev, _, _): &(i64, String, Option<u64>)| *rev < until) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, stream.message()).await.map_err(|_| format!("{url}: watch stalled"))?;
-        let Some(resp) = msg.map_err(|e| format!("{url}: watch: {e}"))? else {
-            return Err(format!("{url}: watch ended"));
-        };
-        for e in resp.events {
-            let kv = e.kv.unwrap_or_default();
-            let value = (e.r#type == 0).then(|| value_of(std::slice::from_ref(&kv))).flatten();
-            events.push((kv.mod_revision, String::from_utf8_lossy(&kv.key).into_owned(), value));
-        }
-    }
-    Ok(events)
-}
-
-/// A request stream of one message that stays open (closing it would end the watch).
-fn tokio_stream_once<T: Send + 'static>(first: T) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
-    use tokio_stream::StreamExt;
-    tokio_stream::once(first).chain(tokio_stream::pending())
-}
-
-/// Watch guarantees, replayed from revision 1 on every member after recovery: each stream
-/// is in revision order without duplicates, every member delivers the same stream, and
-/// every acknowledged write (`acked`: key and value) is in it.
-async fn watch_streams(urls: &[String], acked: &[(String, u64)]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut first: Option<Vec<(i64, String, Option<u64>)>> = None;
-    for (i, url) in urls.iter().enumerate() {
-        let events = match replay(url).await {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(format!("member {i}: {e}"));
-                continue;
-            }
-        };
-        if let Some(w) = events.windows(2).find(|w| (w[1].0, &w[1].1) <= (w[0].0, &w[0].1)) {
-            problems.push(format!("member {i}'s watch went out of order or repeated: {:?} then {:?}", w[0], w[1]));
-        }
-        match &first {
-            None => {
-                let puts: std::collections::HashSet<(&str, u64)> =
-                    events.iter().filter_map(|(_, k, v)| v.map(|v| (k.as_str(), v))).collect();
-                let missing: Vec<_> = acked.iter().filter(|(k, v)| !puts.contains(&(k.as_str(), *v))).take(5).collect();
-                if !missing.is_empty() {
-                    problems.push(format!("acknowledged writes missing from the watch history: {missing:?}"));
-                }
-                first = Some(events);
-            }
-            Some(f) if *f != events => {
-                let at = f.iter().zip(&events).position(|(a, b)| a != b).unwrap_or(f.len().min(events.len()));
-                problems.push(format!(
-                    "member {i}'s watch stream differs from member 0's at event {at} ({} vs {} events)",
-                    events.len(),
-                    f.len()
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    problems
-}
-
 /// Copy the history and the members' logs somewhere that outlives the run.
-fn keep(c: &Cluster, ops: &[Op], seed: u64) -> Option<PathBuf> {
+fn keep(c: &Cluster, ops: &[Op], leases: &[crate::lease::LeaseRun], seed: u64) -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("cairn-chaos-seed{seed}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let json = serde_json::to_string_pretty(ops).ok()?;
     std::fs::write(dir.join("history.json"), json).ok()?;
+    let json = serde_json::to_string_pretty(leases).ok()?;
+    std::fs::write(dir.join("leases.json"), json).ok()?;
     for m in &c.members {
         let _ = std::fs::copy(c.dir().join(format!("{}.log", m.name)), dir.join(format!("{}.log", m.name)));
     }

@@ -10,8 +10,18 @@
 //! Linearizable reads likewise share rounds: every read waiting when a round starts is
 //! served by that round's read index; reads arriving during a round wait for the next,
 //! so each read's index is taken after the read arrived.
+//!
+//! A member that led when it stopped comes back as leader of the same term (openraft
+//! restores it without an election), with its commit index at its last checkpoint: the
+//! commit index is not stored. openraft's read index is then the larger of that stale
+//! commit index and the term's first entry, both possibly older than writes acknowledged
+//! before the crash. While the member leads in that restored term, the read index is
+//! therefore raised to the last log index it started with ([`ReadFloor`]): every entry
+//! committed before the crash is in the leader's log, and the leader of that term commits
+//! its whole log. A later term's first entry already lies past everything committed
+//! before it, so the floor applies to the restored term only.
 
-use crate::raft::{LogId, Member, Raft, Request};
+use crate::raft::{Member, Raft, Request};
 use cairn_api::cairnpb::{raft_request, raft_response, RaftBatch, RaftRequest, RaftResponse};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use prost::Message;
@@ -39,7 +49,17 @@ pub enum NotDone {
 }
 
 type WriteReply = oneshot::Sender<Result<RaftResponse, NotDone>>;
-type ReadReply = oneshot::Sender<Result<Option<LogId>, NotDone>>;
+type ReadReply = oneshot::Sender<Result<u64, NotDone>>;
+
+/// The least read index while this member leads in the term it was leading when it
+/// started (see the module notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFloor {
+    /// The term restored at startup.
+    pub term: u64,
+    /// The last log index at startup.
+    pub index: u64,
+}
 
 /// Handle to the batching loops of one member.
 #[derive(Clone)]
@@ -50,11 +70,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Start the loops on `tasks`; they end with `shutdown`.
-    pub fn start(raft: Raft, tasks: &TaskTracker, shutdown: CancellationToken) -> Batcher {
+    pub fn start(raft: Raft, floor: Option<ReadFloor>, tasks: &TaskTracker, shutdown: CancellationToken) -> Batcher {
         let (wtx, wrx) = mpsc::channel(8192);
         let (rtx, rrx) = mpsc::channel(8192);
         tasks.spawn(write_loop(raft.clone(), wrx, tasks.clone(), shutdown.clone()));
-        tasks.spawn(read_loop(raft, rrx, shutdown));
+        tasks.spawn(read_loop(raft, floor, rrx, shutdown));
         Batcher { writes: wtx, reads: rtx }
     }
 
@@ -65,8 +85,8 @@ impl Batcher {
         rx.await.map_err(|_| NotDone::Stopped)?
     }
 
-    /// A read index obtained after this call began.
-    pub async fn read_index(&self) -> Result<Option<LogId>, NotDone> {
+    /// A read index (log index) obtained after this call began.
+    pub async fn read_index(&self) -> Result<u64, NotDone> {
         let (tx, rx) = oneshot::channel();
         self.reads.send(tx).await.map_err(|_| NotDone::Stopped)?;
         rx.await.map_err(|_| NotDone::Stopped)?
@@ -150,7 +170,12 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<ReadReply>, shutdown: CancellationToken) {
+async fn read_loop(
+    raft: Raft,
+    mut floor: Option<ReadFloor>,
+    mut rx: mpsc::Receiver<ReadReply>,
+    shutdown: CancellationToken,
+) {
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -160,8 +185,15 @@ async fn read_loop(raft: Raft, mut rx: mpsc::Receiver<ReadReply>, shutdown: Canc
         while let Ok(w) = rx.try_recv() {
             waiting.push(w);
         }
+        // The term before asking: if it is the restored term, so was the read's.
+        let (term, applied) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_applied.map_or(0, |l| l.index))
+        };
+        floor = floor.filter(|f| f.term == term && f.index > applied);
         let result = match raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read),
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index).max(floor.map_or(0, |f| f.index))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(forward(f.leader_id, f.leader_node))
             }

@@ -157,10 +157,11 @@ impl Node {
         let contacts = Contacts::default();
         let peer_dial = crate::raft::network::PeerDial::of(&config)?;
         let network = Network { cluster_id, contacts: contacts.clone(), dial: peer_dial.clone() };
+        let floor = read_floor(id, &mut log.clone()).await?;
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm.clone()).await?;
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let batcher = Batcher::start(raft.clone(), &tasks, shutdown.clone());
+        let batcher = Batcher::start(raft.clone(), floor, &tasks, shutdown.clone());
         let node = Arc::new(Node {
             config: config.clone(),
             id,
@@ -462,7 +463,7 @@ impl Node {
             return Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER));
         }
         match self.batcher.read_index().await {
-            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            Ok(index) => Ok(index),
             Err(NotDone::Forward(_)) => Err(tonic::Status::failed_precondition(crate::error::msg::NOT_LEADER)),
             Err(NotDone::Stopped) => Err(tonic::Status::unavailable(crate::error::msg::STOPPED)),
             Err(NotDone::Other(e)) => Err(tonic::Status::unavailable(e)),
@@ -480,7 +481,7 @@ impl Node {
                 self.batcher.read_index().await
             };
             let index = match read {
-                Ok(read) => Some(read.map_or(0, |l| l.index)),
+                Ok(index) => Some(index),
                 Err(NotDone::Forward(Some(leader))) => match self.peer_client(leader.0, &leader.1) {
                     Some(mut c) => {
                         let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.cluster_id });
@@ -673,6 +674,19 @@ async fn checkpoint(node: Arc<Node>) {
     // Final checkpoint on shutdown.
     let engine = node.engine.clone();
     let _ = tokio::task::spawn_blocking(move || engine.sync()).await;
+}
+
+/// The read-index floor of a member that led when it stopped: openraft restores it as
+/// leader of the same term with a commit index as old as its last checkpoint (see
+/// [`crate::batch`]).
+async fn read_floor(id: u64, log: &mut LogStore) -> anyhow::Result<Option<crate::batch::ReadFloor>> {
+    use openraft::storage::RaftLogStorage;
+    let Some(vote) = log.read_vote().await? else { return Ok(None) };
+    if !vote.is_committed() || vote.leader_id().voted_for() != Some(id) {
+        return Ok(None);
+    }
+    let last = log.get_log_state().await?.last_log_id.map_or(0, |l| l.index);
+    Ok(Some(crate::batch::ReadFloor { term: vote.leader_id().term, index: last }))
 }
 
 /// Publish this member's name and client URLs through Raft (as etcd does), retrying

@@ -11,8 +11,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out may be taken as the source port of some
+/// outgoing connection before the member binds it ("Address already in use"), which the
+/// many connections of parallel cluster tests made happen.
 pub fn free_port() -> std::io::Result<u16> {
+    for _ in 0..1000 {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -72,7 +81,10 @@ pub fn cairnctl_binary() -> PathBuf {
 pub struct Member {
     pub name: String,
     pub client_url: String,
+    /// The peer URL the member advertises (its identity in the cluster).
     pub peer_url: String,
+    /// The peer URL it listens on: the advertised one unless something relays to it.
+    pub listen_peer_url: String,
     pub data_dir: PathBuf,
     bin: PathBuf,
     args: Vec<String>,
@@ -81,9 +93,9 @@ pub struct Member {
 }
 
 impl Member {
-    /// The member's IP address (its client and peer URLs' host).
+    /// The member's IP address (its client and peer listen URLs' host).
     pub fn host(&self) -> String {
-        let rest = self.peer_url.split("://").nth(1).unwrap_or_default();
+        let rest = self.listen_peer_url.split("://").nth(1).unwrap_or_default();
         rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string()
     }
 
@@ -179,13 +191,16 @@ pub struct Cluster {
     dir: tempfile::TempDir,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn member_args(
     name: &str,
     data_dir: &Path,
     client_url: &str,
+    listen_peer_url: &str,
     peer_url: &str,
     initial: &str,
     token: &str,
+    extra: &[&str],
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--name".into(),
@@ -197,7 +212,7 @@ fn member_args(
         "--advertise-client-urls".into(),
         client_url.into(),
         "--listen-peer-urls".into(),
-        peer_url.into(),
+        listen_peer_url.into(),
         "--initial-advertise-peer-urls".into(),
         peer_url.into(),
         "--initial-cluster".into(),
@@ -205,7 +220,11 @@ fn member_args(
         "--initial-cluster-token".into(),
         token.into(),
     ];
-    args.extend(["--heartbeat-interval", "50", "--election-timeout", "500"].map(String::from));
+    // Fast elections unless the test sets its own timing.
+    if !extra.iter().any(|a| a.starts_with("--election-timeout") || a.starts_with("--heartbeat-interval")) {
+        args.extend(["--heartbeat-interval", "50", "--election-timeout", "500"].map(String::from));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
@@ -243,16 +262,19 @@ impl Cluster {
     /// connections also come from: a test can cut members apart with per-address firewall
     /// rules ([`Member::host`]).
     pub async fn start_on_own_addresses(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Self::prepare_on_own_addresses(n, extra, |listen| listen.to_string());
+        c.start_all().await;
+        c
+    }
+
+    /// Like [`Cluster::start_on_own_addresses`], not started, with member `i` advertising
+    /// the peer URL `front(listen)` for its peer listen URL `listen` (in
+    /// [`Member::listen_peer_url`]): something the caller starts, such as a relay, forwards
+    /// the one to the other.
+    pub fn prepare_on_own_addresses(n: usize, extra: &[&str], front: impl Fn(&str) -> String) -> Cluster {
         let (a, b) = (1 + rand::random::<u8>() % 254, rand::random::<u8>());
         let hosts: Vec<String> = (0..n).map(|i| format!("127.{a}.{b}.{}", 10 + i)).collect();
-        let mut c = Self::prepare_on(&cairn_binary(), n, extra, "http", "http", &hosts);
-        for m in &mut c.members {
-            m.start();
-        }
-        for i in 0..n {
-            c.wait_ready(i).await;
-        }
-        c
+        Self::prepare_on(&cairn_binary(), n, extra, "http", "http", &hosts, &front)
     }
 
     /// Like [`Cluster::prepare`], with https:// client URLs (and peer URLs with `peer_tls`);
@@ -281,28 +303,47 @@ impl Cluster {
     }
 
     fn prepare_schemes(bin: &Path, n: usize, extra: &[&str], client: &str, peer: &str) -> Cluster {
-        Self::prepare_on(bin, n, extra, client, peer, &vec!["127.0.0.1".to_string(); n])
+        Self::prepare_on(bin, n, extra, client, peer, &vec!["127.0.0.1".to_string(); n], &|u| u.to_string())
     }
 
-    fn prepare_on(bin: &Path, n: usize, extra: &[&str], client: &str, peer: &str, hosts: &[String]) -> Cluster {
+    fn prepare_on(
+        bin: &Path,
+        n: usize,
+        extra: &[&str],
+        client: &str,
+        peer: &str,
+        hosts: &[String],
+        front: &dyn Fn(&str) -> String,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
-        let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}={peer}://{}:{p}", hosts[i])).collect();
+        let listen: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, p))| format!("{peer}://{}:{p}", hosts[i])).collect();
+        let advertised: Vec<String> = listen.iter().map(|u| front(u)).collect();
+        let initial: Vec<String> = advertised.iter().enumerate().map(|(i, u)| format!("m{i}={u}")).collect();
         let token = format!("test-{}", port());
         let mut members = Vec::new();
-        for (i, (cp, pp)) in ports.iter().enumerate() {
+        for (i, (cp, _)) in ports.iter().enumerate() {
             let name = format!("m{i}");
             let client_url = format!("{client}://{}:{cp}", hosts[i]);
-            let peer_url = format!("{peer}://{}:{pp}", hosts[i]);
+            let (listen_peer_url, peer_url) = (listen[i].clone(), advertised[i].clone());
             let data_dir = dir.path().join(&name);
-            let mut args = member_args(&name, &data_dir, &client_url, &peer_url, &initial.join(","), &token);
-            args.extend(extra.iter().map(|s| s.to_string()));
+            let args = member_args(
+                &name,
+                &data_dir,
+                &client_url,
+                &listen_peer_url,
+                &peer_url,
+                &initial.join(","),
+                &token,
+                extra,
+            );
             let log = dir.path().join(format!("{name}.log"));
             members.push(Member {
                 name,
                 client_url,
                 peer_url,
+                listen_peer_url,
                 data_dir,
                 bin: bin.to_path_buf(),
                 args,
@@ -341,13 +382,13 @@ impl Cluster {
     pub fn joiner(&mut self, name: &str, peer_url: &str, initial: &str, extra: &[&str]) -> usize {
         let client_url = format!("http://127.0.0.1:{}", port());
         let data_dir = self.dir.path().join(name);
-        let mut args = member_args(name, &data_dir, &client_url, peer_url, initial, &self.token);
+        let mut args = member_args(name, &data_dir, &client_url, peer_url, peer_url, initial, &self.token, extra);
         args.extend(["--initial-cluster-state".to_string(), "existing".to_string()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
         self.members.push(Member {
             name: name.into(),
             client_url,
             peer_url: peer_url.into(),
+            listen_peer_url: peer_url.into(),
             data_dir,
             bin: self.bin.clone(),
             args,

@@ -10,12 +10,12 @@ fn seed(default: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_members_killed_paused_and_partitioned_stay_linearizable() {
+async fn three_members_killed_paused_partitioned_and_slowed_stay_linearizable() {
     let cfg = Config {
         seed: seed(20261122),
         members: 3,
         duration: Duration::from_secs(40),
-        faults: vec![Fault::Kill, Fault::Pause, Fault::Partition],
+        faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Delay],
         ..Config::default()
     };
     let report = run_chaos(&cfg).await;
@@ -48,8 +48,10 @@ async fn five_members_killed_partitioned_and_lossy_stay_linearizable() {
 }
 
 /// The negative controls: serializable reads are served from a member's own state, which
-/// lags the leader, so the checker must reject the history even without faults; and a
-/// write counted as acknowledged that nobody made must be missing from the watch streams.
+/// lags the leader, so the checker must reject the history even without faults; a write
+/// counted as acknowledged that nobody made must be missing from the watch streams; an
+/// event dropped from a live watch stream must be reported as a gap; and leases recorded
+/// with three times their real TTL must be seen expiring "early".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_reads_are_caught_as_stale() {
     let cfg = Config {
@@ -58,6 +60,8 @@ async fn serializable_reads_are_caught_as_stale() {
         faults: vec![],
         serializable_reads: true,
         phantom_write: true,
+        overstate_lease_ttl: true,
+        drop_live_event: true,
         ..Config::default()
     };
     let report = run_chaos(&cfg).await;
@@ -72,5 +76,13 @@ async fn serializable_reads_are_caught_as_stale() {
     assert!(
         report.problems.iter().any(|p| p.contains("missing from the watch history")),
         "a lost acknowledged write must be detected: {report}"
+    );
+    assert!(
+        report.problems.iter().any(|p| p.contains("live watch (resumed after every break) differs")),
+        "a gap in a live watch stream must be detected: {report}"
+    );
+    assert!(
+        report.problems.iter().any(|p| p.contains("expired early")),
+        "a lease gone before its (claimed) TTL must be detected: {report}"
     );
 }

@@ -77,3 +77,62 @@ async fn acknowledged_writes_survive_kill9_redb() {
 async fn acknowledged_writes_survive_kill9_sled() {
     acknowledged_writes_survive("sled").await;
 }
+
+/// A leader killed and restarted before anyone else campaigns leads the same term again
+/// (openraft restores it without an election), with a store only as new as its last
+/// checkpoint and no stored commit index. Its linearizable reads must still see every write
+/// acknowledged before the crash, even while the commit index has not caught up: here the
+/// only reachable follower lacks the last megabytes of the log, so committing them again
+/// takes longer than the heartbeat that confirms leadership for a read. Found by cairn-chaos
+/// (seed 42, chaos/findings/2026-11-22-seed42).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restored_in_its_term_reads_every_acknowledged_write() {
+    use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_api::etcdserverpb::StatusRequest;
+    // A long election timeout: the followers must not campaign while the leader is down
+    // or while one of them is paused.
+    let mut c = Cluster::start(3, &["--election-timeout", "10000", "--heartbeat-interval", "100"]).await;
+    let l = c.leader().await;
+    let (lagging, paused) = match l {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let status = |url: String| async move {
+        let ch = Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
+        MaintenanceClient::new(ch).status(StatusRequest {}).await.expect("status").into_inner()
+    };
+    let before = status(c.members[l].client_url.clone()).await;
+    let put = |k: &str, v: Vec<u8>| PutRequest { key: k.into(), value: v, ..Default::default() };
+
+    let mut kv = c.kv(l).await;
+    kv.put(put("restored/k", b"old".to_vec())).await.expect("put old");
+    // Let a checkpoint take the old value; the next one comes at least a second later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.members[lagging].pause();
+    for i in 0..40 {
+        kv.put(put(&format!("restored/big/{i}"), vec![b'x'; 256 << 10])).await.expect("put big");
+    }
+    kv.put(put("restored/k", b"new".to_vec())).await.expect("put new");
+    c.members[l].kill();
+    c.members[paused].pause();
+    c.members[lagging].resume();
+    c.members[l].start();
+    c.wait_ready(l).await;
+    let after = status(c.members[l].client_url.clone()).await;
+    assert_eq!(
+        (after.leader, after.raft_term),
+        (before.leader, before.raft_term),
+        "the restarted member should lead its old term again"
+    );
+
+    let mut kv = c.kv(l).await;
+    let got = kv
+        .range(RangeRequest { key: "restored/k".into(), ..Default::default() })
+        .await
+        .expect("linearizable range on the restored leader")
+        .into_inner();
+    c.members[paused].resume();
+    let value = got.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    assert_eq!(value.as_deref(), Some("new"), "stale read from the restored leader (revision {:?})", got.header);
+}
