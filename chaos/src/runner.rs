@@ -35,6 +35,10 @@ pub enum Fault {
     /// Delay every byte to and from a member's peers by 20-250 ms each way (the relays in
     /// front of the peer ports, [`crate::delay`]).
     Delay,
+    /// Replace a member, as an operator replaces a machine: `member remove` (the member
+    /// stops itself), wipe its data, `member add` on the same peer URL, start it as a new
+    /// member that catches up from the others.
+    Replace,
 }
 
 /// iptables rules this run added, removed when healed or dropped.
@@ -137,7 +141,7 @@ impl Default for Config {
             clients: 6,
             keys: 8,
             duration: Duration::from_secs(30),
-            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Loss, Fault::Delay],
+            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Loss, Fault::Delay, Fault::Replace],
             fault_interval: Duration::from_secs(4),
             op_timeout: Duration::from_secs(2),
             serializable_reads: false,
@@ -411,6 +415,88 @@ async fn leader(c: &Cluster) -> Option<usize> {
     None
 }
 
+/// What the nemesis did.
+struct Nemesis {
+    /// The faults injected, in order.
+    faults: Vec<String>,
+    /// When each lasted (ns since the run started).
+    windows: Vec<(u64, u64)>,
+    /// Operations of the nemesis itself that should have worked and did not.
+    problems: Vec<String>,
+}
+
+/// Replace member `victim` with a new member on the same URLs (see [`Fault::Replace`]),
+/// and wait until it serves.
+async fn replace(c: &mut Cluster, victim: usize) -> Result<(), String> {
+    use cairn_api::etcdserverpb::cluster_client::ClusterClient;
+    use cairn_api::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let others: Vec<String> =
+        (0..c.members.len()).filter(|&i| i != victim).map(|i| c.members[i].client_url.clone()).collect();
+    let victim_url = c.members[victim].client_url.clone();
+    let id = match channel(&victim_url).await {
+        Some(ch) => MaintenanceClient::new(ch).status(StatusRequest {}).await.ok().and_then(|s| s.into_inner().header),
+        None => None,
+    }
+    .map(|h| h.member_id)
+    .ok_or("the member to replace does not answer Status")?;
+    // Remove it, through any other member, until done (NotFound: an earlier try applied).
+    let mut turn = 0;
+    loop {
+        let url = &others[turn % others.len()];
+        turn += 1;
+        if let Some(ch) = channel(url).await {
+            match ClusterClient::new(ch).member_remove(MemberRemoveRequest { id }).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::NotFound => break,
+                Err(s) if Instant::now() >= deadline => return Err(format!("member remove: {s}")),
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A removed member stops by itself.
+    let m = &mut c.members[victim];
+    if !m.wait_exit(Duration::from_secs(10)).await {
+        m.kill();
+        return Err("the removed member kept running for 10 s".into());
+    }
+    let initial: Vec<String> = c.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
+    let peer_url = c.members[victim].peer_url.clone();
+    c.members[victim].rejoin_as_new(&initial.join(",")).map_err(|e| format!("wiping the data: {e}"))?;
+    loop {
+        let url = &others[turn % others.len()];
+        turn += 1;
+        if let Some(ch) = channel(url).await {
+            let add = MemberAddRequest { peer_ur_ls: vec![peer_url.clone()], is_learner: false };
+            match ClusterClient::new(ch).member_add(add).await {
+                Ok(_) => break,
+                // An earlier try applied.
+                Err(s) if s.message().contains("Peer URLs already exists") => break,
+                Err(s) if Instant::now() >= deadline => return Err(format!("member add: {s}")),
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.members[victim].start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(ch) = channel(&victim_url).await {
+            if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
+                let s = s.into_inner();
+                if s.leader != 0 && s.header.is_some_and(|h| h.member_id != id) {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the new member did not serve within 30 s; log:\n{}", c.members[victim].log()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Inject faults until `until`, healing each before the next; the faults injected.
 async fn nemesis(
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
@@ -418,19 +504,18 @@ async fn nemesis(
     cfg: Config,
     start: Instant,
     until: Instant,
-) -> (Vec<String>, Vec<(u64, u64)>) {
+) -> Nemesis {
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
-    let mut done = Vec::new();
-    let mut windows = Vec::new();
+    let (mut done, mut windows, mut problems) = (Vec::new(), Vec::new(), Vec::new());
     let mut firewall = Firewall::default();
     if cfg.faults.is_empty() {
-        return (done, windows);
+        return Nemesis { faults: done, windows, problems };
     }
     loop {
         let wait = cfg.fault_interval / 2
             + Duration::from_millis(rng.random_range(0..=cfg.fault_interval.as_millis() as u64 / 2));
         if Instant::now() + wait >= until {
-            return (done, windows);
+            return Nemesis { faults: done, windows, problems };
         }
         tokio::time::sleep(wait).await;
         let fault = cfg.faults[rng.random_range(0..cfg.faults.len())];
@@ -482,6 +567,13 @@ async fn nemesis(
                 done.push(format!("30% loss at {name} ({} ms)", lasts.as_millis()));
                 tokio::time::sleep(lasts).await;
                 firewall.heal();
+            }
+            Fault::Replace => {
+                done.push(format!("replace {name}"));
+                if let Err(e) = replace(&mut c, victim).await {
+                    done.push(format!("REPLACING {name} FAILED: {e}"));
+                    problems.push(format!("replacing {name} (member remove, wipe, member add, start) failed: {e}"));
+                }
             }
             Fault::Delay => {
                 let by = Duration::from_millis(rng.random_range(20..=250));
@@ -575,11 +667,13 @@ pub async fn run_chaos(cfg: &Config) -> Report {
         let seed = cfg.seed.wrapping_mul(7_919).wrapping_add(id as u64);
         tasks.push(tokio::spawn(crate::lease::client(url, id, seed, start, until, cfg.op_timeout, leases.clone())));
     }
-    let (faults, windows) = nemesis(cluster.clone(), delays.clone(), cfg.clone(), start, until).await;
+    let Nemesis { faults, windows, problems: nemesis_problems } =
+        nemesis(cluster.clone(), delays.clone(), cfg.clone(), start, until).await;
     for t in tasks {
         let _ = t.await;
     }
     let mut report = Report { seed: cfg.seed, faults, partitions_skipped: skipped, ..Default::default() };
+    report.problems.extend(nemesis_problems);
 
     // Recovery: everything running, every member caught up; then read every key from every
     // member (linearizable reads, part of the history) and compare the members' hashes.

@@ -170,6 +170,20 @@ impl Member {
         true
     }
 
+    /// Make this (stopped) member a new one joining the running cluster on the same URLs,
+    /// as after `member remove` and `member add`: its data directory is wiped and it
+    /// starts with `--initial-cluster-state existing` and `initial` (every member's
+    /// `name=peer-url`, itself included). Not started.
+    pub fn rejoin_as_new(&mut self, initial: &str) -> std::io::Result<()> {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        if self.data_dir.exists() {
+            std::fs::remove_dir_all(&self.data_dir)?;
+        }
+        set_flag(&mut self.args, "--initial-cluster", initial);
+        set_flag(&mut self.args, "--initial-cluster-state", "existing");
+        Ok(())
+    }
+
     /// The member's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -226,6 +240,14 @@ fn member_args(
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// Set `flag` to `value` in `args`, replacing an earlier value.
+fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(i) if i + 1 < args.len() => args[i + 1] = value.to_string(),
+        _ => args.extend([flag.to_string(), value.to_string()]),
+    }
 }
 
 impl Cluster {

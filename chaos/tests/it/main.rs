@@ -32,19 +32,20 @@ async fn three_members_killed_paused_partitioned_and_slowed_stay_linearizable() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_members_killed_partitioned_and_lossy_stay_linearizable() {
+async fn five_members_killed_partitioned_lossy_and_replaced_stay_linearizable() {
     let cfg = Config {
         seed: seed(5),
         members: 5,
         clients: 8,
         duration: Duration::from_secs(30),
-        faults: vec![Fault::Kill, Fault::Partition, Fault::Loss],
+        faults: vec![Fault::Kill, Fault::Partition, Fault::Loss, Fault::Replace],
         fault_interval: Duration::from_secs(3),
         ..Config::default()
     };
     let report = run_chaos(&cfg).await;
     println!("{report}");
     assert!(report.passed(), "{report}");
+    assert!(report.faults.iter().any(|f| f.starts_with("replace")), "a member was replaced: {report}");
 }
 
 /// The negative controls: serializable reads are served from a member's own state, which
