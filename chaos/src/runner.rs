@@ -36,8 +36,8 @@ pub enum Fault {
     /// front of the peer ports, [`crate::delay`]).
     Delay,
     /// Replace a member, as an operator replaces a machine: `member remove` (the member
-    /// stops itself), wipe its data, `member add` on the same peer URL, start it as a new
-    /// member that catches up from the others.
+    /// stops itself), wipe its data, run one member short for a moment, `member add` on the
+    /// same peer URL, start it as a new member that catches up from the others.
     Replace,
 }
 
@@ -426,8 +426,9 @@ struct Nemesis {
 }
 
 /// Replace member `victim` with a new member on the same URLs (see [`Fault::Replace`]),
-/// and wait until it serves.
-async fn replace(c: &mut Cluster, victim: usize) -> Result<(), String> {
+/// the cluster running one member short for `short` in between, and wait until the new
+/// member serves.
+async fn replace(c: &mut Cluster, victim: usize, short: Duration) -> Result<(), String> {
     use cairn_api::etcdserverpb::cluster_client::ClusterClient;
     use cairn_api::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -464,6 +465,8 @@ async fn replace(c: &mut Cluster, victim: usize) -> Result<(), String> {
     let initial: Vec<String> = c.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
     let peer_url = c.members[victim].peer_url.clone();
     c.members[victim].rejoin_as_new(&initial.join(",")).map_err(|e| format!("wiping the data: {e}"))?;
+    tokio::time::sleep(short).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let url = &others[turn % others.len()];
         turn += 1;
@@ -569,8 +572,8 @@ async fn nemesis(
                 firewall.heal();
             }
             Fault::Replace => {
-                done.push(format!("replace {name}"));
-                if let Err(e) = replace(&mut c, victim).await {
+                done.push(format!("replace {name} ({} ms one member short)", lasts.as_millis()));
+                if let Err(e) = replace(&mut c, victim, lasts).await {
                     done.push(format!("REPLACING {name} FAILED: {e}"));
                     problems.push(format!("replacing {name} (member remove, wipe, member add, start) failed: {e}"));
                 }
