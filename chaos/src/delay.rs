@@ -169,10 +169,8 @@ mod tests {
             }
         });
         let delays = Delays::default();
-        let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        // Find a free port for the front.
-        let port = std::net::TcpListener::bind(listen).expect("bind").local_addr().expect("addr").port();
-        let front_addr = SocketAddr::new(listen.ip(), port);
+        let port = cairn_server::testing::free_port().expect("a free port");
+        let front_addr = SocketAddr::new([127, 0, 0, 1].into(), port);
         let _front = Front::start(front_addr, target, delays.clone()).await.expect("front");
         let mut c = TcpStream::connect(front_addr).await.expect("connect");
         round_trip(&mut c, b"plain").await;

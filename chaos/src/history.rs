@@ -2,6 +2,12 @@
 //! ever) it completed, and what came back.
 
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Monotonic nanoseconds since `start` (the run's start): how histories record time.
+pub fn elapsed_ns(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
 
 /// What an operation asked for, on one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@
 //!   checkpoint), so reads in or shortly after a fault window are not held to this bound;
 //!   after recovery every leased key must be gone within TTL plus `slack`.
 
+use crate::history::elapsed_ns;
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest};
@@ -65,10 +66,6 @@ pub struct LeaseRun {
     pub reads: Vec<Read>,
 }
 
-fn now_ns(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
-}
-
 /// Grant, put, maybe renew once, read until the key is gone; repeat until `until`.
 pub async fn client(
     url: String,
@@ -106,13 +103,13 @@ async fn one_lease(
 ) -> Option<LeaseRun> {
     let mut leases = LeaseClient::new(ch.clone());
     let mut kv = KvClient::new(ch.clone());
-    let g_inv = now_ns(start);
+    let g_inv = elapsed_ns(start);
     let grant = tokio::time::timeout(op_timeout, leases.lease_grant(LeaseGrantRequest { ttl: TTL, id: 0 }))
         .await
         .ok()?
         .ok()?
         .into_inner();
-    let granted = (g_inv, now_ns(start));
+    let granted = (g_inv, elapsed_ns(start));
     let put =
         PutRequest { key: key.clone().into_bytes(), value: b"leased".to_vec(), lease: grant.id, ..Default::default() };
     if !matches!(tokio::time::timeout(op_timeout, kv.put(put)).await, Ok(Ok(_))) {
@@ -122,23 +119,23 @@ async fn one_lease(
     let mut run = LeaseRun { client, key, ttl: grant.ttl, granted, renewed: None, renew_unknown: false, reads: vec![] };
     if rng.random_bool(0.5) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
-        let k_inv = now_ns(start);
+        let k_inv = elapsed_ns(start);
         match tokio::time::timeout(op_timeout, keep_alive_once(leases.clone(), grant.id)).await {
-            Ok(Ok(ttl)) if ttl > 0 => run.renewed = Some((k_inv, now_ns(start))),
+            Ok(Ok(ttl)) if ttl > 0 => run.renewed = Some((k_inv, elapsed_ns(start))),
             // The lease was gone when the leader handled the renewal.
-            Ok(Ok(_)) => run.reads.push(Read { invoked: k_inv, completed: now_ns(start), present: false }),
+            Ok(Ok(_)) => run.reads.push(Read { invoked: k_inv, completed: elapsed_ns(start), present: false }),
             _ => run.renew_unknown = true,
         }
     }
     // Read until the key is gone, for at most TTL plus a few seconds past the last renewal.
     let last = run.renewed.map_or(run.granted.1, |r| r.1);
     let give_up = last + (Duration::from_secs(run.ttl.max(0) as u64) + Duration::from_secs(5)).as_nanos() as u64;
-    while Instant::now() < until + Duration::from_secs(5) && now_ns(start) < give_up {
-        let invoked = now_ns(start);
+    while Instant::now() < until + Duration::from_secs(5) && elapsed_ns(start) < give_up {
+        let invoked = elapsed_ns(start);
         let req = RangeRequest { key: run.key.clone().into_bytes(), ..Default::default() };
         if let Ok(Ok(r)) = tokio::time::timeout(op_timeout, kv.range(req)).await {
             let present = !r.into_inner().kvs.is_empty();
-            run.reads.push(Read { invoked, completed: now_ns(start), present });
+            run.reads.push(Read { invoked, completed: elapsed_ns(start), present });
             if !present {
                 break;
             }

@@ -3,7 +3,7 @@
 
 use crate::checker::{self, Verdict};
 use crate::delay::{Delays, Front};
-use crate::history::{Call, Op, Outcome};
+use crate::history::{elapsed_ns, Call, Op, Outcome};
 use crate::watch::Live;
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::kv_client::KvClient;
@@ -272,7 +272,7 @@ impl Client {
             }
             _ => Call::Delete,
         };
-        let invoked = start.elapsed().as_nanos() as u64;
+        let invoked = elapsed_ns(start);
         let result = match self.kv().await {
             None => Err(tonic::Status::unavailable("tcp connect error")),
             Some(kv) => {
@@ -282,7 +282,7 @@ impl Client {
                 }
             }
         };
-        let completed = start.elapsed().as_nanos() as u64;
+        let completed = elapsed_ns(start);
         let (outcome, revision, completed) = match result {
             Ok((outcome, rev)) => {
                 if let (Call::Read, Outcome::Ok(v)) = (&call, &outcome) {
@@ -398,16 +398,18 @@ async fn locked_write(url: &str, client: usize) -> Result<Option<(i64, i64)>, to
     Ok(r.succeeded.then(|| (token, r.header.map_or(0, |h| h.revision))))
 }
 
+/// The member's Status, if it answers within half a second.
+async fn status(url: &str) -> Option<cairn_api::etcdserverpb::StatusResponse> {
+    let ch = channel(url).await?;
+    let mut client = MaintenanceClient::new(ch);
+    let answer = tokio::time::timeout(Duration::from_millis(500), client.status(StatusRequest {})).await;
+    Some(answer.ok()?.ok()?.into_inner())
+}
+
 /// The index of the member that leads, if one answers.
 async fn leader(c: &Cluster) -> Option<usize> {
     for (i, m) in c.members.iter().enumerate() {
-        let Some(ch) = channel(&m.client_url).await else { continue };
-        let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(500), MaintenanceClient::new(ch).status(StatusRequest {})).await
-        else {
-            continue;
-        };
-        let s = s.into_inner();
+        let Some(s) = status(&m.client_url).await else { continue };
         if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
             return Some(i);
         }
@@ -435,12 +437,11 @@ async fn replace(c: &mut Cluster, victim: usize, short: Duration) -> Result<(), 
     let others: Vec<String> =
         (0..c.members.len()).filter(|&i| i != victim).map(|i| c.members[i].client_url.clone()).collect();
     let victim_url = c.members[victim].client_url.clone();
-    let id = match channel(&victim_url).await {
-        Some(ch) => MaintenanceClient::new(ch).status(StatusRequest {}).await.ok().and_then(|s| s.into_inner().header),
-        None => None,
-    }
-    .map(|h| h.member_id)
-    .ok_or("the member to replace does not answer Status")?;
+    let id = status(&victim_url)
+        .await
+        .and_then(|s| s.header)
+        .map(|h| h.member_id)
+        .ok_or("the member to replace does not answer Status")?;
     // Remove it, through any other member, until done (NotFound: an earlier try applied).
     let mut turn = 0;
     loop {
@@ -485,12 +486,9 @@ async fn replace(c: &mut Cluster, victim: usize, short: Duration) -> Result<(), 
     c.members[victim].start();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(ch) = channel(&victim_url).await {
-            if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
-                let s = s.into_inner();
-                if s.leader != 0 && s.header.is_some_and(|h| h.member_id != id) {
-                    return Ok(());
-                }
+        if let Some(s) = status(&victim_url).await {
+            if s.leader != 0 && s.header.is_some_and(|h| h.member_id != id) {
+                return Ok(());
             }
         }
         if Instant::now() >= deadline {
@@ -530,7 +528,7 @@ async fn nemesis(
             _ => rng.random_range(0..c.members.len()),
         };
         let name = c.members[victim].name.clone();
-        let began = start.elapsed().as_nanos() as u64;
+        let began = elapsed_ns(start);
         match fault {
             Fault::Kill => {
                 c.members[victim].kill();
@@ -588,7 +586,7 @@ async fn nemesis(
                 delays.clear();
             }
         }
-        windows.push((began, start.elapsed().as_nanos() as u64));
+        windows.push((began, elapsed_ns(start)));
     }
 }
 
@@ -693,7 +691,7 @@ pub async fn run_chaos(cfg: &Config) -> Report {
     for (i, url) in urls.iter().enumerate() {
         for k in 0..cfg.keys {
             let key = format!("k{k}");
-            let invoked = start.elapsed().as_nanos() as u64;
+            let invoked = elapsed_ns(start);
             let mut got = None;
             for _ in 0..50 {
                 if let Some(ch) = channel(url).await {
@@ -709,7 +707,7 @@ pub async fn run_chaos(cfg: &Config) -> Report {
                 report.problems.push(format!("member {i} did not answer a read of {key} after recovery"));
                 continue;
             };
-            let completed = start.elapsed().as_nanos() as u64;
+            let completed = elapsed_ns(start);
             let op = Op {
                 client: cfg.clients + i,
                 key,
@@ -827,11 +825,7 @@ async fn leased_keys_gone(urls: &[String], recovered: Instant) -> Option<String>
 
 /// The member's current revision (0 if it does not answer).
 async fn current_revision(url: &str) -> i64 {
-    let Some(ch) = channel(url).await else { return 0 };
-    match MaintenanceClient::new(ch).status(StatusRequest {}).await {
-        Ok(s) => s.into_inner().header.map_or(0, |h| h.revision),
-        Err(_) => 0,
-    }
+    status(url).await.and_then(|s| s.header).map_or(0, |h| h.revision)
 }
 
 /// The URL of the relay in front of the peer listen URL `listen`: the same port on

@@ -185,13 +185,15 @@ async fn read_loop(
         while let Ok(w) = rx.try_recv() {
             waiting.push(w);
         }
-        // The term before asking: if it is the restored term, so was the read's.
-        let (term, applied) = {
+        if let Some(f) = floor {
+            // The term before asking: if it is the restored term, so was the read's. Once
+            // the term moved on or the floor is applied, it is dropped for good.
             let m = raft.metrics();
             let m = m.borrow();
-            (m.current_term, m.last_applied.map_or(0, |l| l.index))
-        };
-        floor = floor.filter(|f| f.term == term && f.index > applied);
+            if m.current_term != f.term || m.last_applied.map_or(0, |l| l.index) >= f.index {
+                floor = None;
+            }
+        }
         let result = match raft.get_read_log_id().await {
             Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index).max(floor.map_or(0, |f| f.index))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
