@@ -63,10 +63,23 @@ struct Proc {
     token: String,
 }
 
+impl Proc {
+    /// Stop the process but keep its data directory (to restart on it).
+    fn stop_keeping_data(mut self) -> PathBuf {
+        std::mem::take(&mut self.data_dir)
+    }
+}
+
 impl Drop for Proc {
+    /// Stop the process and remove its data directory (its log stays beside it): each start
+    /// preallocates write-ahead log segments (64 MiB and a spare, for etcd and Cairn alike),
+    /// so a comparison that kept every run's directory would fill a small disk.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -322,8 +335,8 @@ async fn memory(bin: &Path, kind: Kind, keys: u64, root: &Path, base: &Opts) -> 
     let size = dir_size(&procs[0].data_dir) as f64 / (1024.0 * 1024.0);
     // Restart on the same data directory and time until a read is served.
     let p = procs.remove(0);
-    let (client, dir, peer, token) = (p.client.clone(), p.data_dir.clone(), p.peer, p.token.clone());
-    drop(p);
+    let (client, peer, token) = (p.client.clone(), p.peer, p.token.clone());
+    let dir = p.stop_keeping_data();
     let cport: u16 = client.rsplit(':').next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let t0 = Instant::now();
     let child = spawn(bin, &dir, "n0", &format!("n0=http://127.0.0.1:{peer}"), &token, cport, peer)?;
@@ -348,6 +361,16 @@ async fn version(bin: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The last `n` lines of a server's log, on stderr (to explain a failed case).
+fn print_log_tail(log: &Path, n: usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!("--- last lines of {} ---", log.display());
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        eprintln!("{l}");
+    }
+}
+
 /// Run the comparison and print the table.
 pub async fn run(args: CompareArgs, base: Opts) -> anyhow::Result<()> {
     for b in [&args.cairn_bin, &args.etcd_bin] {
@@ -357,7 +380,8 @@ pub async fn run(args: CompareArgs, base: Opts) -> anyhow::Result<()> {
     let tmp = tempfile_dir(&args)?;
     let root = tmp.as_path();
     let result = compare_in(&args, &base, root).await;
-    if created {
+    // A failed comparison keeps its logs (the data directories are gone already).
+    if created && result.is_ok() {
         let _ = std::fs::remove_dir_all(root);
     }
     result
@@ -374,12 +398,16 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
                 let mut opts = case.opts.clone();
                 opts.endpoints = endpoints(&procs);
                 let r = (case.run)(opts).await?;
+                if r.errors > 0 {
+                    print_log_tail(&procs[0].data_dir.with_extension("log"), 20);
+                }
                 anyhow::ensure!(
                     r.errors == 0,
-                    "{} against {kind:?}: {} errors, first {:?}",
+                    "{} against {kind:?}: {} errors, first {:?} (server log: {})",
                     case.name,
                     r.errors,
-                    r.first_error
+                    r.first_error,
+                    procs[0].data_dir.with_extension("log").display()
                 );
                 let (tp, p99) = if kind == Kind::Etcd { (&mut e_tp, &mut e_p99) } else { (&mut c_tp, &mut c_p99) };
                 tp.push(r.throughput);
