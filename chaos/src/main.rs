@@ -7,7 +7,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     name = "cairn-chaos",
-    about = "Kill, pause, partition, slow and replace cairn members under load; check the history is linearizable"
+    about = "Kill, pause, partition, slow and replace cairn members and move their leadership under load; check the history is linearizable"
 )]
 struct Args {
     /// Seed of every random choice (printed on failure, to rerun).
@@ -26,7 +26,12 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Faults to inject (comma-separated; empty for none).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause,partition,loss,delay,replace")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kill,pause,partition,loss,delay,replace,move-leader"
+    )]
     faults: Vec<Fault>,
     /// Inject no faults at all.
     #[arg(long)]

@@ -37,8 +37,14 @@ pub enum Fault {
     Delay,
     /// Replace a member, as an operator replaces a machine: `member remove` (the member
     /// stops itself), wipe its data, run one member short for a moment, `member add` on the
-    /// same peer URL, start it as a new member that catches up from the others.
+    /// same peer URL (every other time as a learner, the first time included, promoted once
+    /// in sync), start it as a new member that catches up from the others.
     Replace,
+    /// Hand leadership to another member (etcd's MoveLeader, sent to the leader) under load:
+    /// the leader pauses proposals and reads, lets its followers' leases lapse and has the
+    /// transferee campaign. Not a failure, but the path where two members may both believe
+    /// they lead for a moment.
+    MoveLeader,
 }
 
 /// iptables rules this run added, removed when healed or dropped.
@@ -141,7 +147,15 @@ impl Default for Config {
             clients: 6,
             keys: 8,
             duration: Duration::from_secs(30),
-            faults: vec![Fault::Kill, Fault::Pause, Fault::Partition, Fault::Loss, Fault::Delay, Fault::Replace],
+            faults: vec![
+                Fault::Kill,
+                Fault::Pause,
+                Fault::Partition,
+                Fault::Loss,
+                Fault::Delay,
+                Fault::Replace,
+                Fault::MoveLeader,
+            ],
             fault_interval: Duration::from_secs(4),
             op_timeout: Duration::from_secs(2),
             serializable_reads: false,
@@ -429,10 +443,11 @@ struct Nemesis {
 
 /// Replace member `victim` with a new member on the same URLs (see [`Fault::Replace`]),
 /// the cluster running one member short for `short` in between, and wait until the new
-/// member serves.
-async fn replace(c: &mut Cluster, victim: usize, short: Duration) -> Result<(), String> {
+/// member serves; `as_learner`: added as a learner and promoted once it is in sync, as
+/// etcd advises for a new member of a loaded cluster.
+async fn replace(c: &mut Cluster, victim: usize, short: Duration, as_learner: bool) -> Result<(), String> {
     use cairn_api::etcdserverpb::cluster_client::ClusterClient;
-    use cairn_api::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
+    use cairn_api::etcdserverpb::{MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest};
     let deadline = Instant::now() + Duration::from_secs(20);
     let others: Vec<String> =
         (0..c.members.len()).filter(|&i| i != victim).map(|i| c.members[i].client_url.clone()).collect();
@@ -472,7 +487,7 @@ async fn replace(c: &mut Cluster, victim: usize, short: Duration) -> Result<(), 
         let url = &others[turn % others.len()];
         turn += 1;
         if let Some(ch) = channel(url).await {
-            let add = MemberAddRequest { peer_ur_ls: vec![peer_url.clone()], is_learner: false };
+            let add = MemberAddRequest { peer_ur_ls: vec![peer_url.clone()], is_learner: as_learner };
             match ClusterClient::new(ch).member_add(add).await {
                 Ok(_) => break,
                 // An earlier try applied.
@@ -485,16 +500,72 @@ async fn replace(c: &mut Cluster, victim: usize, short: Duration) -> Result<(), 
     }
     c.members[victim].start();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let new_id = loop {
         if let Some(s) = status(&victim_url).await {
-            if s.leader != 0 && s.header.is_some_and(|h| h.member_id != id) {
-                return Ok(());
+            match s.header {
+                Some(h) if s.leader != 0 && h.member_id != id => break h.member_id,
+                _ => {}
             }
         }
         if Instant::now() >= deadline {
             return Err(format!("the new member did not serve within 30 s; log:\n{}", c.members[victim].log()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if !as_learner {
+        return Ok(());
+    }
+    // Promote it once it is in sync (refused until then), through any other member; done
+    // once the member list shows it as a voter (an earlier try may have applied unanswered).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = &others[turn % others.len()];
+        turn += 1;
+        if let Some(ch) = channel(url).await {
+            let mut client = ClusterClient::new(ch);
+            let promoted = client.member_promote(MemberPromoteRequest { id: new_id }).await;
+            let voter = match promoted {
+                Ok(_) => true,
+                Err(_) => client
+                    .member_list(MemberListRequest { linearizable: true })
+                    .await
+                    .is_ok_and(|r| r.into_inner().members.iter().any(|m| m.id == new_id && !m.is_learner)),
+            };
+            if voter {
+                return Ok(());
+            }
+            if let Err(s) = promoted {
+                if Instant::now() >= deadline {
+                    return Err(format!("member promote: {s}"));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("member promote: no member answered for 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ask the leader to hand leadership to member `to` (the next one if `to` leads); what
+/// happened, in words. A refusal (the target not caught up in time, a leader change on the
+/// way) is not a problem: only the histories judge.
+async fn move_leader(c: &Cluster, to: usize) -> String {
+    use cairn_api::etcdserverpb::MoveLeaderRequest;
+    let Some(from) = leader(c).await else { return "no leader answered".into() };
+    // Drawn as the leader: the next member instead.
+    let to = if from == to { (to + 1) % c.members.len() } else { to };
+    let target_id = match status(&c.members[to].client_url).await.and_then(|s| s.header) {
+        Some(h) => h.member_id,
+        None => return "it does not answer Status".into(),
+    };
+    let Some(ch) = channel(&c.members[from].client_url).await else { return "the leader is unreachable".into() };
+    let asked = Instant::now();
+    let mut request = tonic::Request::new(MoveLeaderRequest { target_id });
+    request.set_timeout(Duration::from_secs(10));
+    match MaintenanceClient::new(ch).move_leader(request).await {
+        Ok(_) => format!("{} to {} in {} ms", c.members[from].name, c.members[to].name, asked.elapsed().as_millis()),
+        Err(s) => format!("{} to {} refused: {}", c.members[from].name, c.members[to].name, s.message()),
     }
 }
 
@@ -509,6 +580,8 @@ async fn nemesis(
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
     let (mut done, mut windows, mut problems) = (Vec::new(), Vec::new(), Vec::new());
     let mut firewall = Firewall::default();
+    // Replacements alternate: as a learner (promoted once in sync), then as a voter.
+    let mut learner_next = true;
     if cfg.faults.is_empty() {
         return Nemesis { faults: done, windows, problems };
     }
@@ -570,11 +643,17 @@ async fn nemesis(
                 firewall.heal();
             }
             Fault::Replace => {
-                done.push(format!("replace {name} ({} ms one member short)", lasts.as_millis()));
-                if let Err(e) = replace(&mut c, victim, lasts).await {
+                let as_learner = learner_next;
+                learner_next = !learner_next;
+                let how = if as_learner { ", added as a learner, then promoted" } else { "" };
+                done.push(format!("replace {name} ({} ms one member short{how})", lasts.as_millis()));
+                if let Err(e) = replace(&mut c, victim, lasts, as_learner).await {
                     done.push(format!("REPLACING {name} FAILED: {e}"));
                     problems.push(format!("replacing {name} (member remove, wipe, member add, start) failed: {e}"));
                 }
+            }
+            Fault::MoveLeader => {
+                done.push(format!("move leader: {}", move_leader(&c, victim).await));
             }
             Fault::Delay => {
                 let by = Duration::from_millis(rng.random_range(20..=250));

@@ -98,7 +98,8 @@ fn not_a_backup(path: &Path, why: &str) -> StoreError {
 }
 
 /// Read every record of the backup at `path`, verifying its checksum; `each` sees every
-/// record before the checksum is known, so it must not commit anything.
+/// record before the checksum is known, so it must not commit anything. A file that does
+/// not parse is checked as a whole, so damage anywhere is reported as a checksum mismatch.
 fn scan(path: &Path, each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>) -> Result<BackupStatus> {
     let f = std::fs::File::open(path).map_err(|e| StoreError::Engine(format!("{}: {e}", path.display())))?;
     let total_size = f.metadata().map_err(io)?.len();
@@ -111,11 +112,57 @@ fn scan(path: &Path, each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>
     if &magic != MAGIC {
         return Err(not_a_backup(path, "wrong magic (an etcd bbolt snapshot? restore it with etcdutl)"));
     }
+    let parsed = match parse_records(&mut r, each) {
+        Ok(parsed) => parsed,
+        Err(Damaged(why)) => {
+            return Err(match checksum_matches(path, total_size)? {
+                true => not_a_backup(path, &why),
+                false => not_a_backup(path, CHECKSUM_MISMATCH),
+            })
+        }
+        Err(Failed(e)) => return Err(e),
+    };
+    let digest: [u8; 32] = r.sha.finalize().into();
+    let mut stored = [0u8; 32];
+    r.inner.into_inner().read_exact(&mut stored).map_err(io)?;
+    if digest != stored {
+        return Err(not_a_backup(path, CHECKSUM_MISMATCH));
+    }
+    let (revision, compact_revision, total_keys, kv_crc) = parsed;
+    // HashKV = CRC-32 of the compact revision followed by every kv record.
+    let mut hash = crc32fast::Hasher::new();
+    hash.update(&compact_revision.to_be_bytes());
+    hash.combine(&kv_crc);
+    Ok(BackupStatus {
+        hash: hash.finalize(),
+        revision: revision.max(compact_revision).max(1),
+        compact_revision,
+        total_keys,
+        total_size,
+        sha256: stored,
+    })
+}
+
+const CHECKSUM_MISMATCH: &str = "checksum mismatch (the file is damaged or incomplete)";
+
+/// Why the records could not be read: the file's content, or anything else.
+enum ParseError {
+    Damaged(String),
+    Failed(StoreError),
+}
+use ParseError::{Damaged, Failed};
+
+/// The records after the magic and the zero padding after them: (revision, compacted
+/// revision, records, CRC of the kv records).
+fn parse_records(
+    r: &mut impl Read,
+    each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>,
+) -> std::result::Result<(i64, i64, u64, crc32fast::Hasher), ParseError> {
     let (mut revision, mut compact_revision, mut total_keys) = (0i64, 0i64, 0u64);
     let mut kv_crc = crc32fast::Hasher::new();
-    let meta_int = |v: &[u8]| v.try_into().map(i64::from_be_bytes).map_err(|_| not_a_backup(path, "bad revision"));
+    let meta_int = |v: &[u8]| v.try_into().map(i64::from_be_bytes).map_err(|_| Damaged("bad revision".into()));
     loop {
-        let rec = snapshot::read_record(&mut r).map_err(|e| not_a_backup(path, &e.to_string()))?;
+        let rec = snapshot::read_record(r).map_err(|e| Damaged(e.to_string()))?;
         let Some((table, k, v)) = rec else { break };
         match table {
             Table::Kv => {
@@ -130,37 +177,31 @@ fn scan(path: &Path, each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>
             _ => {}
         }
         total_keys += 1;
-        each(table, k, v)?;
+        each(table, k, v).map_err(Failed)?;
     }
     // The end marker's padding: zeros up to the checksum.
     let mut pad = [0u8; 512];
     loop {
-        let n = r.read(&mut pad).map_err(io)?;
+        let n = r.read(&mut pad).map_err(|e| Failed(io(e)))?;
         if n == 0 {
             break;
         }
         if pad[..n].iter().any(|b| *b != 0) {
-            return Err(not_a_backup(path, "data after the end of the records"));
+            return Err(Damaged("data after the end of the records".into()));
         }
     }
-    let digest: [u8; 32] = r.sha.finalize().into();
+    Ok((revision, compact_revision, total_keys, kv_crc))
+}
+
+/// Whether the SHA-256 at the end of the file is that of the rest of it.
+fn checksum_matches(path: &Path, total_size: u64) -> Result<bool> {
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut body = BufReader::new(f).take(total_size - TRAILER);
+    let mut sha = Sha256::new();
+    std::io::copy(&mut body, &mut sha).map_err(io)?;
     let mut stored = [0u8; 32];
-    r.inner.into_inner().read_exact(&mut stored).map_err(io)?;
-    if digest != stored {
-        return Err(not_a_backup(path, "checksum mismatch (the file is damaged or incomplete)"));
-    }
-    // HashKV = CRC-32 of the compact revision followed by every kv record.
-    let mut hash = crc32fast::Hasher::new();
-    hash.update(&compact_revision.to_be_bytes());
-    hash.combine(&kv_crc);
-    Ok(BackupStatus {
-        hash: hash.finalize(),
-        revision: revision.max(compact_revision).max(1),
-        compact_revision,
-        total_keys,
-        total_size,
-        sha256: stored,
-    })
+    body.into_inner().read_exact(&mut stored).map_err(io)?;
+    Ok(<[u8; 32]>::from(sha.finalize()) == stored)
 }
 
 /// Verify the backup at `path` and describe it.
@@ -250,13 +291,16 @@ mod tests {
         assert_eq!(restored.key_count(), 7);
         assert_eq!(ids::load_id(dst.as_ref(), ids::KEY_MEMBER_ID).unwrap(), Some(7));
 
-        // One flipped byte anywhere is refused, before anything is written.
-        let mut bytes = std::fs::read(&file).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x40;
-        std::fs::write(&file, &bytes).unwrap();
-        let err = status(&file).unwrap_err().to_string();
-        assert!(err.contains("checksum mismatch") || err.contains("not a usable"), "{err}");
+        // One flipped bit anywhere (in a record's header, its key, the padding, the
+        // checksum) is refused as a checksum mismatch, before anything is written.
+        let good = std::fs::read(&file).unwrap();
+        for at in (MAGIC.len()..good.len()).step_by(7) {
+            let mut bytes = good.clone();
+            bytes[at] ^= 1 << (at % 8);
+            std::fs::write(&file, &bytes).unwrap();
+            let err = status(&file).unwrap_err().to_string();
+            assert!(err.contains("checksum mismatch"), "bit flipped at byte {at} of {}: {err}", good.len());
+        }
         let empty = open(EngineKind::Redb, &dir.path().join("empty")).unwrap();
         assert!(restore(&file, empty.as_ref(), &opts).is_err());
         assert_eq!(empty.last(Table::Kv).unwrap(), None);
