@@ -518,30 +518,23 @@ async fn replace(c: &mut Cluster, victim: usize, short: Duration, as_learner: bo
     // Promote it once it is in sync (refused until then), through any other member; done
     // once the member list shows it as a voter (an earlier try may have applied unanswered).
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = "no member answered for 30 s".to_string();
     loop {
         let url = &others[turn % others.len()];
         turn += 1;
         if let Some(ch) = channel(url).await {
             let mut client = ClusterClient::new(ch);
-            let promoted = client.member_promote(MemberPromoteRequest { id: new_id }).await;
-            let voter = match promoted {
-                Ok(_) => true,
-                Err(_) => client
-                    .member_list(MemberListRequest { linearizable: true })
-                    .await
-                    .is_ok_and(|r| r.into_inner().members.iter().any(|m| m.id == new_id && !m.is_learner)),
-            };
-            if voter {
-                return Ok(());
+            match client.member_promote(MemberPromoteRequest { id: new_id }).await {
+                Ok(_) => return Ok(()),
+                Err(s) => last = s.to_string(),
             }
-            if let Err(s) = promoted {
-                if Instant::now() >= deadline {
-                    return Err(format!("member promote: {s}"));
-                }
+            let list = client.member_list(MemberListRequest { linearizable: true }).await;
+            if list.is_ok_and(|r| r.into_inner().members.iter().any(|m| m.id == new_id && !m.is_learner)) {
+                return Ok(());
             }
         }
         if Instant::now() >= deadline {
-            return Err("member promote: no member answered for 30 s".into());
+            return Err(format!("member promote: {last}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -98,8 +98,8 @@ fn not_a_backup(path: &Path, why: &str) -> StoreError {
 }
 
 /// Read every record of the backup at `path`, verifying its checksum; `each` sees every
-/// record before the checksum is known, so it must not commit anything. A file that does
-/// not parse is checked as a whole, so damage anywhere is reported as a checksum mismatch.
+/// record before the checksum is known, so it must not commit anything. Damage anywhere is
+/// reported as a checksum mismatch, also where it stops the parse.
 fn scan(path: &Path, each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>) -> Result<BackupStatus> {
     let f = std::fs::File::open(path).map_err(|e| StoreError::Engine(format!("{}: {e}", path.display())))?;
     let total_size = f.metadata().map_err(io)?.len();
@@ -113,22 +113,19 @@ fn scan(path: &Path, each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>
         return Err(not_a_backup(path, "wrong magic (an etcd bbolt snapshot? restore it with etcdutl)"));
     }
     let parsed = match parse_records(&mut r, each) {
-        Ok(parsed) => parsed,
-        Err(Damaged(why)) => {
-            return Err(match checksum_matches(path, total_size)? {
-                true => not_a_backup(path, &why),
-                false => not_a_backup(path, CHECKSUM_MISMATCH),
-            })
-        }
+        Ok(parsed) => Ok(parsed),
+        Err(Damaged(why)) => Err(why),
         Err(Failed(e)) => return Err(e),
     };
+    // Hash what a parse stopped by damage left unread, so the checksum speaks first.
+    std::io::copy(&mut r, &mut std::io::sink()).map_err(io)?;
     let digest: [u8; 32] = r.sha.finalize().into();
     let mut stored = [0u8; 32];
     r.inner.into_inner().read_exact(&mut stored).map_err(io)?;
     if digest != stored {
-        return Err(not_a_backup(path, CHECKSUM_MISMATCH));
+        return Err(not_a_backup(path, "checksum mismatch (the file is damaged or incomplete)"));
     }
-    let (revision, compact_revision, total_keys, kv_crc) = parsed;
+    let (revision, compact_revision, total_keys, kv_crc) = parsed.map_err(|why| not_a_backup(path, &why))?;
     // HashKV = CRC-32 of the compact revision followed by every kv record.
     let mut hash = crc32fast::Hasher::new();
     hash.update(&compact_revision.to_be_bytes());
@@ -142,8 +139,6 @@ fn scan(path: &Path, each: &mut dyn FnMut(Table, Vec<u8>, Vec<u8>) -> Result<()>
         sha256: stored,
     })
 }
-
-const CHECKSUM_MISMATCH: &str = "checksum mismatch (the file is damaged or incomplete)";
 
 /// Why the records could not be read: the file's content, or anything else.
 enum ParseError {
@@ -191,17 +186,6 @@ fn parse_records(
         }
     }
     Ok((revision, compact_revision, total_keys, kv_crc))
-}
-
-/// Whether the SHA-256 at the end of the file is that of the rest of it.
-fn checksum_matches(path: &Path, total_size: u64) -> Result<bool> {
-    let f = std::fs::File::open(path).map_err(io)?;
-    let mut body = BufReader::new(f).take(total_size - TRAILER);
-    let mut sha = Sha256::new();
-    std::io::copy(&mut body, &mut sha).map_err(io)?;
-    let mut stored = [0u8; 32];
-    body.into_inner().read_exact(&mut stored).map_err(io)?;
-    Ok(<[u8; 32]>::from(sha.finalize()) == stored)
 }
 
 /// Verify the backup at `path` and describe it.
