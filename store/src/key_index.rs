@@ -65,6 +65,33 @@ impl KeyIndex {
         true
     }
 
+    /// Undo every put and delete recorded at main revision `main` or later (a write
+    /// transaction that failed). Returns true if nothing of the key remains.
+    pub fn undo(&mut self, main: i64) -> bool {
+        loop {
+            let n = self.generations.len();
+            // A delete left an empty open generation after the one it closed.
+            if n >= 2
+                && self.generations[n - 1].revs.is_empty()
+                && self.generations[n - 2].revs.last().is_some_and(|r| r.main >= main)
+            {
+                self.generations.pop();
+            }
+            let Some(g) = self.generations.last_mut() else { break };
+            match g.revs.last() {
+                Some(r) if r.main >= main => {
+                    g.revs.pop();
+                    g.ver -= 1;
+                    if g.revs.is_empty() {
+                        g.created = Revision::default();
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.is_empty()
+    }
+
     /// Whether the key currently exists.
     pub fn is_live(&self) -> bool {
         self.generations.last().is_some_and(|g| !g.revs.is_empty())
@@ -167,6 +194,13 @@ impl TreeIndex {
         self.tree.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
     }
 
+    /// Undo the changes of `key` at main revision `main` or later (see [`KeyIndex::undo`]).
+    pub fn undo(&mut self, key: &[u8], main: i64) {
+        if self.tree.get_mut(key).is_some_and(|ki| ki.undo(main)) {
+            self.tree.remove(key);
+        }
+    }
+
     /// One key at revision `at`.
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
         self.tree.get(key).and_then(|ki| ki.get(at))
@@ -227,6 +261,32 @@ mod tests {
         assert_eq!(ki.get(7), None);
         assert_eq!(ki.get(9), Some(KeyAt { modified: r(8), created: r(8), version: 1 }));
         assert!(!KeyIndex::default().tombstone(r(1)));
+    }
+
+    #[test]
+    fn undo_restores_the_history_before_a_revision() {
+        let mut ki = KeyIndex::default();
+        ki.put(r(2));
+        ki.put(r(3));
+        let before = ki.clone();
+        ki.put(r(5));
+        assert!(!ki.undo(5));
+        assert_eq!(ki, before);
+        ki.tombstone(r(5));
+        assert!(!ki.undo(5));
+        assert_eq!(ki, before);
+        // Deleted before, recreated and deleted again in the undone revision.
+        ki.tombstone(r(4));
+        let before = ki.clone();
+        ki.put(Revision::new(6, 0));
+        ki.tombstone(Revision::new(6, 1));
+        assert!(!ki.undo(6));
+        assert_eq!(ki, before);
+        assert_eq!(ki.get(6), None);
+        // A key created by the undone revision leaves nothing.
+        let mut new = KeyIndex::default();
+        new.put(r(7));
+        assert!(new.undo(7));
     }
 
     #[test]

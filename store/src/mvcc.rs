@@ -52,9 +52,17 @@ pub struct Mvcc {
 }
 
 /// A write transaction in progress: every change shares `rev`, with increasing `sub`.
+/// It also remembers what it changed, so a write that fails halfway leaves nothing.
 struct Writer {
     rev: i64,
     sub: i64,
+    /// Length of the staged batch and event list when the write began.
+    batch_mark: usize,
+    events_mark: usize,
+    /// Keys whose index entry this write changed.
+    touched: Vec<Vec<u8>>,
+    /// Lease attachments this write changed, in order: (lease, key, attached).
+    links: Vec<(i64, Vec<u8>, bool)>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -266,17 +274,50 @@ impl Mvcc {
         Ok(resp)
     }
 
-    fn begin(&self) -> Writer {
-        Writer { rev: self.current_rev + 1, sub: 0 }
+    /// Run `f` as one write transaction: everything it stages shares one revision, and
+    /// if it fails nothing it staged survives (index, lease links, batch, events).
+    /// Returns `f`'s result and the revision after the write.
+    fn write<T>(&mut self, f: impl FnOnce(&mut Self, &mut Writer) -> Result<T>) -> Result<(T, i64)> {
+        let mut w = Writer {
+            rev: self.current_rev + 1,
+            sub: 0,
+            batch_mark: self.batch.len(),
+            events_mark: self.events.len(),
+            touched: Vec::new(),
+            links: Vec::new(),
+        };
+        match f(self, &mut w) {
+            Ok(v) => {
+                if w.sub > 0 {
+                    self.current_rev = w.rev;
+                    self.batch.put(Table::Meta, META_CURRENT_REV, w.rev.to_be_bytes().to_vec());
+                }
+                Ok((v, self.current_rev))
+            }
+            Err(e) => {
+                self.undo(w);
+                Err(e)
+            }
+        }
     }
 
-    /// Finish a write transaction: bump the revision if anything changed.
-    fn end(&mut self, w: Writer) -> i64 {
-        if w.sub > 0 {
-            self.current_rev = w.rev;
-            self.batch.put(Table::Meta, META_CURRENT_REV, w.rev.to_be_bytes().to_vec());
+    /// Reverse everything a failed write staged.
+    fn undo(&mut self, w: Writer) {
+        for (lease, key, attached) in w.links.into_iter().rev() {
+            if attached {
+                self.unlink(lease, &key);
+            } else {
+                self.attached.entry(lease).or_default().insert(key);
+            }
         }
-        self.current_rev
+        for key in &w.touched {
+            self.index.undo(key, w.rev);
+        }
+        self.batch.truncate(w.batch_mark);
+        self.events.truncate(w.events_mark);
+        if w.sub > 0 {
+            self.pending.retain(|r, _| r.main != w.rev);
+        }
     }
 
     /// The revision reads inside `w` see (its own writes included).
@@ -316,12 +357,13 @@ impl Mvcc {
         self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
         self.pending.insert(rev, enc);
         self.index.put(&req.key, rev);
+        w.touched.push(req.key.clone());
         let prev = prev.map(|(_, p)| p);
         if let Some(p) = &prev {
-            self.detach(p.lease, &req.key);
+            self.detach(w, p.lease, &req.key);
         }
-        if lease != 0 {
-            self.attached.entry(lease).or_default().insert(req.key.clone());
+        if lease != 0 && self.attached.entry(lease).or_default().insert(req.key.clone()) {
+            w.links.push((lease, req.key.clone(), true));
         }
         self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
         let prev_kv = if req.prev_kv { prev } else { None };
@@ -349,23 +391,29 @@ impl Mvcc {
             self.batch.put(Table::Kv, rev.to_bytes().to_vec(), enc.clone());
             self.pending.insert(rev, enc);
             self.index.tombstone(key, rev);
-            self.detach(prev.lease, key);
+            w.touched.push(key.clone());
+            self.detach(w, prev.lease, key);
             self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev) });
         }
         let rev = if keys.is_empty() { self.current_rev } else { w.rev };
         Ok(DeleteRangeResponse { header: header(rev), deleted: keys.len() as i64, prev_kvs })
     }
 
-    fn detach(&mut self, lease: i64, key: &[u8]) {
-        if lease == 0 {
-            return;
+    /// Detach `key` from `lease` as part of `w`.
+    fn detach(&mut self, w: &mut Writer, lease: i64, key: &[u8]) {
+        if lease != 0 && self.unlink(lease, key) {
+            w.links.push((lease, key.to_vec(), false));
         }
-        if let Some(keys) = self.attached.get_mut(&lease) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.attached.remove(&lease);
-            }
+    }
+
+    /// Remove `key` from `lease`'s keys; true if it was there.
+    fn unlink(&mut self, lease: i64, key: &[u8]) -> bool {
+        let Some(keys) = self.attached.get_mut(&lease) else { return false };
+        let was = keys.remove(key);
+        if keys.is_empty() {
+            self.attached.remove(&lease);
         }
+        was
     }
 
     /// The live keys attached to `lease`, in key order.
@@ -375,42 +423,30 @@ impl Mvcc {
 
     /// Delete `keys` in one write transaction (one revision); returns how many existed.
     pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> Result<i64> {
-        let mut w = self.begin();
-        let mut deleted = 0;
-        for k in keys {
-            match self.write_delete(&mut w, &DeleteRangeRequest { key: k.clone(), ..Default::default() }) {
-                Ok(r) => deleted += r.deleted,
-                Err(e) => {
-                    self.end(w);
-                    return Err(e);
-                }
+        let (deleted, _) = self.write(|m, w| {
+            let mut deleted = 0;
+            for k in keys {
+                deleted += m.write_delete(w, &DeleteRangeRequest { key: k.clone(), ..Default::default() })?.deleted;
             }
-        }
-        self.end(w);
+            Ok(deleted)
+        })?;
         Ok(deleted)
     }
 
     /// Put one key (a one-operation write transaction).
     pub fn put(&mut self, req: &PutRequest, lease_ok: LeaseCheck<'_>) -> Result<PutResponse> {
-        self.check_put(req, 0, lease_ok)?;
-        let mut w = self.begin();
-        let resp = self.write_put(&mut w, req);
-        self.end(w);
-        resp
+        self.check_put(req, lease_ok)?;
+        Ok(self.write(|m, w| m.write_put(w, req))?.0)
     }
 
     /// Delete a key or range.
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        let mut w = self.begin();
-        let resp = self.write_delete(&mut w, req);
-        self.end(w);
-        resp
+        Ok(self.write(|m, w| m.write_delete(w, req))?.0)
     }
 
-    /// Validate a put before anything is written, as etcd does for a whole txn.
-    fn check_put(&self, req: &PutRequest, at: i64, lease_ok: LeaseCheck<'_>) -> Result<()> {
-        let at = if at == 0 { self.current_rev } else { at };
-        if (req.ignore_value || req.ignore_lease) && self.index.get(&req.key, at).is_none() {
+    /// Validate a put on the state before the write, as etcd does for a whole txn.
+    fn check_put(&self, req: &PutRequest, lease_ok: LeaseCheck<'_>) -> Result<()> {
+        if (req.ignore_value || req.ignore_lease) && self.index.get(&req.key, self.current_rev).is_none() {
             return Err(StoreError::KeyNotFound);
         }
         if !req.ignore_lease && req.lease != 0 && !lease_ok(req.lease) {
@@ -419,13 +455,37 @@ impl Mvcc {
         Ok(())
     }
 
-    /// Check every put on the path the txn will take (nested txns included).
-    fn check_txn(&self, req: &TxnRequest, lease_ok: LeaseCheck<'_>) -> Result<()> {
-        let ops = if self.compare_all(&req.compare, self.current_rev)? { &req.success } else { &req.failure };
+    /// etcd's `compareToPath`: the branch every txn on the tree takes, decided once on
+    /// the state before the txn writes anything, in depth-first order of the txns that
+    /// run (the outer txn first, then each nested txn of the branch taken, recursively).
+    fn txn_path(&self, req: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+        let succeeded = self.compare_all(&req.compare, self.current_rev)?;
+        path.push(succeeded);
+        for op in if succeeded { &req.success } else { &req.failure } {
+            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                self.txn_path(t, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next branch of a decided path.
+    fn next_branch(path: &mut std::slice::Iter<'_, bool>) -> Result<bool> {
+        path.next().copied().ok_or_else(|| StoreError::Corrupt("txn path shorter than the txn".into()))
+    }
+
+    /// Check every operation on the decided path, on the state before the txn.
+    fn check_txn(
+        &self,
+        req: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+        lease_ok: LeaseCheck<'_>,
+    ) -> Result<()> {
+        let ops = if Self::next_branch(path)? { &req.success } else { &req.failure };
         for op in ops {
             match &op.request {
-                Some(request_op::Request::RequestPut(p)) => self.check_put(p, 0, lease_ok)?,
-                Some(request_op::Request::RequestTxn(t)) => self.check_txn(t, lease_ok)?,
+                Some(request_op::Request::RequestPut(p)) => self.check_put(p, lease_ok)?,
+                Some(request_op::Request::RequestTxn(t)) => self.check_txn(t, path, lease_ok)?,
                 Some(request_op::Request::RequestRange(r)) => {
                     self.check_rev(r.revision)?;
                 }
@@ -508,23 +568,31 @@ impl Mvcc {
     }
 
     /// A transaction: compare, then the success or failure operations, atomically and
-    /// at one revision. The request must already be validated (no duplicate keys).
+    /// at one revision. Every compare on the tree is decided on the state before the txn
+    /// (etcd's semantics), the operations on that path are checked before anything is
+    /// written, and a failure halfway leaves nothing staged. The request must already be
+    /// validated (no key written twice).
     pub fn txn(&mut self, req: &TxnRequest, lease_ok: LeaseCheck<'_>) -> Result<TxnResponse> {
-        self.check_txn(req, lease_ok)?;
-        let mut w = self.begin();
-        let resp = self.write_txn(&mut w, req);
-        let rev = self.end(w);
-        let mut resp = resp?;
+        let mut path = Vec::new();
+        self.txn_path(req, &mut path)?;
+        self.check_txn(req, &mut path.iter(), lease_ok)?;
+        let (mut resp, rev) = self.write(|m, w| m.write_txn(w, req, &mut path.iter()))?;
         resp.header = header(rev);
         Ok(resp)
     }
 
-    fn write_txn(&mut self, w: &mut Writer, req: &TxnRequest) -> Result<TxnResponse> {
-        let succeeded = self.compare_all(&req.compare, self.read_rev(w))?;
+    fn write_txn(
+        &mut self,
+        w: &mut Writer,
+        req: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+    ) -> Result<TxnResponse> {
+        let succeeded = Self::next_branch(path)?;
         let ops: &[RequestOp] = if succeeded { &req.success } else { &req.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
+                // Reads inside a txn see the txn's earlier writes (etcd's storeTxnWrite).
                 Some(request_op::Request::RequestRange(r)) => {
                     let at_now = self.read_rev(w);
                     let at = if r.revision <= 0 { at_now } else { r.revision };
@@ -535,7 +603,7 @@ impl Mvcc {
                     response_op::Response::ResponseDeleteRange(self.write_delete(w, d)?)
                 }
                 Some(request_op::Request::RequestTxn(t)) => {
-                    let mut inner = self.write_txn(w, t)?;
+                    let mut inner = self.write_txn(w, t, path)?;
                     inner.header = header(self.read_rev(w));
                     response_op::Response::ResponseTxn(inner)
                 }

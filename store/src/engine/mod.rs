@@ -91,6 +91,10 @@ impl WriteBatch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+    /// Drop every change queued after the first `len` (undo of a failed write).
+    pub fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+    }
     /// Append every change of `other`.
     pub fn extend(&mut self, other: WriteBatch) {
         self.ops.extend(other.ops);

@@ -2,6 +2,7 @@
 
 mod conformance;
 mod model;
+mod txn;
 
 use cairn_store::{engine, EngineKind, Mvcc};
 use std::sync::Arc;
