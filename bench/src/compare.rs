@@ -96,7 +96,7 @@ fn spawn(
     client: u16,
     peer: u16,
 ) -> anyhow::Result<Child> {
-    std::fs::create_dir_all(dir)?;
+    // The server makes its own data directory (Cairn refuses one that others can read).
     let log = std::fs::File::create(dir.with_extension("log"))?;
     let c = format!("http://127.0.0.1:{client}");
     let p = format!("http://127.0.0.1:{peer}");

@@ -8,6 +8,7 @@ use cairn_store::{backup, ids, EngineKind};
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -202,8 +203,16 @@ async fn save(cli: &Cli, file: &Path) -> anyhow::Result<()> {
     let mut part = file.as_os_str().to_owned();
     part.push(".part");
     let part = PathBuf::from(part);
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?);
+    let mut out = std::io::BufWriter::new(
+        // Private, as etcdctl makes it: a backup holds every value and the auth data.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&part)
+            .with_context(|| format!("creating {}", part.display()))?,
+    );
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}")

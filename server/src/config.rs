@@ -118,6 +118,10 @@ pub struct Flags {
     /// less free space than this (Cairn's; a full disk must not stop the member).
     #[arg(long, env = "CAIRN_MIN_FREE_DISK_BYTES", default_value_t = 160 << 20)]
     pub min_free_disk_bytes: u64,
+    /// Start even when other users may read the data directory (Cairn's; by default a data
+    /// directory with any group or other permission bits is refused).
+    #[arg(long, env = "CAIRN_ALLOW_SHARED_DATA_DIR")]
+    pub allow_shared_data_dir: bool,
     /// Promote a learner to a voter by itself once it has caught up (Cairn's; etcd has none).
     #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE")]
     pub experimental_learner_auto_promote: bool,
@@ -136,6 +140,8 @@ pub struct Config {
     pub name: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Start on a data directory other users may read.
+    pub allow_shared_data_dir: bool,
     /// Client listen URLs.
     pub listen_client_urls: Vec<String>,
     /// Advertised client URLs.
@@ -253,6 +259,7 @@ impl Config {
         }
         let c = Config {
             data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.cairn", f.name))),
+            allow_shared_data_dir: f.allow_shared_data_dir,
             name: f.name,
             listen_client_urls: split(&f.listen_client_urls),
             advertise_client_urls: split(&f.advertise_client_urls),

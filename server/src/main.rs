@@ -6,6 +6,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Every file and directory the member creates is private to its user: the data
+    // directory holds values, auth tokens and password hashes.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let flags = Flags::parse();
     let config = match Config::from_flags(flags) {
         Ok(c) => c,

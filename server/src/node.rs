@@ -130,6 +130,7 @@ impl Node {
                 (ids::member_id(urls, &config.cluster_token, 0), Member { name: name.clone(), peer_urls: urls.clone() })
             })
             .collect();
+        crate::data_dir::prepare(&config.data_dir, config.allow_shared_data_dir)?;
         let engine = cairn_store::engine::open(config.engine, &config.data_dir.join("member"))?;
         let (id, cluster_id) = identify(&config, engine.as_ref(), &ids).await?;
         let metrics = Metrics::new(id);

@@ -13,6 +13,7 @@
 use crate::engine::{Engine, ReadView, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use crate::mvcc::{META_AUTH_PREFIX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::snapshot::{HashReader, HashWriter};
 use crate::{ids, snapshot, Revision};
 use sha2::{Digest, Sha256};
 use std::io::{BufReader, Read, Write};
@@ -48,24 +49,6 @@ pub struct BackupStatus {
     pub sha256: [u8; 32],
 }
 
-struct HashWriter<'a> {
-    out: &'a mut dyn Write,
-    sha: Sha256,
-    n: u64,
-}
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
 /// Write a backup of what `view` sees to `out`; returns the bytes written.
 pub fn write(view: &dyn ReadView, out: &mut dyn Write) -> Result<u64> {
     let mut w = HashWriter { out, sha: Sha256::new(), n: 0 };
@@ -78,19 +61,6 @@ pub fn write(view: &dyn ReadView, out: &mut dyn Write) -> Result<u64> {
     let digest = w.sha.finalize();
     out.write_all(&digest).map_err(io)?;
     Ok(n + TRAILER)
-}
-
-struct HashReader<R> {
-    inner: R,
-    sha: Sha256,
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 fn not_a_backup(path: &Path, why: &str) -> StoreError {

@@ -14,10 +14,15 @@
 //! each sync several times slower). A background thread keeps one spare segment ready,
 //! so rotating costs a rename. After the last record of a segment come zeros.
 //!
-//! On open, segments are read in order. In the last segment, bytes after the last valid
-//! record that are not zero are a torn append (a crash mid-write) and are zeroed; in an
-//! earlier segment they are corruption and opening fails. Truncation zeroes the cut
-//! records, so a later recovery can never resurrect them.
+//! On open, segments are read in order. A record that fails its checksum is either a torn
+//! append (a crash mid-write: nothing from it on was acknowledged, since acknowledgement
+//! waits for the fsync) or damage to acknowledged data. It is a torn append only in the
+//! last segment, and only when no valid record follows it or the bad region holds a sector
+//! that was never written (all zeros; etcd's rule, as a later page of one write can reach
+//! the disk before an earlier one): then it is zeroed. Anything else is damage, and
+//! opening fails with an error naming the file, the byte offset and the index, rather than
+//! serving without the records after it. Truncation zeroes the cut records, so a later
+//! recovery can never resurrect them.
 //!
 //! Durability: [`Wal::append`] writes without syncing; [`Wal::sync_handles`] gives the
 //! files a flusher must `fdatasync`. [`Wal::truncate`] and [`Wal::purge`] are durable.
@@ -25,7 +30,7 @@
 use crate::error::{Result, StoreError};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -57,7 +62,7 @@ const SPARE: &str = "spare.tmp";
 
 /// Create `path` at `size` bytes of zeros, durably.
 fn zero_filled(path: &Path, size: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path)?;
     let chunk = vec![0u8; 1 << 20];
     let mut off = 0;
     while off < size {
@@ -147,7 +152,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl Wal {
     /// Open (or create) the log in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Wal> {
-        std::fs::create_dir_all(dir).map_err(|e| io("create dir", e))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create dir", e))?;
         let _ = std::fs::remove_file(dir.join(SPARE));
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)
             .map_err(|e| io("list", e))?
@@ -194,15 +199,40 @@ impl Wal {
                 off = end;
             }
             if let Some(garbage) = data[off..].iter().rposition(|b| *b != 0) {
+                let garbage_end = off + garbage + 1;
+                let expected = wal.next_index();
+                let damaged = |detail: String| {
+                    StoreError::Corrupt(format!(
+                        "wal file {} is damaged: the record at byte {off}{} fails its checksum{detail}. \
+                         This is not a torn write from a crash, and starting would silently drop \
+                         acknowledged writes; recover this member from a healthy member or a backup \
+                         (docs/OPERATIONS.md#recovering-a-damaged-member)",
+                        path.display(),
+                        expected.map(|i| format!(" (index {i})")).unwrap_or_default(),
+                    ))
+                };
                 if !last_segment {
-                    return Err(StoreError::Corrupt(format!(
-                        "wal segment {} is damaged at byte {off} and later segments exist",
-                        path.display()
-                    )));
+                    return Err(damaged(" and later wal files follow it".into()));
                 }
-                // A crash mid-append: zero the partial record.
-                tracing::warn!(segment = %path.display(), at = off, "zeroing a torn record at the end of the wal");
-                zero_range(&file, off as u64, (off + garbage + 1) as u64).map_err(|e| io("zero torn tail", e))?;
+                match valid_record_after(&data[..garbage_end], off, expected) {
+                    // A crash mid-append: what follows the last valid record was never
+                    // acknowledged (its fsync had not returned); zero it.
+                    None => {}
+                    // Valid records after an invalid one: a torn append only if the bad
+                    // region holds a sector that was never written (etcd's rule: a page
+                    // of the same write may reach the disk before an earlier one).
+                    Some((at, _)) if unwritten_sector(&data, off, at) => {}
+                    Some((at, index)) => {
+                        return Err(damaged(format!(" while a valid record (index {index}) follows at byte {at}")));
+                    }
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    from = off,
+                    to = garbage_end,
+                    "zeroing a torn append at the end of the wal (records never acknowledged)"
+                );
+                zero_range(&file, off as u64, garbage_end as u64).map_err(|e| io("zero torn tail", e))?;
             }
             let capacity = data.len() as u64;
             wal.segments.insert(seg, Segment { file: Arc::new(file), len: off as u64, capacity });
@@ -372,6 +402,39 @@ impl Wal {
     }
 }
 
+/// The first record that checks out at an offset after `from` in `data`: `(offset, index)`.
+/// With `expected` known, only an index after it can follow a damaged record.
+fn valid_record_after(data: &[u8], from: usize, expected: Option<u64>) -> Option<(usize, u64)> {
+    let field = |at: usize| -> Option<[u8; 8]> { data.get(at..at + 8)?.try_into().ok() };
+    (from + 1..data.len().saturating_sub(HEADER - 1)).find_map(|at| {
+        let head = field(at)?;
+        let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
+        let sum = u32::from_le_bytes(head[4..].try_into().ok()?);
+        let index = u64::from_le_bytes(field(at + 8)?);
+        let end = at.checked_add(HEADER)?.checked_add(len)?;
+        // A later record's index is at most one per header-sized step past `expected`.
+        let plausible = match expected {
+            Some(e) => index > e && index - e <= ((at - from) / HEADER + 1) as u64,
+            None => index > 0,
+        };
+        (plausible && end <= data.len() && crc(index, &data[at + HEADER..end]) == sum).then_some((at, index))
+    })
+}
+
+/// Disk sector size the torn-write rule works in.
+const SECTOR: usize = 512;
+
+/// Whether `[from, to)` of a segment shows a write that never reached the disk: the
+/// record's header is all zeros, or a whole sector inside is (segments are zero-filled
+/// before use, so unwritten sectors read as zeros).
+fn unwritten_sector(data: &[u8], from: usize, to: usize) -> bool {
+    if data.get(from..from + HEADER).is_some_and(|h| h.iter().all(|b| *b == 0)) {
+        return true;
+    }
+    let first = from.div_ceil(SECTOR) * SECTOR;
+    (first..to).step_by(SECTOR).any(|s| s + SECTOR <= to && data[s..s + SECTOR].iter().all(|b| *b == 0))
+}
+
 /// Read records located by [`Wal::locate`] (positional reads; no lock needed).
 pub fn read_located(locs: Vec<(u64, Arc<File>, u64, u32)>) -> Result<Vec<(u64, Vec<u8>)>> {
     let mut out = Vec::with_capacity(locs.len());
@@ -495,11 +558,40 @@ mod tests {
         let w = Wal::open(d.path(), 1 << 20).unwrap();
         assert_eq!(w.last_index(), Some(11));
         drop(w);
-        // A flipped byte inside the records: the log ends before it.
+        // A flipped byte inside a record with valid records after it: damage, not a torn
+        // write; opening refuses, names the file and the offset, and changes nothing.
         let mut bytes = std::fs::read(&seg).unwrap();
-        bytes[(used / 2) as usize] ^= 0xff;
+        bytes[(used / 3) as usize] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let err = Wal::open(d.path(), 1 << 20).err().expect("a damaged wal must not open");
+        let text = err.to_string();
+        assert!(text.contains(&seg.display().to_string()) && text.contains("at byte"), "{text}");
+        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing repaired");
+        // The same flip in the last record is indistinguishable from a torn append.
+        bytes[(used / 3) as usize] ^= 0xff;
+        let last_payload = (used + (HEADER + "record-11".len()) as u64) as usize - 1;
+        bytes[last_payload] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        assert_eq!(Wal::open(d.path(), 1 << 20).unwrap().last_index(), Some(10));
+    }
+
+    #[test]
+    fn a_torn_multi_sector_append_is_repaired() {
+        // One append of records spanning several sectors, where a middle sector never
+        // reached the disk but later ones did (never acknowledged: no fsync returned).
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), 1 << 20).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        let big: Vec<(u64, Vec<u8>)> = (3..8).map(|i| (i, vec![i as u8 + 1; 700])).collect();
+        w.append(&big).unwrap();
+        drop(w);
+        let seg = d.path().join(name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[SECTOR..2 * SECTOR].fill(0);
         std::fs::write(&seg, &bytes).unwrap();
         let w = Wal::open(d.path(), 1 << 20).unwrap();
-        assert!(w.last_index().unwrap_or(0) < 10);
+        let last = w.last_index().unwrap();
+        assert!((2..5).contains(&last), "log ends before the unwritten sector, at {last}");
+        assert_eq!(w.read(1, 3).unwrap(), recs(1, 3));
     }
 }

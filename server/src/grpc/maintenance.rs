@@ -176,12 +176,18 @@ impl Node {
     /// Write a backup of the store (as `Maintenance.Snapshot` streams it) to an unnamed
     /// file under the snapshot directory; returns it rewound, its size and the revision.
     pub fn write_backup(&self) -> crate::error::Result<(std::fs::File, u64, i64)> {
+        use std::os::unix::fs::OpenOptionsExt;
         let internal = |e: std::io::Error| crate::error::Error::Internal(format!("snapshot: {e}"));
         let dir = self.config.data_dir.join("snap");
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let path = dir.join(format!("backup-{nanos}.tmp"));
-        let mut file =
-            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(internal)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(internal)?;
         // Unlinked at once: the open file is all that is needed, and nothing is left behind.
         let _ = std::fs::remove_file(&path);
         let (view, rev) = self.read(|st| (self.engine.frozen_view(), st.mvcc.current_revision()));

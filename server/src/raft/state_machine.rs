@@ -21,6 +21,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, S
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, BufWriter, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
@@ -201,6 +202,33 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
 }
 
+/// fsync a directory, so a file created or renamed in it survives a crash.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Create the snapshot directory, or empty it of Raft snapshot files left by an earlier run:
+/// nothing reads them after a restart (a snapshot is built anew from the store when one is
+/// needed), and a half-written or half-received one is garbage.
+fn remove_stale_snapshots(dir: &std::path::Path) -> Result<(), cairn_store::StoreError> {
+    let err = |e: std::io::Error| cairn_store::StoreError::Engine(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let path = entry.map_err(err)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".snap") || name.ends_with(".snap.tmp") || name.starts_with("backup-") {
+            std::fs::remove_file(&path).map_err(err)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed snapshot files left by an earlier run");
+        sync_dir(dir).map_err(err)?;
+    }
+    Ok(())
+}
+
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     storage_err(ErrorSubject::StateMachine, verb, e)
 }
@@ -218,7 +246,7 @@ impl StateMachine {
         max_response_bytes: usize,
         lessor: Arc<Lessor>,
     ) -> Result<Self, cairn_store::StoreError> {
-        std::fs::create_dir_all(&snap_dir).map_err(|e| cairn_store::StoreError::Engine(e.to_string()))?;
+        remove_stale_snapshots(&snap_dir)?;
         let mut st = SmState {
             mvcc: Mvcc::open(engine)?,
             last_applied: None,
@@ -283,14 +311,21 @@ impl StateMachine {
                 Some(v) => v.as_ref(),
                 None => &live,
             };
-            let f = std::fs::File::create(&tmp).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let mut w = BufWriter::new(f);
-            snapshot::dump(view, &mut w).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            snapshot::write(view, &mut w).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let f = w.into_inner().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             f.sync_all().map_err(|e| snap_err(ErrorVerb::Write, e))?;
         }
         drop(held);
         std::fs::rename(&tmp, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        sync_dir(&self.snap_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let file = std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.set_current(meta.clone(), path);
         Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
@@ -369,6 +404,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Box::new(tokio::fs::File::from_std(f)))
@@ -401,6 +437,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let path = this.snap_dir.join(format!("{}.snap", meta.snapshot_id));
             std::fs::rename(this.snap_dir.join("incoming.snap.tmp"), &path)
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            sync_dir(&this.snap_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let rev = st.mvcc.current_revision();
             drop(st);
             this.set_current(meta, path);

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod cluster;
 mod crash;
+mod data_dir;
 mod etcdctl;
 mod gateway;
 mod harness;

@@ -246,10 +246,25 @@ fn snapshot_round_trip(kind: EngineKind) {
         put(&mut a, &format!("key{i}"), &format!("v{i}"));
     }
     let mut buf = Vec::new();
-    let n = snapshot::dump(&engine::Live(a.engine().as_ref()), &mut buf).unwrap();
+    let n = snapshot::write(&engine::Live(a.engine().as_ref()), &mut buf).unwrap();
     assert!(n >= 50);
     let (_d2, mut b) = fresh_mvcc(if kind == EngineKind::Redb { EngineKind::Sled } else { EngineKind::Redb });
     put(&mut b, "stale", "x");
+    // A snapshot cut short anywhere (also at a record boundary), with a byte flipped
+    // anywhere, or with bytes after its checksum is refused and nothing is written.
+    let mut damaged: Vec<Vec<u8>> = (0..buf.len()).step_by(7).map(|at| buf[..at].to_vec()).collect();
+    for at in (0..buf.len()).step_by(5) {
+        let mut d = buf.clone();
+        d[at] ^= 0x10;
+        damaged.push(d);
+    }
+    damaged.push([buf.as_slice(), b"x"].concat());
+    for d in damaged {
+        let r = snapshot::load(b.engine().as_ref(), &mut d.as_slice(), WriteBatch::new());
+        assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+    }
+    b.reload().unwrap();
+    assert_eq!(get(&b, "stale", "", 0).unwrap().len(), 1, "a refused snapshot changes nothing");
     snapshot::load(b.engine().as_ref(), &mut buf.as_slice(), WriteBatch::new()).unwrap();
     b.reload().unwrap();
     assert_eq!(b.current_revision(), a.current_revision());
