@@ -551,7 +551,7 @@ pub struct Identity {
 /// What a request brings to prove who it is: a token (gRPC metadata `token`, or
 /// `authorization` as the gateway passes it) and the client certificate of a TLS
 /// connection.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Credentials {
     token: Option<String>,
     certs: Option<std::sync::Arc<Vec<tonic::transport::CertificateDer<'static>>>>,

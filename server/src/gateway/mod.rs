@@ -557,8 +557,10 @@ pub fn router(node: Arc<Node>, services: &Services) -> Router {
         let (g, lease) = (g.clone(), lease.clone());
         let caller = Caller { headers, tls };
         async move {
-            g.bidi(("etcdserverpb.Lease", "LeaseKeepAlive"), caller, body, |req| lease.keep_alive(req.into_inner()))
-                .await
+            g.bidi(("etcdserverpb.Lease", "LeaseKeepAlive"), caller, body, |req| {
+                lease.keep_alive(Credentials::of(&req), req.into_inner())
+            })
+            .await
         }
     };
     r = route(r, "lease/keepalive", post(keepalive_route));

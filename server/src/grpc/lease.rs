@@ -2,7 +2,7 @@
 //! Grants and revocations go through Raft; keepalives and TTL queries are answered by the
 //! leader's lessor (a follower forwards them).
 
-use crate::auth::Need;
+use crate::auth::{Credentials, Need};
 use crate::error::{msg, Error};
 use crate::lease::MAX_TTL;
 use crate::node::Node;
@@ -87,7 +87,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
-        Ok(Response::new(self.keep_alive(req.into_inner())))
+        Ok(Response::new(self.keep_alive(Credentials::of(&req), req.into_inner())))
     }
 
     async fn lease_time_to_live(
@@ -104,7 +104,13 @@ impl Lease for LeaseService {
         Ok(Response::new(self.node.lease_time_to_live(r).await?))
     }
 
-    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        // Beyond etcd (which lists every lease to anyone): with auth on, only an
+        // authenticated user may list leases.
+        let who = self.node.identify(&req).await?;
+        if !who.open {
+            self.node.read(|st| st.auth.check_authenticated(&who.user))?;
+        }
         self.node.read_barrier().await?;
         let leases = self.node.read(|st| st.leases.keys().map(|id| LeaseStatus { id: *id }).collect());
         Ok(Response::new(LeaseLeasesResponse { header: Some(self.node.header(self.revision())), leases }))
@@ -113,8 +119,14 @@ impl Lease for LeaseService {
 
 impl LeaseService {
     /// Serve one keepalive stream: a response per request on `inbound` (a gRPC stream,
-    /// or the gateway's JSON); the stream ends with the requests or at the first error.
-    pub fn keep_alive<S>(&self, mut inbound: S) -> BoxStream<LeaseKeepAliveResponse>
+    /// or the gateway's JSON) from the client with `credentials`; the stream ends with the
+    /// requests or at the first error.
+    ///
+    /// Beyond etcd (which renews any lease for anyone): with auth on, each renewal needs an
+    /// authenticated caller with write permission on every key attached to the lease — the
+    /// rule for revoking it — so nobody can keep a dead client's lock or election alive.
+    /// The caller is resolved for every renewal (auth may be turned on meanwhile).
+    pub fn keep_alive<S>(&self, credentials: Credentials, mut inbound: S) -> BoxStream<LeaseKeepAliveResponse>
     where
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
     {
@@ -129,6 +141,18 @@ impl LeaseService {
                 };
                 // The stream ends (or breaks): nothing is kept for it.
                 let Ok(Some(ka)) = msg else { break };
+                let allowed = match node.identify_by(credentials.clone()).await {
+                    Ok(who) if who.open => Ok(()),
+                    Ok(who) => node.read(|st| {
+                        st.auth.check_authenticated(&who.user)?;
+                        st.auth.check_lease_keys(&who.user, ka.id, Need::Write, &|id| st.mvcc.lease_keys(id))
+                    }),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = allowed {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    break;
+                }
                 let reply = match node.lease_renew(ka.id).await {
                     Ok(ttl) => {
                         let rev = node.read(|st| st.mvcc.current_revision());

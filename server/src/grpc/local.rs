@@ -163,7 +163,8 @@ impl LocalWatch {
     /// Register the watcher (its `created` answer is skipped by [`LocalWatch::next`]).
     pub async fn create(&mut self) {
         if let Some(c) = self.create.take() {
-            self.hub.create(self.sid, c, &self.tx).await;
+            // In-process watchers serve Lock and Election calls, checked when they were made.
+            self.hub.create(self.sid, c, None, &self.tx).await;
         }
     }
 

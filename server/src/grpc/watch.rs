@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// What a watch the caller may not read gets as its cancel reason (etcd sends the
 /// gRPC error's text).
-const WATCH_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// The Watch service of one member.
 pub struct WatchService {
@@ -55,7 +54,6 @@ impl WatchService {
         let shutdown = node.shutdown.clone();
         let sid = hub.open_stream(tx.clone());
         self.node.tasks.spawn(async move {
-            let who = node.identify_by(credentials).await;
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -65,9 +63,14 @@ impl WatchService {
                 match msg {
                     Ok(Some(WatchRequest { request_union: Some(u) })) => match u {
                         RequestUnion::CreateRequest(c) => {
+                            // The caller is resolved for every create: auth may have been
+                            // turned on, or a token may have expired, since the stream opened.
+                            let who = node.identify_by(credentials.clone()).await;
                             let allowed = who.as_ref().is_ok_and(|w| node.check_read(w, &c.key, &c.range_end).is_ok());
-                            if allowed {
-                                hub.create(sid, c, &tx).await
+                            if let (true, Ok(who)) = (allowed, who) {
+                                // Watchers are checked again whenever auth changes (the hub
+                                // cancels those their owner may no longer read).
+                                hub.create(sid, c, Some(who.user), &tx).await
                             } else {
                                 let rev = node.read(|st| st.mvcc.current_revision());
                                 let denied = WatchResponse {
@@ -75,7 +78,7 @@ impl WatchService {
                                     watch_id: -1,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: WATCH_DENIED.to_string(),
+                                    cancel_reason: crate::error::msg::WATCH_DENIED.to_string(),
                                     ..Default::default()
                                 };
                                 if tx.send(Ok(denied)).await.is_err() {

@@ -368,8 +368,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
-        let (rev, events, lease_changes) = {
+        let (rev, events, lease_changes, auth_changed) = {
             let mut st = self.write();
+            let auth_before = (st.auth.enabled, st.auth.revision);
             for entry in entries {
                 let log_id = *entry.get_log_id();
                 st.last_applied = Some(log_id);
@@ -385,8 +386,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let extra = st.applied_batch();
             st.mvcc.commit(extra, false).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            (st.mvcc.current_revision(), st.mvcc.take_events(), st.take_lease_changes())
+            let auth_changed = auth_before != (st.auth.enabled, st.auth.revision);
+            (st.mvcc.current_revision(), st.mvcc.take_events(), st.take_lease_changes(), auth_changed)
         };
+        if auth_changed {
+            // Before these events go out: a watcher its user may no longer read gets none.
+            let denied = {
+                let st = self.read();
+                self.hub.revoke(&|user, key, end| st.auth.check(user, key, end, crate::auth::Need::Read).is_ok())
+            };
+            self.hub.tell_denied(denied);
+        }
         self.lessor.apply(lease_changes);
         self.hub.notify(rev, events);
         self.publish_revision(rev);

@@ -54,6 +54,9 @@ pub struct WatchMetrics {
 }
 
 struct Watcher {
+    /// The user the watcher was created for ("" when auth was off); `None` for the member's
+    /// own watchers. Checked again by [`WatchHub::revoke`] when auth changes.
+    owner: Option<String>,
     key: Vec<u8>,
     /// etcd-form range end: empty = single key, `[0]` = to the end.
     end: Vec<u8>,
@@ -215,7 +218,7 @@ impl WatchHub {
     }
 
     /// Handle a WatchCreateRequest: answer `created` (or why not), then start the watcher.
-    pub async fn create(self: &Arc<Self>, sid: u64, req: WatchCreateRequest, tx: &StreamTx) {
+    pub async fn create(self: &Arc<Self>, sid: u64, req: WatchCreateRequest, owner: Option<String>, tx: &StreamTx) {
         let (current, compacted) = self.store_rev();
         let mut key = req.key;
         if key.is_empty() {
@@ -241,6 +244,7 @@ impl WatchHub {
             } else if let std::collections::hash_map::Entry::Vacant(slot) = stream.watchers.entry(id) {
                 let filters: Vec<i32> = req.filters.clone();
                 slot.insert(Watcher {
+                    owner,
                     key,
                     end,
                     no_put: filters.contains(&(FilterType::Noput as i32)),
@@ -301,6 +305,50 @@ impl WatchHub {
             self.metrics.catching_up.fetch_sub(1, Ordering::Relaxed);
         }
         true
+    }
+
+    /// Remove every client watcher whose owner `may_read` no longer allows to read its
+    /// range (after auth was turned on or permissions shrank); returns what
+    /// [`WatchHub::tell_denied`] must tell their clients. The caller holds the state
+    /// machine still, so no event of a later revision reaches a removed watcher.
+    pub fn revoke(&self, may_read: &dyn Fn(&str, &[u8], &[u8]) -> bool) -> Vec<(StreamTx, i64)> {
+        let mut h = self.lock();
+        let mut denied = Vec::new();
+        for (sid, s) in &h.streams {
+            for (id, w) in &s.watchers {
+                if w.owner.as_deref().is_some_and(|user| !may_read(user, &w.key, &w.end)) {
+                    denied.push((*sid, *id, s.tx.clone()));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(denied.len());
+        for (sid, id, tx) in denied {
+            if let Some(w) = h.streams.get_mut(&sid).and_then(|s| s.watchers.remove(&id)) {
+                h.unindex((sid, id), &w.key, &w.end);
+                self.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+                if !w.synced {
+                    self.metrics.catching_up.fetch_sub(1, Ordering::Relaxed);
+                }
+                out.push((tx, id));
+            }
+        }
+        out
+    }
+
+    /// Tell the clients of watchers removed by [`WatchHub::revoke`] (without blocking on a
+    /// slow one).
+    pub fn tell_denied(&self, denied: Vec<(StreamTx, i64)>) {
+        if denied.is_empty() {
+            return;
+        }
+        tracing::info!(watchers = denied.len(), "canceled watchers their users may no longer read");
+        let rev = self.lock().notified;
+        for (tx, id) in denied {
+            let r = canceled(self.header(rev), id, crate::error::msg::WATCH_DENIED);
+            self.tasks.spawn(async move {
+                let _ = tx.send(Ok(r)).await;
+            });
+        }
     }
 
     /// Handle a WatchCancelRequest. As etcd, an unknown id gets no answer.
@@ -674,7 +722,9 @@ mod tests {
         put(&sm, "a", "2"); // rev 3
         let (tx, mut rx) = mpsc::channel(16);
         let sid = sm.hub.open_stream(tx.clone());
-        sm.hub.create(sid, WatchCreateRequest { key: "a".into(), start_revision: 2, ..Default::default() }, &tx).await;
+        sm.hub
+            .create(sid, WatchCreateRequest { key: "a".into(), start_revision: 2, ..Default::default() }, None, &tx)
+            .await;
         assert!(recv(&mut rx).await.created);
         put(&sm, "a", "3"); // rev 4, published while (or after) history is replayed
         let mut revs = vec![];
@@ -705,7 +755,9 @@ mod tests {
         put(&sm, "a", "1"); // rev 2
         let (tx, mut rx) = mpsc::channel(16);
         let sid = sm.hub.open_stream(tx.clone());
-        sm.hub.create(sid, WatchCreateRequest { key: "a".into(), start_revision: 4, ..Default::default() }, &tx).await;
+        sm.hub
+            .create(sid, WatchCreateRequest { key: "a".into(), start_revision: 4, ..Default::default() }, None, &tx)
+            .await;
         assert!(recv(&mut rx).await.created);
         wait_synced(&sm.hub).await;
         put(&sm, "a", "2"); // rev 3: before the start revision, not owed
@@ -722,7 +774,7 @@ mod tests {
         let sm = setup(dir.path());
         let (tx, mut rx) = mpsc::channel(2);
         let sid = sm.hub.open_stream(tx.clone());
-        sm.hub.create(sid, WatchCreateRequest { key: "k".into(), ..Default::default() }, &tx).await;
+        sm.hub.create(sid, WatchCreateRequest { key: "k".into(), ..Default::default() }, None, &tx).await;
         assert!(recv(&mut rx).await.created);
         wait_synced(&sm.hub).await;
         // Nobody reads: the channel fills and notify must not block.

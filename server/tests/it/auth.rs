@@ -323,3 +323,62 @@ async fn client_certificate_common_name_is_the_user() {
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(body.contains("etcdserver: permission denied"), "{body}");
 }
+
+/// Beyond etcd 3.5 (which does neither): enabling auth or shrinking a role cancels the
+/// watchers their users may no longer read, and keeping a lease alive needs write
+/// permission on its keys (as revoking it does); listing leases needs a user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_changes_cancel_watchers_and_leases_need_their_keys() {
+    use super::watch::Stream;
+    use cairn_api::etcdserverpb::WatchCreateRequest;
+    let c = Cluster::start(1, &["--bcrypt-cost=4"]).await;
+    let ep = c.endpoints();
+    let url = c.members[0].client_url.clone();
+    let denied = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+
+    // A watch opened before auth is enabled, anonymously.
+    let mut early = Stream::open(&url).await;
+    early.create(WatchCreateRequest { key: "/other".into(), ..Default::default() }).await;
+    assert!(early.next().await.created);
+    set_up_users(&ep);
+    // (It sees the put set_up_users makes before enabling auth.)
+    let mut r = early.next().await;
+    while !r.canceled && r.events.iter().all(|e| e.kv.as_ref().is_some_and(|kv| kv.value == b"secret")) {
+        r = early.next().await;
+    }
+    assert!(r.canceled && r.cancel_reason == denied, "{r:?}");
+    ok(&ep, ROOT, &["put", "/other", "after"]);
+    let more = tokio::time::timeout(Duration::from_millis(500), early.rx.message()).await;
+    assert!(!matches!(more, Ok(Ok(Some(ref r))) if !r.events.is_empty()), "an event after the cancel: {more:?}");
+
+    // alice's watch on /app/ ends when her role loses the permission.
+    let token = AuthClient::new(channel(&url).await)
+        .authenticate(AuthenticateRequest { name: "alice".into(), password: "alicepw".into() })
+        .await
+        .expect("authenticate")
+        .into_inner()
+        .token;
+    let mut w = Stream::open_as(&url, Some(&token)).await;
+    w.create(WatchCreateRequest { key: "/app/".into(), range_end: "/app0".into(), ..Default::default() }).await;
+    let r = w.next().await;
+    assert!(r.created && !r.canceled, "{r:?}");
+    ok(&ep, ROOT, &["put", "/app/seen", "1"]);
+    assert_eq!(w.next().await.events.len(), 1);
+    ok(&ep, ROOT, &["role", "revoke-permission", "app-rw", "/app/", "--prefix=true"]);
+    let r = w.next().await;
+    assert!(r.canceled && r.cancel_reason == denied, "{r:?}");
+    // A new watch on the same stream is refused.
+    w.create(WatchCreateRequest { key: "/app/x".into(), ..Default::default() }).await;
+    let r = w.next().await;
+    assert!(r.canceled && r.cancel_reason == denied, "{r:?}");
+
+    // A lease holding /other: only a user who may write /other keeps it alive.
+    let granted = ok(&ep, ROOT, &["lease", "grant", "60"]);
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    ok(&ep, ROOT, &["put", "/other", "leased", "--lease", &id]);
+    refused(&ep, "", &["lease", "keep-alive", "--once", &id], "etcdserver: user name is empty");
+    refused(&ep, BOB, &["lease", "keep-alive", "--once", &id], "etcdserver: permission denied");
+    assert!(ok(&ep, ROOT, &["lease", "keep-alive", "--once", &id]).contains("keepalived"));
+    refused(&ep, "", &["lease", "list"], "etcdserver: user name is empty");
+    assert!(ok(&ep, BOB, &["lease", "list"]).contains(&id));
+}

@@ -17,17 +17,26 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 /// A watch stream: send requests, receive responses with a timeout.
-struct Stream {
+pub(super) struct Stream {
     tx: mpsc::Sender<WatchRequest>,
-    rx: Streaming<WatchResponse>,
+    pub(super) rx: Streaming<WatchResponse>,
 }
 
 impl Stream {
-    async fn open(url: &str) -> Stream {
+    pub(super) async fn open(url: &str) -> Stream {
+        Self::open_as(url, None).await
+    }
+
+    /// A stream opened with an auth `token`.
+    pub(super) async fn open_as(url: &str, token: Option<&str>) -> Stream {
         let mut client =
             WatchClient::connect(url.to_string()).await.expect("connect").max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::channel(16);
-        let rx = client.watch(ReceiverStream::new(rx)).await.expect("watch stream").into_inner();
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut().insert("token", t.parse().expect("token metadata"));
+        }
+        let rx = client.watch(req).await.expect("watch stream").into_inner();
         Stream { tx, rx }
     }
 
@@ -35,11 +44,11 @@ impl Stream {
         self.tx.send(WatchRequest { request_union: Some(r) }).await.expect("stream open");
     }
 
-    async fn create(&self, req: WatchCreateRequest) {
+    pub(super) async fn create(&self, req: WatchCreateRequest) {
         self.send(RequestUnion::CreateRequest(req)).await;
     }
 
-    async fn next(&mut self) -> WatchResponse {
+    pub(super) async fn next(&mut self) -> WatchResponse {
         tokio::time::timeout(Duration::from_secs(10), self.rx.message())
             .await
             .expect("a watch response within 10 s")
