@@ -27,20 +27,20 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
     // applies, as etcd's capped applier; decided here so every member agrees.
     if state.no_space() && adds_data(req) {
         let response = Some(refused(Code::ResourceExhausted, msg::NO_SPACE));
-        return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
+        return Ok(RaftResponse { revision: state.mvcc.current_revision(), response, log_index: 0 });
     }
     // Under a CORRUPT alarm no data changes at all (etcd's corrupt applier) until an
     // operator has looked and disarmed it.
     if state.corrupt() && changes_data(req) {
         let response = Some(refused(Code::DataLoss, msg::CORRUPT));
-        return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
+        return Ok(RaftResponse { revision: state.mvcc.current_revision(), response, log_index: 0 });
     }
     // With auth on, a client's request is checked again against the auth state of
     // this moment: a permission revoked while the request was in flight stops it.
     if let Some(request) = &req.request {
         if let Err(e) = crate::auth::check_at_apply(state, req.caller.as_ref(), request) {
             let response = Some(refused(e.code(), &e.message()));
-            return Ok(RaftResponse { revision: state.mvcc.current_revision(), response });
+            return Ok(RaftResponse { revision: state.mvcc.current_revision(), response, log_index: 0 });
         }
     }
     let leases = &state.leases;
@@ -126,7 +126,7 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
             R::Error(ApplyError { code: e.code() as i32, message: e.message() })
         }
     };
-    Ok(RaftResponse { revision: state.mvcc.current_revision(), response: Some(response) })
+    Ok(RaftResponse { revision: state.mvcc.current_revision(), response: Some(response), log_index: 0 })
 }
 
 /// Whether `req` may grow the store: puts, txns with a put anywhere, lease grants.

@@ -134,7 +134,7 @@ async fn write_loop(
                 }
             };
             let result = match raft.client_write(Request(entry)).await {
-                Ok(r) => Ok(r.data.0),
+                Ok(r) => Ok((r.log_id.index, r.data.0)),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     Err(forward(f.leader_id, f.leader_node))
                 }
@@ -142,19 +142,21 @@ async fn write_loop(
                 Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
             };
             match result {
-                Ok(resp) if single => {
+                Ok((index, mut resp)) if single => {
                     if let Some(tx) = replies.into_iter().next() {
+                        resp.log_index = index;
                         let _ = tx.send(Ok(resp));
                     }
                 }
-                Ok(RaftResponse { response: Some(raft_response::Response::Batch(b)), .. })
+                Ok((index, RaftResponse { response: Some(raft_response::Response::Batch(b)), .. }))
                     if b.responses.len() == replies.len() =>
                 {
-                    for (tx, r) in replies.into_iter().zip(b.responses) {
+                    for (tx, mut r) in replies.into_iter().zip(b.responses) {
+                        r.log_index = index;
                         let _ = tx.send(Ok(r));
                     }
                 }
-                Ok(other) => {
+                Ok((_, other)) => {
                     let e = NotDone::Other(format!("unexpected batch result {other:?}"));
                     for tx in replies {
                         let _ = tx.send(Err(e.clone()));

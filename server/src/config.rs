@@ -51,6 +51,19 @@ pub struct Flags {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: usize,
+    /// Maximum number of concurrent HTTP/2 streams on one client or peer connection.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 10_000)]
+    pub max_concurrent_streams: u32,
+    /// How often the server pings an idle client connection (etcd's default: 2h).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long the server waits for a ping's answer before closing the connection.
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Watchers one watch stream may hold (Cairn's; etcd sets no limit). A create past it
+    /// is canceled with a reason.
+    #[arg(long, env = "CAIRN_MAX_WATCHERS_PER_STREAM", default_value_t = 100_000)]
+    pub max_watchers_per_stream: usize,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -142,6 +155,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Start on a data directory other users may read.
     pub allow_shared_data_dir: bool,
+    /// HTTP/2 limits of the client and peer listeners.
+    pub http2: crate::tls::Http2Limits,
+    /// Watchers one watch stream may hold.
+    pub max_watchers_per_stream: usize,
     /// Client listen URLs.
     pub listen_client_urls: Vec<String>,
     /// Advertised client URLs.
@@ -260,6 +277,12 @@ impl Config {
         let c = Config {
             data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.cairn", f.name))),
             allow_shared_data_dir: f.allow_shared_data_dir,
+            http2: crate::tls::Http2Limits {
+                max_concurrent_streams: f.max_concurrent_streams.max(1),
+                keepalive_interval: f.grpc_keepalive_interval.max(Duration::from_secs(1)),
+                keepalive_timeout: f.grpc_keepalive_timeout.max(Duration::from_secs(1)),
+            },
+            max_watchers_per_stream: f.max_watchers_per_stream.max(1),
             name: f.name,
             listen_client_urls: split(&f.listen_client_urls),
             advertise_client_urls: split(&f.advertise_client_urls),

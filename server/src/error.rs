@@ -28,7 +28,8 @@ pub mod msg {
     /// Proclaim/Resign without the leader key.
     pub const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
     pub const TIMEOUT: &str = "etcdserver: request timed out";
-    /// The cancel reason of a watch its caller may not (or no longer) read, as etcd words it.
+    /// The cancel reason of a watch its caller may not (or no longer) read: etcd sends the
+    /// gRPC error's text.
     pub const WATCH_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
     pub const TIMEOUT_CONN_LOST: &str = "etcdserver: request timed out, possibly due to connection lost";
     pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";

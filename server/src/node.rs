@@ -139,6 +139,7 @@ impl Node {
         let lessor = Arc::new(Lessor::new(config.election_timeout));
         let sm =
             StateMachine::open(engine.clone(), config.data_dir.join("snap"), config.max_request_bytes, lessor.clone())?;
+        sm.hub.set_max_watchers_per_stream(config.max_watchers_per_stream);
         let et = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: config.cluster_token.clone(),
@@ -431,7 +432,18 @@ impl Node {
                             });
                             r.set_timeout(deadline.saturating_duration_since(Instant::now()));
                             match client.propose(r).await {
-                                Ok(resp) => return into_result(resp.into_inner()),
+                                Ok(resp) => {
+                                    // As etcd, answer once this member has applied the write too:
+                                    // what the client does next here sees it.
+                                    let resp = resp.into_inner();
+                                    let wait = deadline.saturating_duration_since(Instant::now());
+                                    let _ = self
+                                        .raft
+                                        .wait(Some(wait))
+                                        .applied_index_at_least(Some(resp.log_index), "forwarded write")
+                                        .await;
+                                    return into_result(resp);
+                                }
                                 // The leader moved before it proposed, or the request never
                                 // reached it (connection refused): safe to retry.
                                 Err(s) if s.message() == crate::error::msg::NOT_LEADER || never_sent(&s) => {}

@@ -29,6 +29,8 @@ pub fn free_port() -> std::io::Result<u16> {
 /// plus `extra` flags; returns once it leads itself (or after 10 s, with an error).
 pub async fn start_loopback(dir: &Path, extra: &[&str]) -> anyhow::Result<NodeHandle> {
     let (c, p) = (free_port()?, free_port()?);
+    // A member refuses a data directory other users can read (a fresh tempdir may be 0755).
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let mut args: Vec<String> = vec!["cairn".into(), "--data-dir".into(), dir.display().to_string()];
     for (flag, url) in [
         ("--listen-client-urls", format!("http://127.0.0.1:{c}")),

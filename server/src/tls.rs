@@ -41,7 +41,8 @@ impl TlsFiles {
 
     /// The server side; `prefix` is `""` or `"peer-"` (for messages).
     pub fn server(&self, prefix: &str) -> Result<ServerTlsConfig, String> {
-        let mut c = ServerTlsConfig::new().identity(self.identity(prefix)?);
+        // A client that opens a connection and never finishes the handshake is dropped.
+        let mut c = ServerTlsConfig::new().identity(self.identity(prefix)?).timeout(HANDSHAKE_TIMEOUT);
         match &self.trusted_ca {
             Some(ca) => {
                 let ca = read(&format!("{prefix}trusted-ca-file"), ca)?;
@@ -64,10 +65,35 @@ impl TlsFiles {
     }
 }
 
-/// A tonic server builder, serving TLS with `tls`; `None` (logged) if the configuration
-/// is unusable.
-pub fn server_builder(tls: Option<ServerTlsConfig>, what: &str) -> Option<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder();
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/2 limits of a listener (etcd's `--max-concurrent-streams`, `--grpc-keepalive-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Limits {
+    /// Streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Ping an idle client this often ...
+    pub keepalive_interval: std::time::Duration,
+    /// ... and close the connection if the ping is not answered within this.
+    pub keepalive_timeout: std::time::Duration,
+}
+
+/// A tonic server builder with `limits`, serving TLS with `tls`; `None` (logged) if the
+/// configuration is unusable.
+pub fn server_builder(
+    tls: Option<ServerTlsConfig>,
+    limits: Http2Limits,
+    what: &str,
+) -> Option<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // tonic leaves these unset, which lifts hyper's limits: a client resetting streams
+        // as fast as it opens them (the "rapid reset" flood) must be cut off.
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024));
     match tls {
         None => Some(builder),
         Some(tls) => match builder.tls_config(tls) {

@@ -26,7 +26,7 @@ impl KvService {
 
     async fn write(&self, who: &Identity, req: raft_request::Request) -> Result<(i64, raft_response::Response)> {
         let req = self.node.client_request(who, req)?;
-        let RaftResponse { revision, response } = self.node.propose(req).await?;
+        let RaftResponse { revision, response, .. } = self.node.propose(req).await?;
         let r = response.ok_or_else(|| Error::Internal("empty apply result".into()))?;
         Ok((revision, r))
     }

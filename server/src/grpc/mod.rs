@@ -202,7 +202,7 @@ async fn serve_http<S, F>(
     F: std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send + 'static,
 {
     let token = node.shutdown.clone();
-    let Some(builder) = crate::tls::server_builder(tls, what) else { return };
+    let Some(builder) = crate::tls::server_builder(tls, node.config.http2, what) else { return };
     let res = builder
         .accept_http1(true)
         .layer(tower::util::MapResponseLayer::new(grpc_go_size_error))

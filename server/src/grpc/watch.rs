@@ -15,9 +15,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// What a watch the caller may not read gets as its cancel reason (etcd sends the
-/// gRPC error's text).
-
 /// The Watch service of one member.
 pub struct WatchService {
     node: Arc<Node>,

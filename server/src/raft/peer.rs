@@ -25,9 +25,10 @@ pub struct PeerService {
 /// Serve the peer port on `listener` until the member shuts down.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<tonic::transport::ServerTlsConfig>) {
     let token = node.shutdown.clone();
+    let limits = node.config.http2;
     let svc =
         PeerServer::new(PeerService { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let Some(mut builder) = crate::tls::server_builder(tls, "peer") else { return };
+    let Some(mut builder) = crate::tls::server_builder(tls, limits, "peer") else { return };
     let res = builder.add_service(svc).serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned()).await;
     if let Err(e) = res {
         tracing::error!("peer server: {e}");

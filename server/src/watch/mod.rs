@@ -129,12 +129,17 @@ impl Hub {
     }
 }
 
+/// Whether a user may read an etcd-form key range: `(user, key, range_end)`.
+pub type MayRead<'a> = dyn Fn(&str, &[u8], &[u8]) -> bool + 'a;
+
 /// The hub of one member.
 pub struct WatchHub {
     hub: Mutex<Hub>,
     sm: Arc<RwLock<SmState>>,
     header: OnceLock<HeaderFn>,
     max_response_bytes: usize,
+    /// Watchers one stream may hold (`--max-watchers-per-stream`).
+    max_watchers: std::sync::atomic::AtomicUsize,
     /// Counters for /metrics.
     pub metrics: WatchMetrics,
     tasks: TaskTracker,
@@ -159,10 +164,16 @@ impl WatchHub {
             sm,
             header: OnceLock::new(),
             max_response_bytes,
+            max_watchers: std::sync::atomic::AtomicUsize::new(usize::MAX),
             metrics: WatchMetrics::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Limit the watchers of one stream (`--max-watchers-per-stream`).
+    pub fn set_max_watchers_per_stream(&self, n: usize) {
+        self.max_watchers.store(n, Ordering::Relaxed);
     }
 
     /// Set how response headers are made (cluster, member, term); called once at start.
@@ -241,6 +252,8 @@ impl WatchHub {
             };
             if bad_range {
                 Err((id, "mvcc: watcher range is empty"))
+            } else if stream.watchers.len() >= self.max_watchers.load(Ordering::Relaxed) {
+                Err((id, "cairn: too many watchers on this stream (--max-watchers-per-stream)"))
             } else if let std::collections::hash_map::Entry::Vacant(slot) = stream.watchers.entry(id) {
                 let filters: Vec<i32> = req.filters.clone();
                 slot.insert(Watcher {
@@ -311,7 +324,7 @@ impl WatchHub {
     /// range (after auth was turned on or permissions shrank); returns what
     /// [`WatchHub::tell_denied`] must tell their clients. The caller holds the state
     /// machine still, so no event of a later revision reaches a removed watcher.
-    pub fn revoke(&self, may_read: &dyn Fn(&str, &[u8], &[u8]) -> bool) -> Vec<(StreamTx, i64)> {
+    pub fn revoke(&self, may_read: &MayRead<'_>) -> Vec<(StreamTx, i64)> {
         let mut h = self.lock();
         let mut denied = Vec::new();
         for (sid, s) in &h.streams {

@@ -338,3 +338,41 @@ async fn ten_thousand_watchers_on_one_member() {
     }
     h.stop().await;
 }
+
+/// `--max-watchers-per-stream` bounds one stream's watchers; `--max-concurrent-streams`
+/// bounds the streams of one connection (a request past it waits for a free stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_per_stream_and_streams_per_connection_are_bounded() {
+    use cairn_api::etcdserverpb::kv_client::KvClient;
+    use cairn_api::etcdserverpb::RangeRequest;
+    let c = Cluster::start(1, &["--max-watchers-per-stream", "3", "--max-concurrent-streams", "2"]).await;
+    let url = c.members[0].client_url.clone();
+    let mut s = Stream::open(&url).await;
+    for i in 0..4 {
+        s.create(WatchCreateRequest { key: format!("w{i}").into(), ..Default::default() }).await;
+        let r = s.next().await;
+        assert!(r.created, "{r:?}");
+        assert_eq!(r.canceled, i == 3, "watcher {i}: {r:?}");
+        if i == 3 {
+            assert!(r.cancel_reason.contains("--max-watchers-per-stream"), "{r:?}");
+        }
+    }
+    drop(s);
+
+    let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
+    let open = |ch: tonic::transport::Channel| async move {
+        let (tx, rx) = mpsc::channel::<WatchRequest>(1);
+        let resp = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.expect("watch stream").into_inner();
+        (tx, resp)
+    };
+    let first = open(channel.clone()).await;
+    let second = open(channel.clone()).await;
+    let mut kv = KvClient::new(channel);
+    let range = RangeRequest { key: "k".into(), ..Default::default() };
+    let blocked = tokio::time::timeout(Duration::from_millis(1500), kv.range(range.clone())).await;
+    assert!(blocked.is_err(), "a third stream on the connection was served: {blocked:?}");
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(10), kv.range(range)).await;
+    assert!(matches!(served, Ok(Ok(_))), "{served:?}");
+    drop(second);
+}
