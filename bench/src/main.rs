@@ -120,6 +120,14 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         leases: u64,
     },
+    /// --leases leases of --ttl seconds, each renewed every TTL/3 (paced) for --duration
+    /// (default 20 s); reports keepalives/s and the Raft entries committed meanwhile.
+    LeaseFleet {
+        #[arg(long, default_value_t = 10_000)]
+        leases: u64,
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+    },
     /// Run the same workloads against etcd and Cairn and print one table of ratios.
     Compare(compare::CompareArgs),
 }
@@ -146,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::LeaseKeepalive => workloads::lease_keepalive(&cli.opts).await?,
         Cmd::LeaseGrantRevoke => workloads::lease_grant_revoke(&cli.opts).await?,
         Cmd::LeaseStorm { leases } => workloads::lease_storm(&cli.opts, leases).await?,
+        Cmd::LeaseFleet { leases, ttl } => workloads::lease_fleet(&cli.opts, leases, ttl).await?,
         Cmd::Compare(args) => return compare::run(args, cli.opts).await,
     };
     if cli.opts.json {

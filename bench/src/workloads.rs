@@ -367,6 +367,91 @@ pub async fn lease_keepalive(opts: &Opts) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// A fleet of `leases` leases of `ttl` seconds, each renewed every TTL/3 as client libraries
+/// do (paced, spread over `--clients` keepalive streams), for `--duration` (default 20 s).
+/// Reports the keepalives and, in `extra`, the Raft entries the member committed meanwhile
+/// (`raft_entries_per_s`, from Status: the cost of replicating lease state).
+pub async fn lease_fleet(opts: &Opts, leases: u64, ttl: i64) -> anyhow::Result<Report> {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, StatusRequest};
+    use tokio::sync::Mutex;
+
+    let chans = connect(opts).await?;
+    // Granted 64 at a time, in the order they are renewed (the first is renewed first).
+    let mut ids = Vec::with_capacity(leases as usize);
+    let mut lc = LeaseClient::new(chans[0].clone());
+    for chunk in (0..leases).collect::<Vec<_>>().chunks(64) {
+        let grants = chunk.iter().map(|i| {
+            let mut lc = LeaseClient::new(chans[*i as usize % chans.len()].clone());
+            async move { lc.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await.map(|r| r.into_inner().id) }
+        });
+        for id in futures_join_all(grants).await {
+            ids.push(id?);
+        }
+    }
+    let mut streams = Vec::new();
+    for c in 0..opts.clients.max(1) {
+        let mut lc = LeaseClient::new(chans[c % chans.len()].clone());
+        let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1);
+        tx.send(LeaseKeepAliveRequest { id: ids[c % ids.len()] }).await?;
+        let mut inbound = lc.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        inbound.message().await?;
+        streams.push(Arc::new(Mutex::new((tx, inbound))));
+    }
+    let raft_index = |ch: Ch| async move {
+        MaintenanceClient::new(ch).status(StatusRequest {}).await.map(|s| s.into_inner().raft_index)
+    };
+    let before = raft_index(chans[0].clone()).await?;
+    let paced = Opts {
+        rate: leases as f64 * 3.0 / ttl.max(1) as f64,
+        duration: Some(opts.duration.unwrap_or(20)),
+        ..opts.clone()
+    };
+    let (ids, handles) = (Arc::new(ids), Arc::new(streams));
+    let ids_op = ids.clone();
+    let mut report = drive("lease-fleet", &paced, move |c, seq| {
+        let id = ids_op[(seq % ids_op.len() as u64) as usize];
+        let s = handles[c % handles.len()].clone();
+        async move {
+            let mut s = s.lock().await;
+            s.0.send(LeaseKeepAliveRequest { id })
+                .await
+                .map_err(|_| tonic::Status::unavailable("keepalive stream closed"))?;
+            match s.1.message().await? {
+                Some(r) if r.ttl > 0 => Ok(()),
+                Some(_) => Err(tonic::Status::not_found("lease expired")),
+                None => Err(tonic::Status::unavailable("keepalive stream ended")),
+            }
+        }
+    })
+    .await;
+    let after = raft_index(chans[0].clone()).await?;
+    for id in ids.iter() {
+        let _ = lc.lease_revoke(LeaseRevokeRequest { id: *id }).await;
+    }
+    let entries = after.saturating_sub(before);
+    report.extra.insert("leases".into(), leases.into());
+    report.extra.insert("ttl_s".into(), ttl.into());
+    report.extra.insert("raft_entries".into(), entries.into());
+    report.extra.insert("raft_entries_per_s".into(), (entries as f64 / report.seconds.max(1e-9)).into());
+    Ok(report)
+}
+
+/// Await every future, in order (a small join_all: tokio has none for a Vec).
+async fn futures_join_all<T: Send + 'static>(
+    futs: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// Grant a lease and revoke it again: one operation = both calls.
 pub async fn lease_grant_revoke(opts: &Opts) -> anyhow::Result<Report> {
     use cairn_api::etcdserverpb::lease_client::LeaseClient;

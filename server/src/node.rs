@@ -571,16 +571,17 @@ impl Node {
             match self.lease_leader().await? {
                 None => {
                     return match self.lessor.renew(id) {
-                        Some((ttl, reset)) => {
-                            if reset {
-                                // A later leader must not honour the remaining TTL checkpointed
-                                // before this keepalive.
+                        Some(r) => {
+                            if r.needs_record {
+                                // Answered only once every member's floor covers it, so no
+                                // later leader expires the lease before this keepalive + TTL.
                                 let cp = LeaseCheckpointRequest {
-                                    checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: ttl }],
+                                    checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: r.record_ttl() }],
                                 };
                                 self.propose(RaftRequest::internal(raft_request::Request::LeaseCheckpoint(cp))).await?;
+                                self.lessor.covered(id, r.at);
                             }
-                            Ok(ttl)
+                            Ok(r.ttl)
                         }
                         None => Ok(0),
                     };

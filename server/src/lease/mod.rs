@@ -4,12 +4,22 @@
 //! records and attached keys change only by applying Raft entries.
 //!
 //! Every member tracks every lease (from the state machine's change feed), but only the
-//! leader has expiry times. On becoming leader it gives each lease its checkpointed
-//! remaining TTL (or the full TTL if none) from that moment, so no lease expires early
-//! because of the election; on losing leadership it stops expiring at once.
+//! leader has expiry times and answers keepalives. On losing leadership a lessor stops
+//! expiring at once.
 //!
-//! A keepalive after a checkpoint proposes a checkpoint of the full TTL, so a later
-//! leader never honours a remaining TTL older than the last keepalive.
+//! The bound across leader changes. Every member keeps, per lease, a *floor*: the latest
+//! of `apply time + remaining` over the lease's records it applied (grant: TTL + slack,
+//! checkpoints: their remaining TTL), on its own monotonic clock. A leader answers a
+//! keepalive at `k` only once a committed checkpoint of `TTL + slack` proposed at some
+//! `p >= k - slack` exists ("covered"), proposing one and waiting for it when not. Any
+//! member applied that record at `a >= p`, so its floor is at least `k + TTL`: a new leader
+//! that expires every lease at its floor never expires one early, and expires one that
+//! nobody keeps alive at most `slack` (plus commit latency) after `last keepalive + TTL`,
+//! however long the election took. `slack = max(1 s, TTL/10)` (whole seconds), so a lease
+//! kept alive every TTL/3 costs one small Raft record per keepalive at most, and one per
+//! `slack` when kept alive faster. Periodic checkpoints (`--lease-checkpoint-interval`) of
+//! the remaining TTL only matter after a whole-cluster restart, where the persisted
+//! remaining TTL is counted from startup.
 
 use crate::node::Node;
 use crate::raft::state_machine::LeaseChange;
@@ -28,8 +38,37 @@ struct Lease {
     ttl: i64,
     /// Checkpointed remaining TTL (0: none).
     remaining: i64,
+    /// No leader may expire the lease before this (see the module docs).
+    floor: Instant,
     /// Leader only: when it expires.
     expiry: Option<Instant>,
+    /// Leader only: keepalives up to this instant are covered by a committed record.
+    covered: Option<Instant>,
+}
+
+/// How much later than `last keepalive + TTL` a lease may be revoked after a leader change
+/// (whole seconds, at most max(1 s, TTL/10)).
+pub fn slack(ttl: i64) -> i64 {
+    (ttl / 10).max(1)
+}
+
+/// What the leader's lessor says of a keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// The lease's TTL (what the keepalive answers).
+    pub ttl: i64,
+    /// A checkpoint of [`Renewal::record_ttl`] must commit before the keepalive is answered;
+    /// then call [`Lessor::covered`] with `at`.
+    pub needs_record: bool,
+    /// When the renewal was made (the record's proposal time is no earlier).
+    pub at: Instant,
+}
+
+impl Renewal {
+    /// The remaining TTL the covering checkpoint carries.
+    pub fn record_ttl(&self) -> i64 {
+        self.ttl.saturating_add(slack(self.ttl))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +109,9 @@ impl Lessor {
             match c {
                 LeaseChange::Granted(LeaseRecord { id, ttl, remaining_ttl }) => {
                     let expiry = s.leader.then(|| far(if remaining_ttl > 0 { remaining_ttl } else { ttl }));
-                    s.leases.insert(id, Lease { ttl, remaining: remaining_ttl, expiry });
+                    // The grant was proposed before any member applies it, and answered after.
+                    let floor = far(if remaining_ttl > 0 { remaining_ttl } else { ttl.saturating_add(slack(ttl)) });
+                    s.leases.insert(id, Lease { ttl, remaining: remaining_ttl, floor, expiry, covered: None });
                 }
                 LeaseChange::Revoked(id) => {
                     s.leases.remove(&id);
@@ -79,6 +120,9 @@ impl Lessor {
                 LeaseChange::Checkpointed(id, remaining) => {
                     if let Some(l) = s.leases.get_mut(&id) {
                         l.remaining = remaining;
+                        // The latest bound wins: a checkpoint proposed before a renewal but
+                        // applied after its record must not pull the floor back.
+                        l.floor = l.floor.max(far(remaining));
                     }
                 }
             }
@@ -94,13 +138,15 @@ impl Lessor {
         self.apply(records.into_iter().map(LeaseChange::Granted).collect());
     }
 
-    /// This member became leader: start every lease's clock from now.
+    /// This member became leader: every lease expires at its floor (never before the last
+    /// keepalive the old leader answered + TTL; see the module docs).
     pub fn promote(&self) {
         let mut s = self.lock();
         s.leader = true;
         s.revoking.clear();
         for l in s.leases.values_mut() {
-            l.expiry = Some(far(if l.remaining > 0 { l.remaining } else { l.ttl }));
+            l.expiry = Some(l.floor);
+            l.covered = None;
         }
     }
 
@@ -111,6 +157,7 @@ impl Lessor {
         s.revoking.clear();
         for l in s.leases.values_mut() {
             l.expiry = None;
+            l.covered = None;
         }
     }
 
@@ -119,9 +166,36 @@ impl Lessor {
         self.lock().leader
     }
 
-    /// Leader: renew `id`. Returns its TTL, and whether a checkpoint of the full TTL
-    /// should be proposed; `None` if the lease is unknown or already expired.
-    pub fn renew(&self, id: i64) -> Option<(i64, bool)> {
+    /// Every lease's floor, as time left from now (zero when past).
+    pub fn floors(&self) -> Vec<(i64, Duration)> {
+        let now = Instant::now();
+        self.lock().leases.iter().map(|(id, l)| (*id, l.floor.saturating_duration_since(now))).collect()
+    }
+
+    /// Lower floors to what another member reports, for every lease whose floor is still
+    /// `mine` (taken before asking): a member restarted recently re-applied its records at
+    /// startup, so its floors are late; one that applied at least as far as this one knows
+    /// every record this one does, so its floors are never early. Called before `promote`.
+    pub fn lower_floors(&self, mine: &HashMap<i64, Instant>, reported: &[(i64, Instant)]) -> usize {
+        let mut s = self.lock();
+        let mut lowered = 0;
+        for (id, theirs) in reported {
+            let Some(l) = s.leases.get_mut(id) else { continue };
+            if mine.get(id) == Some(&l.floor) && *theirs < l.floor {
+                l.floor = *theirs;
+                lowered += 1;
+            }
+        }
+        lowered
+    }
+
+    /// Every lease's floor as an instant (to pass to [`Lessor::lower_floors`] later).
+    pub fn floor_instants(&self) -> HashMap<i64, Instant> {
+        self.lock().leases.iter().map(|(id, l)| (*id, l.floor)).collect()
+    }
+
+    /// Leader: renew `id`; `None` if the lease is unknown or already expired.
+    pub fn renew(&self, id: i64) -> Option<Renewal> {
         let mut s = self.lock();
         let now = Instant::now();
         let l = s.leases.get_mut(&id)?;
@@ -129,12 +203,17 @@ impl Lessor {
             return None;
         }
         l.expiry = Some(far(l.ttl));
-        let reset = l.remaining > 0 && l.remaining < l.ttl;
-        if reset {
-            // Optimistically, so a burst of keepalives proposes one checkpoint.
-            l.remaining = l.ttl;
+        Some(Renewal { ttl: l.ttl, needs_record: l.covered.is_none_or(|c| now > c), at: now })
+    }
+
+    /// Leader: a record for a renewal made at `at` committed; keepalives until `at + slack`
+    /// need no other.
+    pub fn covered(&self, id: i64, at: Instant) {
+        let mut s = self.lock();
+        if let Some(l) = s.leases.get_mut(&id) {
+            let until = at + Duration::from_secs(slack(l.ttl) as u64);
+            l.covered = Some(l.covered.map_or(until, |c| c.max(until)));
         }
-        Some((l.ttl, reset))
     }
 
     /// Leader: (granted TTL, remaining seconds) of `id`.
@@ -215,6 +294,7 @@ pub async fn run_leadership(node: Arc<Node>) {
                 // Wait until this term's first entry is applied, so the lease table holds
                 // everything committed before the election.
                 let _ = node.read_barrier().await;
+                lower_floors_from_peers(&node).await;
                 node.lessor.promote();
                 tracing::info!(leases = node.lessor.len(), "lessor promoted: this member now expires leases");
             } else {
@@ -226,6 +306,46 @@ pub async fn run_leadership(node: Arc<Node>) {
             _ = node.shutdown.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+/// Before promoting: take the lower floors of peers that applied at least as far as this
+/// member (see [`Lessor::lower_floors`]); peers that do not answer within an election
+/// timeout are left out (this member's own floors are never early).
+async fn lower_floors_from_peers(node: &Arc<Node>) {
+    use cairn_api::cairnpb::LeaseFloorsRequest;
+    if node.lessor.is_empty() {
+        return;
+    }
+    let mine = node.lessor.floor_instants();
+    let applied = node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    let membership = node.raft.metrics().borrow().membership_config.clone();
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, member) in membership.membership().nodes() {
+        if *id == node.id {
+            continue;
+        }
+        let Some(mut c) = node.peer_client(*id, member) else { continue };
+        let mut req = tonic::Request::new(LeaseFloorsRequest { cluster_id: node.cluster_id });
+        req.set_timeout(node.config.election_timeout);
+        asks.spawn(async move {
+            let sent = Instant::now();
+            c.lease_floors(req).await.map(|r| (sent, r.into_inner()))
+        });
+    }
+    let mut lowered = 0;
+    while let Some(answer) = asks.join_next().await {
+        let Ok(Ok((sent, r))) = answer else { continue };
+        if r.applied_index < applied {
+            continue;
+        }
+        // Counted from when the question was sent: the answer is no older, so never early.
+        let theirs: Vec<(i64, Instant)> =
+            r.floors.iter().map(|f| (f.id, sent + Duration::from_millis(f.remaining_ms.max(0) as u64))).collect();
+        lowered += node.lessor.lower_floors(&mine, &theirs);
+    }
+    if lowered > 0 {
+        tracing::info!(leases = lowered, "lease floors lowered to what up-to-date members know");
     }
 }
 
@@ -299,23 +419,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_a_leader_expires_and_promotion_honours_checkpoints() {
+    async fn only_a_leader_expires_and_a_new_one_keeps_the_floor() {
         let l = Lessor::new(Duration::from_millis(1000));
         l.apply(vec![LeaseChange::Granted(LeaseRecord { id: 1, ttl: 10, remaining_ttl: 0 })]);
         l.apply(vec![LeaseChange::Granted(LeaseRecord { id: 2, ttl: 10, remaining_ttl: 0 })]);
+        // A checkpoint proposed earlier than the grant's bound does not pull the floor back.
         l.apply(vec![LeaseChange::Checkpointed(2, 3)]);
-        tokio::time::advance(Duration::from_secs(60)).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
         assert!(l.take_expired(10).is_empty(), "followers never expire leases");
+        // The old leader renewed lease 1 and committed a record of TTL + slack.
+        l.apply(vec![LeaseChange::Checkpointed(1, 11)]);
         l.promote();
-        assert_eq!(l.time_to_live(1), Some((10, 10)));
-        assert_eq!(l.time_to_live(2), Some((10, 3)), "checkpointed remaining TTL honoured");
-        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(l.time_to_live(1), Some((10, 11)));
+        assert_eq!(l.time_to_live(2), Some((10, 6)), "grant + TTL + slack, counted from the grant");
+        tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(l.take_expired(10), vec![2]);
         assert!(l.take_expired(10).is_empty(), "not proposed twice");
-        // A keepalive extends, and asks for a checkpoint reset after a checkpoint.
-        l.apply(vec![LeaseChange::Checkpointed(1, 5)]);
-        assert_eq!(l.renew(1), Some((10, true)));
-        assert_eq!(l.renew(1), Some((10, false)));
+        // A keepalive extends; it needs a covering record unless one was committed for a
+        // renewal at most `slack` (1 s for TTL 10) before it.
+        let r = l.renew(1).expect("renewed");
+        assert_eq!((r.ttl, r.needs_record, r.record_ttl()), (10, true, 11));
+        l.covered(1, r.at);
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!l.renew(1).expect("renewed").needs_record, "covered");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(l.renew(1).expect("renewed").needs_record, "past the covered window");
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(l.take_expired(10).is_empty());
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -324,5 +452,67 @@ mod tests {
         l.demote();
         l.revoke_failed(1);
         assert!(l.take_expired(10).is_empty(), "a demoted lessor stops expiring at once");
+    }
+
+    /// A restarted member's late floors are lowered to an up-to-date peer's, but never a
+    /// floor that moved since it was read (a record applied meanwhile), and never raised.
+    #[tokio::test(start_paused = true)]
+    async fn floors_are_lowered_only_where_unchanged() {
+        let l = Lessor::new(Duration::from_millis(1000));
+        for id in 1..=3 {
+            l.apply(vec![LeaseChange::Granted(LeaseRecord { id, ttl: 10, remaining_ttl: 0 })]);
+        }
+        let mine = l.floor_instants();
+        let now = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.apply(vec![LeaseChange::Checkpointed(3, 11)]);
+        let reported = [(1, now + Duration::from_secs(5)), (2, now + Duration::from_secs(20)), (3, now)];
+        assert_eq!(l.lower_floors(&mine, &reported), 1);
+        l.promote();
+        assert_eq!(l.time_to_live(1), Some((10, 4)), "lowered");
+        assert_eq!(l.time_to_live(2), Some((10, 10)), "never raised");
+        assert_eq!(l.time_to_live(3), Some((10, 11)), "a record applied meanwhile is kept");
+    }
+
+    /// The promise: after a leader change, a lease nobody keeps alive expires no earlier than
+    /// its last keepalive + TTL and no later than that + slack, whatever the election took.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_expires_within_slack_of_the_last_keepalive() {
+        for ttl in [2i64, 10, 16, 60] {
+            let (old, new) = (Lessor::new(Duration::from_millis(1000)), Lessor::new(Duration::from_millis(1000)));
+            let grant = vec![LeaseChange::Granted(LeaseRecord { id: 1, ttl, remaining_ttl: 0 })];
+            old.apply(grant.clone());
+            new.apply(grant);
+            old.promote();
+            tokio::time::advance(Duration::from_millis(700)).await;
+            // Keepalives every 300 ms for a while; records as the leader would commit them
+            // (applied on both members 5 ms after their proposal).
+            let mut last = Instant::now();
+            for _ in 0..20 {
+                let r = old.renew(1).expect("alive");
+                last = r.at;
+                if r.needs_record {
+                    tokio::time::advance(Duration::from_millis(5)).await;
+                    let cp = vec![LeaseChange::Checkpointed(1, r.record_ttl())];
+                    old.apply(cp.clone());
+                    new.apply(cp);
+                    old.covered(1, r.at);
+                }
+                tokio::time::advance(Duration::from_millis(300)).await;
+            }
+            // The leader dies; the election takes anywhere from no time to many seconds.
+            for election in [0u64, 3_000] {
+                tokio::time::advance(Duration::from_millis(election)).await;
+                new.promote();
+                let expiry = new.lock().leases[&1].expiry.expect("leader");
+                let (earliest, latest) = (
+                    last + Duration::from_secs(ttl as u64),
+                    last + Duration::from_secs((ttl + slack(ttl)) as u64) + Duration::from_millis(10),
+                );
+                assert!(expiry >= earliest, "TTL {ttl}: early by {:?}", earliest - expiry);
+                assert!(expiry <= latest, "TTL {ttl}: late by {:?}", expiry - latest);
+                new.demote();
+            }
+        }
     }
 }

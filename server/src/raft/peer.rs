@@ -8,9 +8,9 @@ use crate::grpc::incoming;
 use crate::node::Node;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
 use cairn_api::cairnpb::{
-    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaseRenewRequest,
-    LeaseRenewResponse, LeaseTtlRequest, MembersRequest, MembersResponse, PeerMember, ProposeRequest, RaftPayload,
-    RaftResponse, ReadIndexRequest, ReadIndexResponse,
+    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaseFloor,
+    LeaseFloorsRequest, LeaseFloorsResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, MembersRequest,
+    MembersResponse, PeerMember, ProposeRequest, RaftPayload, RaftResponse, ReadIndexRequest, ReadIndexResponse,
 };
 use cairn_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveResponse};
 use std::sync::Arc;
@@ -144,5 +144,19 @@ impl Peer for PeerService {
     async fn hash_kv(&self, req: Request<HashKvPeerRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.check(req.get_ref().cluster_id, None)?;
         Ok(Response::new(self.node.hash_kv_response(req.get_ref().revision)?))
+    }
+
+    async fn lease_floors(&self, req: Request<LeaseFloorsRequest>) -> Result<Response<LeaseFloorsResponse>, Status> {
+        self.check(req.get_ref().cluster_id, None)?;
+        // The applied index first: floors read after it include at least its records.
+        let applied_index = self.node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let floors = self
+            .node
+            .lessor
+            .floors()
+            .into_iter()
+            .map(|(id, left)| LeaseFloor { id, remaining_ms: left.as_millis().min(i64::MAX as u128) as i64 })
+            .collect();
+        Ok(Response::new(LeaseFloorsResponse { applied_index, floors }))
     }
 }
