@@ -10,6 +10,7 @@
 //! grpc-gateway's HTTP status for the gRPC code. The `Authorization` header is passed
 //! on as the `token` the auth layer reads.
 
+pub mod frames;
 pub mod observe;
 
 use crate::auth::Credentials;
@@ -314,8 +315,9 @@ impl Gateway {
         }
     }
 
-    /// Decode a body of concatenated JSON messages as they arrive. A malformed or
-    /// oversized message ends the input and is reported on `bad`.
+    /// Decode a body of concatenated JSON messages as they arrive ([`frames`]: each byte
+    /// scanned once, each message parsed once). A malformed or oversized message ends the
+    /// input and is reported on `bad`.
     fn json_messages<Req>(&self, body: Body, bad: oneshot::Sender<Status>) -> ReceiverStream<Result<Req, Status>>
     where
         Req: DeserializeOwned + Send + 'static,
@@ -324,44 +326,44 @@ impl Gateway {
         let limit = self.body_limit;
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let mut frames = body.into_data_stream();
-            let mut buf: Vec<u8> = Vec::new();
+            let mut chunks = body.into_data_stream();
+            let mut frames = frames::JsonFrames::new(limit);
             loop {
-                // Hand on every complete message in the buffer.
+                // Hand on every complete message received so far.
                 loop {
-                    let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Req>();
-                    match it.next() {
-                        Some(Ok(req)) => {
-                            let used = it.byte_offset();
-                            buf.drain(..used);
+                    let message = match frames.next_message() {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(frames::FrameError::TooLarge) => {
+                            let _ = bad.send(Status::resource_exhausted("grpc: received message larger than max"));
+                            return;
+                        }
+                        Err(frames::FrameError::Malformed(why)) => {
+                            let _ = bad.send(Status::invalid_argument(why));
+                            return;
+                        }
+                    };
+                    match serde_json::from_slice::<Req>(&message) {
+                        Ok(req) => {
                             if tx.send(Ok(req)).await.is_err() {
                                 return;
                             }
                         }
-                        Some(Err(e)) if e.is_eof() => break,
-                        Some(Err(e)) => {
+                        Err(e) => {
                             let _ = bad.send(Status::invalid_argument(e.to_string()));
                             return;
                         }
-                        None => {
-                            buf.clear();
-                            break;
-                        }
                     }
                 }
-                if buf.len() > limit {
-                    let _ = bad.send(Status::resource_exhausted("grpc: received message larger than max"));
-                    return;
-                }
                 tokio::select! {
-                    frame = frames.next() => match frame {
+                    chunk = chunks.next() => match chunk {
                         Some(Ok(chunk)) => {
                             metrics.received_bytes.inc_by(chunk.len() as u64);
-                            buf.extend_from_slice(&chunk);
+                            frames.push(&chunk);
                         }
                         Some(Err(_)) => return,
                         None => {
-                            if !buf.iter().all(u8::is_ascii_whitespace) {
+                            if frames.pending() {
                                 let _ = bad.send(Status::invalid_argument("unexpected EOF"));
                             }
                             return;
