@@ -12,6 +12,7 @@ pub mod batch;
 pub mod config;
 pub mod data_dir;
 pub mod error;
+pub mod fuzz;
 pub mod gateway;
 pub mod grpc;
 pub mod lease;

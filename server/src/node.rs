@@ -20,7 +20,7 @@ use cairn_api::cairnpb::{
 use cairn_api::etcdserverpb::alarm_request::AlarmAction;
 use cairn_api::etcdserverpb::{
     AlarmRequest, AlarmType, LeaseCheckpoint, LeaseCheckpointRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    ResponseHeader,
+    RangeRequest, RangeResponse, ResponseHeader,
 };
 use cairn_store::{ids, Engine, Table, WriteBatch};
 use prost::Message;
@@ -262,6 +262,33 @@ impl Node {
     pub fn read<T>(&self, f: impl FnOnce(&SmState) -> T) -> T {
         let st = self.sm.state.read().unwrap_or_else(|p| p.into_inner());
         f(&st)
+    }
+
+    /// A range read from the local store. The key revisions come from the index under the
+    /// store's lock; a large result's values are then read from a frozen view of the engine
+    /// taken under the same lock, after releasing it, so writers are not held back while
+    /// thousands of values load.
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse> {
+        /// Below this many values, loading them under the lock is cheaper than a view.
+        const LARGE: usize = 256;
+        enum Planned {
+            Done(RangeResponse),
+            Load(cairn_store::mvcc::RangeKeys, Box<dyn cairn_store::engine::ReadView>),
+        }
+        let planned = self.read(|st| -> Result<Planned> {
+            let keys = st.mvcc.range_keys_at(r)?;
+            if keys.len() >= LARGE {
+                // (sled has no frozen view: then the values load under the lock.)
+                if let Some(view) = self.engine.frozen_view()? {
+                    return Ok(Planned::Load(keys, view));
+                }
+            }
+            Ok(Planned::Done(st.mvcc.finish_range(keys)?))
+        })?;
+        match planned {
+            Planned::Done(resp) => Ok(resp),
+            Planned::Load(keys, view) => Ok(keys.finish(&|rev| cairn_store::mvcc::load_from(view.as_ref(), rev))?),
+        }
     }
 
     /// A response header: cluster, member, `revision` and the current Raft term.

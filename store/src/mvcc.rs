@@ -10,7 +10,7 @@
 //! adds, such as the applied Raft log id) atomically. Reads never see a half-applied
 //! request because the caller holds the store exclusively while applying.
 
-use crate::engine::{Engine, Table, WriteBatch};
+use crate::engine::{Engine, ReadView, Table, WriteBatch};
 use crate::error::{Result, StoreError};
 use crate::key_index::{KeyAt, TreeIndex};
 use crate::revision::Revision;
@@ -49,6 +49,121 @@ pub struct Mvcc {
     events: Vec<Event>,
     /// Live keys attached to each lease.
     attached: HashMap<i64, BTreeSet<Vec<u8>>>,
+}
+
+/// The key revisions a range returns, before their values are loaded
+/// ([`Mvcc::range_keys_at`]).
+#[derive(Debug)]
+pub struct RangeKeys {
+    header_rev: i64,
+    count: i64,
+    /// In the order they are returned (sorting by value waits for the values), at most
+    /// `limit + 1` unless sorting by value.
+    hits: Vec<KeyAt>,
+    count_only: bool,
+    keys_only: bool,
+    limit: usize,
+    /// Sort by value once loaded: `Some(descending)`.
+    by_value: Option<bool>,
+}
+
+impl RangeKeys {
+    /// How many values [`RangeKeys::finish`] will load.
+    pub fn len(&self) -> usize {
+        self.hits.len()
+    }
+
+    /// Whether there is no value to load.
+    pub fn is_empty(&self) -> bool {
+        self.hits.is_empty()
+    }
+
+    /// Load the values with `load` and build the response.
+    pub fn finish(self, load: &dyn Fn(Revision) -> Result<KeyValue>) -> Result<RangeResponse> {
+        let mut resp = RangeResponse { header: header(self.header_rev), count: self.count, ..Default::default() };
+        if self.count_only {
+            return Ok(resp);
+        }
+        let mut kvs = Vec::with_capacity(self.hits.len());
+        for ka in &self.hits {
+            kvs.push(load(ka.modified)?);
+        }
+        if let Some(descending) = self.by_value {
+            kvs.sort_by(|a, b| a.value.cmp(&b.value));
+            if descending {
+                kvs.reverse();
+            }
+        }
+        if self.limit > 0 && kvs.len() > self.limit {
+            kvs.truncate(self.limit);
+            resp.more = true;
+        }
+        if self.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        resp.kvs = kvs;
+        Ok(resp)
+    }
+}
+
+/// Load the KeyValue stored at `rev` from a read view of the engine (see [`RangeKeys`]).
+pub fn load_from(view: &dyn ReadView, rev: Revision) -> Result<KeyValue> {
+    let key = rev.to_bytes();
+    let mut end = key.to_vec();
+    end.push(0);
+    let mut raw = None;
+    view.scan(Table::Kv, &key, Some(&end), &mut |_, v| {
+        raw = Some(v.to_vec());
+        Ok(false)
+    })?;
+    let raw = raw.ok_or_else(|| StoreError::Corrupt(format!("missing revision {rev:?}")))?;
+    let body = raw.get(1..).ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
+    Ok(KeyValue::decode(body)?)
+}
+
+/// The engine part of [`Mvcc::history`] (events without previous values), from any read
+/// view: a watcher catching up scans a frozen view without holding the store's lock.
+pub fn history_in(
+    view: &dyn ReadView,
+    key: &[u8],
+    end: &[u8],
+    from: i64,
+    to: i64,
+    (limit, limit_bytes): (usize, usize),
+) -> Result<Vec<Event>> {
+    let mut out: Vec<Event> = Vec::new();
+    if from > to {
+        return Ok(out);
+    }
+    let (lo, hi) = (Revision::new(from, 0).to_bytes(), Revision::new(to.saturating_add(1), 0).to_bytes());
+    let in_range = |k: &[u8]| {
+        if end.is_empty() {
+            k == key
+        } else if end == [0] {
+            k >= key
+        } else {
+            k >= key && k < end
+        }
+    };
+    let (mut last_main, mut bytes) = (0, 0usize);
+    view.scan(Table::Kv, &lo, Some(&hi), &mut |k, v| {
+        let rev = Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
+        if (out.len() >= limit || bytes >= limit_bytes) && rev.main != last_main {
+            return Ok(false);
+        }
+        let (kind, body) = v.split_first().ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
+        let kv = KeyValue::decode(body)?;
+        if in_range(&kv.key) {
+            bytes += kv.key.len() + kv.value.len();
+            let r#type = if *kind == KIND_DELETE { EventType::Delete } else { EventType::Put } as i32;
+            out.push(Event { r#type, kv: Some(kv), prev_kv: None });
+            last_main = rev.main;
+        }
+        Ok(true)
+    })?;
+    Ok(out)
 }
 
 /// A write transaction in progress: every change shares `rev`, with increasing `sub`.
@@ -196,6 +311,24 @@ impl Mvcc {
     }
 
     fn range_at(&self, req: &RangeRequest, at: i64, header_rev: i64) -> Result<RangeResponse> {
+        self.range_keys(req, at, header_rev).finish(&|rev| self.load(rev))
+    }
+
+    /// The first half of a range, done under the store's lock: which key revisions it
+    /// returns (from the in-memory index). [`RangeKeys::finish`] loads their values, from
+    /// this store or from a frozen view taken under the same lock (so a large range does
+    /// not hold writers back while its values are read).
+    pub fn range_keys_at(&self, req: &RangeRequest) -> Result<RangeKeys> {
+        let at = self.check_rev(req.revision)?;
+        Ok(self.range_keys(req, at, self.current_rev))
+    }
+
+    /// Finish a range planned by [`Mvcc::range_keys_at`] from this store.
+    pub fn finish_range(&self, keys: RangeKeys) -> Result<RangeResponse> {
+        keys.finish(&|rev| self.load(rev))
+    }
+
+    fn range_keys(&self, req: &RangeRequest, at: i64, header_rev: i64) -> RangeKeys {
         use range_request::{SortOrder, SortTarget};
         let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
         let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
@@ -218,10 +351,6 @@ impl Mvcc {
             }
             true
         });
-        let mut resp = RangeResponse { header: header(header_rev), count, ..Default::default() };
-        if req.count_only {
-            return Ok(resp);
-        }
         if filtered {
             hits.retain(|ka| {
                 (req.max_mod_revision == 0 || ka.modified.main <= req.max_mod_revision)
@@ -230,48 +359,34 @@ impl Mvcc {
                     && (req.min_create_revision == 0 || ka.created.main >= req.min_create_revision)
             });
         }
-        let mut kvs = Vec::with_capacity(hits.len());
-        if target == SortTarget::Value && order != SortOrder::None {
-            for ka in &hits {
-                kvs.push(self.load(ka.modified)?);
+        let by_value = target == SortTarget::Value && order != SortOrder::None;
+        if !by_value && order != SortOrder::None {
+            let key_of = |ka: &KeyAt| match target {
+                SortTarget::Version => ka.version,
+                SortTarget::Create => ka.created.main,
+                SortTarget::Mod => ka.modified.main,
+                SortTarget::Key | SortTarget::Value => 0,
+            };
+            if target != SortTarget::Key {
+                // (The index already yields ascending keys.)
+                hits.sort_by_key(key_of);
             }
-            kvs.sort_by(|a, b| a.value.cmp(&b.value));
             if order == SortOrder::Descend {
-                kvs.reverse();
-            }
-        } else {
-            if order != SortOrder::None {
-                let key_of = |ka: &KeyAt| match target {
-                    SortTarget::Version => ka.version,
-                    SortTarget::Create => ka.created.main,
-                    SortTarget::Mod => ka.modified.main,
-                    SortTarget::Key | SortTarget::Value => 0,
-                };
-                if target == SortTarget::Key {
-                    // The index already yields ascending keys.
-                } else {
-                    hits.sort_by_key(key_of);
-                }
-                if order == SortOrder::Descend {
-                    hits.reverse();
-                }
-            }
-            let take = if limit > 0 { hits.len().min(limit + 1) } else { hits.len() };
-            for ka in &hits[..take] {
-                kvs.push(self.load(ka.modified)?);
+                hits.reverse();
             }
         }
-        if limit > 0 && kvs.len() > limit {
-            kvs.truncate(limit);
-            resp.more = true;
+        if !by_value && limit > 0 {
+            hits.truncate(limit + 1);
         }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
+        RangeKeys {
+            header_rev,
+            count,
+            hits,
+            count_only: req.count_only,
+            keys_only: req.keys_only,
+            limit,
+            by_value: by_value.then_some(order == SortOrder::Descend),
         }
-        resp.kvs = kvs;
-        Ok(resp)
     }
 
     /// Run `f` as one write transaction: everything it stages shares one revision, and
@@ -673,55 +788,31 @@ impl Mvcc {
         end: &[u8],
         from: i64,
         to: i64,
-        (limit, limit_bytes): (usize, usize),
+        limits: (usize, usize),
         prev_kv: bool,
     ) -> Result<Vec<Event>> {
         if from < self.compact_rev {
             return Err(StoreError::Compacted);
         }
-        let mut out: Vec<Event> = Vec::new();
-        if from > to {
-            return Ok(out);
-        }
-        let (lo, hi) = (Revision::new(from, 0).to_bytes(), Revision::new(to.saturating_add(1), 0).to_bytes());
-        let in_range = |k: &[u8]| {
-            if end.is_empty() {
-                k == key
-            } else if end == [0] {
-                k >= key
-            } else {
-                k >= key && k < end
-            }
-        };
-        let (mut last_main, mut bytes) = (0, 0usize);
-        self.engine.scan(Table::Kv, &lo, Some(&hi), &mut |k, v| {
-            let rev = Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
-            if (out.len() >= limit || bytes >= limit_bytes) && rev.main != last_main {
-                return Ok(false);
-            }
-            let (kind, body) = v.split_first().ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
-            let kv = KeyValue::decode(body)?;
-            if in_range(&kv.key) {
-                bytes += kv.key.len() + kv.value.len();
-                let r#type = if *kind == KIND_DELETE { EventType::Delete } else { EventType::Put } as i32;
-                out.push(Event { r#type, kv: Some(kv), prev_kv: None });
-                last_main = rev.main;
-            }
-            Ok(true)
-        })?;
+        let mut out = history_in(&crate::engine::Live(self.engine.as_ref()), key, end, from, to, limits)?;
         if prev_kv {
-            for ev in &mut out {
-                if let Some(kv) = &ev.kv {
-                    let before = kv.mod_revision - 1;
-                    if before >= self.compact_rev {
-                        if let Some(ka) = self.index.get(&kv.key, before) {
-                            ev.prev_kv = self.load(ka.modified).ok();
-                        }
+            self.fill_prev_kvs(&mut out);
+        }
+        Ok(out)
+    }
+
+    /// Set each event's previous value where it is still retained (for [`history_in`]).
+    pub fn fill_prev_kvs(&self, events: &mut [Event]) {
+        for ev in events {
+            if let Some(kv) = &ev.kv {
+                let before = kv.mod_revision - 1;
+                if before >= self.compact_rev {
+                    if let Some(ka) = self.index.get(&kv.key, before) {
+                        ev.prev_kv = self.load(ka.modified).ok();
                     }
                 }
             }
         }
-        Ok(out)
     }
 
     /// Write everything staged since the last commit, plus `extra`, in one atomic batch.

@@ -122,6 +122,14 @@ pub fn write(view: &dyn ReadView, out: &mut dyn Write) -> Result<u64> {
 /// Replace the snapshot tables with the records of a file written by [`write`], plus
 /// `extra`, in one atomic, durable batch, once its checksum and record count check out.
 pub fn load(engine: &dyn Engine, input: &mut dyn Read, extra: WriteBatch) -> Result<u64> {
+    let (batch, n) = read(input, extra)?;
+    engine.write(batch, true)?;
+    Ok(n)
+}
+
+/// Read and verify a file written by [`write`]: the batch that replaces the snapshot
+/// tables with its records (plus `extra`), and the number of records.
+pub fn read(input: &mut dyn Read, extra: WriteBatch) -> Result<(WriteBatch, u64)> {
     let damaged = |why: &str| StoreError::Corrupt(format!("raft snapshot refused: {why}"));
     let mut r = HashReader { inner: input, sha: Sha256::new() };
     let mut batch = WriteBatch::new();
@@ -152,6 +160,5 @@ pub fn load(engine: &dyn Engine, input: &mut dyn Read, extra: WriteBatch) -> Res
         return Err(damaged("bytes after the checksum"));
     }
     batch.extend(extra);
-    engine.write(batch, true)?;
-    Ok(n)
+    Ok((batch, n))
 }

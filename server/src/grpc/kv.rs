@@ -56,7 +56,7 @@ impl Kv for KvService {
         if !r.serializable {
             self.node.read_barrier().await?;
         }
-        let mut resp = self.node.read(|st| st.mvcc.range(&r)).map_err(Error::from)?;
+        let mut resp = self.node.range(&r)?;
         resp.header = Some(self.node.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }

@@ -516,6 +516,40 @@ impl WatchHub {
         }
     }
 
+    /// One batch of history for a catching-up watcher: `(current revision, events from
+    /// next)`. The scan runs on a frozen view taken under the store's lock and read after
+    /// releasing it, so a watcher of a rare key scanning many revisions never holds writers
+    /// back; previous values are then filled in under the lock (one batch's worth).
+    fn read_history(&self, key: &[u8], end: &[u8], next: i64, prev_kv: bool) -> (i64, cairn_store::Result<Vec<Event>>) {
+        let limits = (HISTORY_BATCH, HISTORY_BYTES);
+        let (cur, view) = {
+            let st = self.sm.read().unwrap_or_else(|p| p.into_inner());
+            let cur = st.mvcc.current_revision();
+            if next > cur {
+                // A start revision this member has not reached yet (a client resuming
+                // here after seeing newer events elsewhere): nothing to replay.
+                return (cur, Ok(Vec::new()));
+            }
+            if next < st.mvcc.compact_revision() {
+                return (cur, Err(cairn_store::StoreError::Compacted));
+            }
+            match st.mvcc.engine().frozen_view() {
+                Ok(Some(view)) => (cur, view),
+                // No frozen view (sled): scan under the lock.
+                Ok(None) => return (cur, st.mvcc.history(key, end, next, cur, limits, prev_kv)),
+                Err(e) => return (cur, Err(e)),
+            }
+        };
+        let mut events = match cairn_store::mvcc::history_in(view.as_ref(), key, end, next, cur, limits) {
+            Ok(evs) => evs,
+            Err(e) => return (cur, Err(e)),
+        };
+        if prev_kv {
+            self.sm.read().unwrap_or_else(|p| p.into_inner()).mvcc.fill_prev_kvs(&mut events);
+        }
+        (cur, Ok(events))
+    }
+
     /// Replay history into the watcher's stream from `next`, then make it synced.
     async fn catch_up(self: Arc<Self>, wk: WKey, mut next: i64, epoch: u64) {
         loop {
@@ -531,17 +565,7 @@ impl WatchHub {
                 }
                 (s.tx.clone(), w.key.clone(), w.end.clone(), w.prev_kv)
             };
-            let (cur, history) = {
-                let st = self.sm.read().unwrap_or_else(|p| p.into_inner());
-                let cur = st.mvcc.current_revision();
-                if next > cur {
-                    // A start revision this member has not reached yet (a client resuming
-                    // here after seeing newer events elsewhere): nothing to replay.
-                    (cur, Ok(Vec::new()))
-                } else {
-                    (cur, st.mvcc.history(&key, &end, next, cur, (HISTORY_BATCH, HISTORY_BYTES), prev_kv))
-                }
-            };
+            let (cur, history) = self.read_history(&key, &end, next, prev_kv);
             let events = match history {
                 Ok(evs) => evs,
                 Err(cairn_store::StoreError::Compacted) => {

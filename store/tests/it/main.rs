@@ -19,3 +19,16 @@ pub fn fresh_mvcc(kind: EngineKind) -> (tempfile::TempDir, Mvcc) {
     let (dir, e) = fresh(kind);
     (dir, Mvcc::open(e).expect("open mvcc"))
 }
+
+/// Every input under `fuzz/corpus/<target>` and `fuzz/regressions/<target>` of the store's
+/// fuzz targets, replayed (the fuzzer itself runs from `scripts/fuzz`).
+#[test]
+fn the_fuzz_corpus_and_past_crashes_replay_cleanly() {
+    use cairn_store::fuzz;
+    let targets: [(&str, fuzz::Target); 3] =
+        [("wal_open", fuzz::wal_open), ("snapshot_read", fuzz::snapshot_read), ("backup_scan", fuzz::backup_scan)];
+    for (name, run) in targets {
+        let n = fuzz::replay(name, run);
+        assert!(n >= 5, "fuzz/corpus/{name} holds {n} inputs: run scripts/fuzz to make it");
+    }
+}
