@@ -150,7 +150,7 @@ pub fn read(input: &mut dyn Read, extra: WriteBatch) -> Result<(WriteBatch, u64)
     let digest = r.sha.finalize();
     let mut stored = [0u8; 32];
     r.inner.read_exact(&mut stored).map_err(|_| damaged("cut short before its checksum"))?;
-    if digest.as_slice() != stored {
+    if digest[..] != stored[..] {
         return Err(damaged("checksum mismatch"));
     }
     if u64::from_be_bytes(count) != n {
