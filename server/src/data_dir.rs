@@ -6,7 +6,7 @@
 //! (`--allow-shared-data-dir`). Owns nothing else: files inside are created 0600 by the
 //! process umask the binary sets and by the WAL and snapshot writers themselves.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Permission bits that let anyone but the owner in.
@@ -15,15 +15,9 @@ const OTHERS: u32 = 0o077;
 /// Create `dir` (and missing parents) as 0700, durably, or check the existing one.
 pub fn prepare(dir: &Path, allow_shared: bool) -> anyhow::Result<()> {
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", dir.display()))?;
-        // The new directory's entry must survive a crash before anything is written in it.
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::File::open(parent).and_then(|p| p.sync_all())?;
-        return Ok(());
+        // Durable before anything is written in it.
+        return cairn_store::fsutil::create_private_dir(dir)
+            .map_err(|e| anyhow::anyhow!("creating the data directory {}: {e}", dir.display()));
     }
     let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
     if mode & OTHERS == 0 {

@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod engine;
 pub mod error;
+pub mod fsutil;
 pub mod fuzz;
 pub mod ids;
 pub mod key_index;

@@ -30,7 +30,7 @@
 use crate::error::{Result, StoreError};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -146,13 +146,13 @@ fn crc(index: u64, payload: &[u8]) -> u32 {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync dir", e))
+    crate::fsutil::sync_dir(dir).map_err(|e| io("sync dir", e))
 }
 
 impl Wal {
     /// Open (or create) the log in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<Wal> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io("create dir", e))?;
+        crate::fsutil::create_private_dir(dir).map_err(|e| io("create dir", e))?;
         let _ = std::fs::remove_file(dir.join(SPARE));
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)
             .map_err(|e| io("list", e))?

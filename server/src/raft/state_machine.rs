@@ -15,6 +15,7 @@ use crate::lease::Lessor;
 use crate::watch::WatchHub;
 use cairn_api::cairnpb::{LeaseRecord, MemberAttributes, RaftResponse};
 use cairn_store::engine::{Live, ReadView};
+use cairn_store::fsutil::sync_dir;
 use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, SnapshotMeta};
@@ -202,17 +203,12 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
 }
 
-/// fsync a directory, so a file created or renamed in it survives a crash.
-fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Create the snapshot directory, or empty it of Raft snapshot files left by an earlier run:
 /// nothing reads them after a restart (a snapshot is built anew from the store when one is
 /// needed), and a half-written or half-received one is garbage.
 fn remove_stale_snapshots(dir: &std::path::Path) -> Result<(), cairn_store::StoreError> {
     let err = |e: std::io::Error| cairn_store::StoreError::Engine(format!("{}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(err)?;
+    cairn_store::fsutil::create_private_dir(dir).map_err(err)?;
     let mut removed = 0;
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let path = entry.map_err(err)?.path();

@@ -182,12 +182,7 @@ impl std::fmt::Display for EngineKind {
 
 /// Open (or create) an engine of `kind` in directory `dir`.
 pub fn open(kind: EngineKind, dir: &Path) -> Result<std::sync::Arc<dyn Engine>> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| crate::StoreError::Engine(format!("{}: {e}", dir.display())))?;
+    crate::fsutil::create_private_dir(dir).map_err(|e| crate::StoreError::Engine(format!("{}: {e}", dir.display())))?;
     Ok(match kind {
         EngineKind::Redb => std::sync::Arc::new(RedbEngine::open(&dir.join("cairn.redb"))?),
         EngineKind::Sled => std::sync::Arc::new(SledEngine::open(&dir.join("sled"))?),
