@@ -57,6 +57,10 @@ pub struct Flags {
     /// How often the server pings an idle client connection (etcd's default: 2h).
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = humantime::parse_duration)]
     pub grpc_keepalive_interval: Duration,
+    /// A client pinging more often than this with no request in between is cut off after
+    /// its third such ping (grpc-go's server policy; etcd's default 5s).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_min_time: Duration,
     /// How long the server waits for a ping's answer before closing the connection.
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub grpc_keepalive_timeout: Duration,
@@ -281,6 +285,7 @@ impl Config {
                 max_concurrent_streams: f.max_concurrent_streams.max(1),
                 keepalive_interval: f.grpc_keepalive_interval.max(Duration::from_secs(1)),
                 keepalive_timeout: f.grpc_keepalive_timeout.max(Duration::from_secs(1)),
+                keepalive_min_time: f.grpc_keepalive_min_time,
             },
             max_watchers_per_stream: f.max_watchers_per_stream.max(1),
             name: f.name,

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod auth;
 pub mod batch;
 pub mod config;
+pub mod conn;
 pub mod data_dir;
 pub mod error;
 pub mod fuzz;

@@ -758,11 +758,7 @@ async fn publish_attributes(node: Arc<Node>) {
 }
 
 /// The server TLS for a listen URL: for https:// ones.
-fn tls_for(
-    url: &str,
-    files: &crate::tls::TlsFiles,
-    prefix: &str,
-) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+fn tls_for(url: &str, files: &crate::tls::TlsFiles, prefix: &str) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     if !crate::tls::is_https(url) {
         return Ok(None);
     }

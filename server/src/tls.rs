@@ -5,7 +5,8 @@
 //! CA; without it, a trusted CA makes certificates optional.
 
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::sync::Arc;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// One side's TLS files.
 #[derive(Debug, Clone, Default)]
@@ -39,21 +40,44 @@ impl TlsFiles {
         }
     }
 
-    /// The server side; `prefix` is `""` or `"peer-"` (for messages).
-    pub fn server(&self, prefix: &str) -> Result<ServerTlsConfig, String> {
-        // A client that opens a connection and never finishes the handshake is dropped.
-        let mut c = ServerTlsConfig::new().identity(self.identity(prefix)?).timeout(HANDSHAKE_TIMEOUT);
-        match &self.trusted_ca {
+    /// The server side; `prefix` is `""` or `"peer-"` (for messages). Terminated by
+    /// [`crate::conn::tls`] (rustls, ring).
+    pub fn server(&self, prefix: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
+            return Err(format!("an https:// URL needs --{prefix}cert-file and --{prefix}key-file"));
+        };
+        let bad = |flag: &str, e: &dyn std::fmt::Display| format!("--{prefix}{flag}: {e}");
+        let certs = CertificateDer::pem_slice_iter(&read(&format!("{prefix}cert-file"), cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("cert-file", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&format!("{prefix}key-file"), key)?)
+            .map_err(|e| bad("key-file", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("cert-file", &e))?;
+        let builder = match &self.trusted_ca {
             Some(ca) => {
-                let ca = read(&format!("{prefix}trusted-ca-file"), ca)?;
-                c = c.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(!self.client_cert_auth);
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(&read(&format!("{prefix}trusted-ca-file"), ca)?) {
+                    roots.add(c.map_err(|e| bad("trusted-ca-file", &e))?).map_err(|e| bad("trusted-ca-file", &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                // Without --client-cert-auth a trusted CA makes certificates optional.
+                let verifier = if self.client_cert_auth { verifier } else { verifier.allow_unauthenticated() };
+                builder.with_client_cert_verifier(verifier.build().map_err(|e| bad("trusted-ca-file", &e))?)
             }
             None if self.client_cert_auth => {
                 return Err(format!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file"));
             }
-            None => {}
-        }
-        Ok(c)
+            None => builder.with_no_client_auth(),
+        };
+        let mut c = builder.with_single_cert(certs, key).map_err(|e| bad("key-file", &e))?;
+        // gRPC and the JSON gateway over HTTP/2, the gateway over HTTP/1.1 too.
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(c))
     }
 
     /// The client side (members calling each other): trust the CA, present our certificate.
@@ -65,9 +89,6 @@ impl TlsFiles {
     }
 }
 
-/// How long a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// HTTP/2 limits of a listener (etcd's `--max-concurrent-streams`, `--grpc-keepalive-*`).
 #[derive(Debug, Clone, Copy)]
 pub struct Http2Limits {
@@ -77,33 +98,20 @@ pub struct Http2Limits {
     pub keepalive_interval: std::time::Duration,
     /// ... and close the connection if the ping is not answered within this.
     pub keepalive_timeout: std::time::Duration,
+    /// A client pinging more often than this (with no request between) is cut off.
+    pub keepalive_min_time: std::time::Duration,
 }
 
-/// A tonic server builder with `limits`, serving TLS with `tls`; `None` (logged) if the
-/// configuration is unusable.
-pub fn server_builder(
-    tls: Option<ServerTlsConfig>,
-    limits: Http2Limits,
-    what: &str,
-) -> Option<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder()
+/// A tonic server builder with `limits` (TLS is terminated before it, by [`crate::conn`]).
+pub fn server_builder(limits: Http2Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         // tonic leaves these unset, which lifts hyper's limits: a client resetting streams
         // as fast as it opens them (the "rapid reset" flood) must be cut off.
         .http2_max_pending_accept_reset_streams(Some(20))
-        .http2_max_local_error_reset_streams(Some(1024));
-    match tls {
-        None => Some(builder),
-        Some(tls) => match builder.tls_config(tls) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!("{what} server TLS: {e}");
-                None
-            }
-        },
-    }
+        .http2_max_local_error_reset_streams(Some(1024))
 }
 
 /// Whether any peer URL of `config` (listened on or of a member) asks for TLS.

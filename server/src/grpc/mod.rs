@@ -50,12 +50,6 @@ fn grpc_go_size_error<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::
     resp
 }
 
-/// Accepted connections with Nagle's algorithm off: small gRPC frames must not wait for
-/// a delayed ACK (that costs 40 ms a request on Linux).
-pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// One member's handlers, shared by the gRPC server and the JSON gateway.
 pub struct Services {
     /// KV.
@@ -193,7 +187,7 @@ async fn serve_http<S, F>(
     what: &str,
     svc: S,
     listener: TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) where
     S: tower::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible, Future = F>
         + Clone
@@ -202,12 +196,20 @@ async fn serve_http<S, F>(
     F: std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send + 'static,
 {
     let token = node.shutdown.clone();
-    let Some(builder) = crate::tls::server_builder(tls, node.config.http2, what) else { return };
-    let res = builder
+    let limits = node.config.http2;
+    let builder = crate::tls::server_builder(limits)
         .accept_http1(true)
-        .layer(tower::util::MapResponseLayer::new(grpc_go_size_error))
-        .serve_with_incoming_shutdown(svc, incoming(listener), token.cancelled_owned())
-        .await;
+        .layer(tower::util::MapResponseLayer::new(grpc_go_size_error));
+    let res = match tls {
+        Some(tls) => {
+            let incoming = crate::conn::tls(listener, tls, limits.keepalive_min_time);
+            builder.serve_with_incoming_shutdown(svc, incoming, token.cancelled_owned()).await
+        }
+        None => {
+            let incoming = crate::conn::plain(listener, limits.keepalive_min_time);
+            builder.serve_with_incoming_shutdown(svc, incoming, token.cancelled_owned()).await
+        }
+    };
     if let Err(e) = res {
         tracing::error!("{what} server: {e}");
     }
@@ -215,7 +217,7 @@ async fn serve_http<S, F>(
 
 /// Serve the client port on `listener` until the member shuts down: gRPC (by its
 /// content type) and, for everything else, the JSON gateway and observability routes.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<tonic::transport::ServerTlsConfig>) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
     use tower::ServiceExt;
     let services = Services::new(&node);
     let grpc = grpc_router(&node, &services);

@@ -4,7 +4,6 @@
 //! this member's id; anything else is refused without touching Raft.
 
 use super::{decode, encode};
-use crate::grpc::incoming;
 use crate::node::Node;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
 use cairn_api::cairnpb::{
@@ -23,13 +22,23 @@ pub struct PeerService {
 }
 
 /// Serve the peer port on `listener` until the member shuts down.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<tonic::transport::ServerTlsConfig>) {
+pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
     let token = node.shutdown.clone();
     let limits = node.config.http2;
     let svc =
         PeerServer::new(PeerService { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-    let Some(mut builder) = crate::tls::server_builder(tls, limits, "peer") else { return };
-    let res = builder.add_service(svc).serve_with_incoming_shutdown(incoming(listener), token.cancelled_owned()).await;
+    let mut builder = crate::tls::server_builder(limits);
+    let router = builder.add_service(svc);
+    let res = match tls {
+        Some(tls) => {
+            let incoming = crate::conn::tls(listener, tls, limits.keepalive_min_time);
+            router.serve_with_incoming_shutdown(incoming, token.cancelled_owned()).await
+        }
+        None => {
+            let incoming = crate::conn::plain(listener, limits.keepalive_min_time);
+            router.serve_with_incoming_shutdown(incoming, token.cancelled_owned()).await
+        }
+    };
     if let Err(e) = res {
         tracing::error!("peer server: {e}");
     }

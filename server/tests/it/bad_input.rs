@@ -117,3 +117,35 @@ async fn garbage_bytes_and_foreign_peers_do_not_hurt() {
     etcdctl_ok(&ep, &["put", "after", "2"]);
     assert_eq!(etcdctl_ok(&ep, &["get", "after", "--print-value-only"]), "2\n");
 }
+
+/// Pings from a raw HTTP/2 client on `url`'s port, as fast as it can: how many were answered
+/// before the server closed the connection (at most `n`).
+async fn pings_answered(url: &str, n: usize) -> usize {
+    let addr = url.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_client, mut conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let mut pings = conn.ping_pong().expect("ping_pong");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for i in 0..n {
+        let pong = tokio::time::timeout(std::time::Duration::from_secs(5), pings.ping(h2::Ping::opaque())).await;
+        if !matches!(pong, Ok(Ok(_))) {
+            return i;
+        }
+    }
+    n
+}
+
+/// `--grpc-keepalive-min-time` (etcd's 5 s by default): a client pinging more often, with no
+/// request in between, is cut off at its third such ping, as grpc-go's server does; the
+/// member keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pinging_too_often_is_cut_off() {
+    let c = Cluster::start(1, &[]).await;
+    let url = c.members[0].client_url.clone();
+    assert_eq!(pings_answered(&url, 10).await, 3, "the first ping and two strikes are answered");
+    etcdctl_ok(&c.endpoints(), &["put", "after-pings", "ok"]);
+    let relaxed = Cluster::start(1, &["--grpc-keepalive-min-time", "0s"]).await;
+    assert_eq!(pings_answered(&relaxed.members[0].client_url, 10).await, 10);
+}

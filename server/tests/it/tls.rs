@@ -125,6 +125,28 @@ async fn client_tls_with_certificate_auth() {
         assert!(!ok, "{name} must be refused");
         assert!(!err.is_empty(), "{name}: a clear error");
     }
+    // A connection that never starts its handshake is closed after 10 s; meanwhile the port
+    // serves others (each handshake runs on its own).
+    let stalled = std::net::TcpStream::connect(ep.as_str()).expect("connect");
+    let opened = std::time::Instant::now();
+    let (ok, out, _) = run(&ep, &client, &["get", "k", "--print-value-only"]);
+    assert!(ok && out.trim() == "v", "served while a handshake stalls");
+    let waiter = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stalled = stalled;
+        stalled.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("timeout");
+        let closed = match stalled.read(&mut [0u8; 16]) {
+            Ok(0) => true,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            Ok(_) => false,
+        };
+        (closed, opened.elapsed())
+    });
+    let (closed, after) = waiter.join().expect("waiter");
+    assert!(
+        closed && after >= std::time::Duration::from_secs(9) && after < std::time::Duration::from_secs(19),
+        "closed: {closed} after {after:?}"
+    );
     // Garbage on the TLS port does not hurt it.
     {
         use std::io::Write;
