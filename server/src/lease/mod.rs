@@ -166,12 +166,6 @@ impl Lessor {
         self.lock().leader
     }
 
-    /// Every lease's floor, as time left from now (zero when past).
-    pub fn floors(&self) -> Vec<(i64, Duration)> {
-        let now = Instant::now();
-        self.lock().leases.iter().map(|(id, l)| (*id, l.floor.saturating_duration_since(now))).collect()
-    }
-
     /// Lower floors to what another member reports, for every lease whose floor is still
     /// `mine` (taken before asking): a member restarted recently re-applied its records at
     /// startup, so its floors are late; one that applied at least as far as this one knows
@@ -189,8 +183,9 @@ impl Lessor {
         lowered
     }
 
-    /// Every lease's floor as an instant (to pass to [`Lessor::lower_floors`] later).
-    pub fn floor_instants(&self) -> HashMap<i64, Instant> {
+    /// Every lease's floor (what [`Lessor::lower_floors`] compares with, and what a new
+    /// leader asks its peers for).
+    pub fn floors(&self) -> HashMap<i64, Instant> {
         self.lock().leases.iter().map(|(id, l)| (*id, l.floor)).collect()
     }
 
@@ -317,7 +312,7 @@ async fn lower_floors_from_peers(node: &Arc<Node>) {
     if node.lessor.is_empty() {
         return;
     }
-    let mine = node.lessor.floor_instants();
+    let mine = node.lessor.floors();
     let applied = node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
     let membership = node.raft.metrics().borrow().membership_config.clone();
     let mut asks = tokio::task::JoinSet::new();
@@ -462,7 +457,7 @@ mod tests {
         for id in 1..=3 {
             l.apply(vec![LeaseChange::Granted(LeaseRecord { id, ttl: 10, remaining_ttl: 0 })]);
         }
-        let mine = l.floor_instants();
+        let mine = l.floors();
         let now = Instant::now();
         tokio::time::advance(Duration::from_secs(1)).await;
         l.apply(vec![LeaseChange::Checkpointed(3, 11)]);

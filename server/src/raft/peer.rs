@@ -159,12 +159,16 @@ impl Peer for PeerService {
         self.check(req.get_ref().cluster_id, None)?;
         // The applied index first: floors read after it include at least its records.
         let applied_index = self.node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let now = tokio::time::Instant::now();
         let floors = self
             .node
             .lessor
             .floors()
             .into_iter()
-            .map(|(id, left)| LeaseFloor { id, remaining_ms: left.as_millis().min(i64::MAX as u128) as i64 })
+            .map(|(id, floor)| {
+                let left = floor.saturating_duration_since(now);
+                LeaseFloor { id, remaining_ms: left.as_millis().min(i64::MAX as u128) as i64 }
+            })
             .collect();
         Ok(Response::new(LeaseFloorsResponse { applied_index, floors }))
     }
