@@ -549,7 +549,7 @@ pub fn router(node: Arc<Node>, services: &Services) -> Router {
         let (g, watch) = (g.clone(), watch.clone());
         let caller = Caller { headers, tls };
         async move {
-            let open = |req: tonic::Request<_>| watch.open(Credentials::of(&req), req.into_inner());
+            let open = |req: tonic::Request<_>| watch.open(Credentials::of(&req), false, req.into_inner());
             g.bidi(("etcdserverpb.Watch", "Watch"), caller, body, open).await
         }
     };
@@ -560,7 +560,7 @@ pub fn router(node: Arc<Node>, services: &Services) -> Router {
         let caller = Caller { headers, tls };
         async move {
             g.bidi(("etcdserverpb.Lease", "LeaseKeepAlive"), caller, body, |req| {
-                lease.keep_alive(Credentials::of(&req), req.into_inner())
+                lease.keep_alive(Credentials::of(&req), false, req.into_inner())
             })
             .await
         }

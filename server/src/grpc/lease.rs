@@ -87,7 +87,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
-        Ok(Response::new(self.keep_alive(Credentials::of(&req), req.into_inner())))
+        let require_leader = super::requires_leader(req.metadata().as_ref());
+        Ok(Response::new(self.keep_alive(Credentials::of(&req), require_leader, req.into_inner())))
     }
 
     async fn lease_time_to_live(
@@ -126,17 +127,31 @@ impl LeaseService {
     /// authenticated caller with write permission on every key attached to the lease — the
     /// rule for revoking it — so nobody can keep a dead client's lock or election alive.
     /// The caller is resolved for every renewal (auth may be turned on meanwhile).
-    pub fn keep_alive<S>(&self, credentials: Credentials, mut inbound: S) -> BoxStream<LeaseKeepAliveResponse>
+    ///
+    /// With `require_leader` the stream ends with `etcdserver: no leader` once this member
+    /// has been without a leader for three election timeouts (as a watch does).
+    pub fn keep_alive<S>(
+        &self,
+        credentials: Credentials,
+        require_leader: bool,
+        mut inbound: S,
+    ) -> BoxStream<LeaseKeepAliveResponse>
     where
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let node = self.node.clone();
         self.node.tasks.spawn(async move {
+            let leader_lost = super::leader_lost(&node);
+            tokio::pin!(leader_lost);
             loop {
                 let msg = tokio::select! {
                     _ = node.shutdown.cancelled() => break,
                     _ = tx.closed() => break,
+                    _ = &mut leader_lost, if require_leader => {
+                        let _ = tx.send(Err(Status::unavailable(crate::error::msg::NO_LEADER))).await;
+                        break;
+                    }
                     m = inbound.next() => m.transpose(),
                 };
                 // The stream ends (or breaks): nothing is kept for it.

@@ -175,6 +175,30 @@ impl Drop for Handled {
     }
 }
 
+/// The gRPC metadata a client sets to require a leader (clientv3's `WithRequireLeader`;
+/// etcdctl's watch sets it).
+const REQUIRE_LEADER: &str = "hasleader";
+
+/// Whether `headers` (a request's gRPC metadata) require a leader.
+pub fn requires_leader(headers: &tonic::codegen::http::HeaderMap) -> bool {
+    headers.get(REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true")
+}
+
+/// Resolves once this member has had no leader for three election timeouts in a row (as
+/// etcd's monitorLeader): a stream that requires a leader then ends with `etcdserver: no
+/// leader`, so its client moves to a member that has one instead of going quiet.
+pub async fn leader_lost(node: &Node) {
+    let mut tick = tokio::time::interval(node.config.election_timeout);
+    let mut missing = 0;
+    loop {
+        tick.tick().await;
+        missing = if node.leader().is_none() { missing + 1 } else { 0 };
+        if missing >= 3 {
+            return;
+        }
+    }
+}
+
 fn is_grpc<B>(req: &tonic::codegen::http::Request<B>) -> bool {
     req.headers()
         .get(tonic::codegen::http::header::CONTENT_TYPE)
@@ -223,10 +247,16 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, tls: Option<Arc<rustl
     let grpc = grpc_router(&node, &services);
     let http = crate::gateway::router(node.clone(), &services);
     let metrics = node.metrics.clone();
+    let member = node.clone();
     let by_content_type = tower::service_fn(move |req: HttpRequest| {
-        let (grpc, http, metrics) = (grpc.clone(), http.clone(), metrics.clone());
+        let (grpc, http, metrics, node) = (grpc.clone(), http.clone(), metrics.clone(), member.clone());
         async move {
             if is_grpc(&req) {
+                // A request that requires a leader is refused at once by a member without
+                // one (etcd's interceptors), unary or stream.
+                if requires_leader(req.headers()) && node.leader().is_none() {
+                    return Ok(tonic::Status::unavailable(crate::error::msg::NO_LEADER).into_http::<axum::body::Body>());
+                }
                 Ok(count_rpc(metrics, grpc, req).await)
             } else {
                 http.oneshot(req).await

@@ -33,7 +33,8 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
-        Ok(Response::new(self.open(Credentials::of(&request), request.into_inner())))
+        let require_leader = super::requires_leader(request.metadata().as_ref());
+        Ok(Response::new(self.open(Credentials::of(&request), require_leader, request.into_inner())))
     }
 }
 
@@ -41,7 +42,11 @@ impl WatchService {
     /// Serve one watch stream: requests from `inbound` (a gRPC stream, or the
     /// gateway's JSON) by the client with `credentials`, responses on the returned
     /// stream. With auth on, each watcher needs READ on its range.
-    pub fn open<S>(&self, credentials: Credentials, mut inbound: S) -> BoxStream<WatchResponse>
+    ///
+    /// With `require_leader` (the client's `hasleader` metadata) the stream ends with
+    /// `etcdserver: no leader` once this member has been without a leader for three
+    /// election timeouts.
+    pub fn open<S>(&self, credentials: Credentials, require_leader: bool, mut inbound: S) -> BoxStream<WatchResponse>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
@@ -51,10 +56,16 @@ impl WatchService {
         let shutdown = node.shutdown.clone();
         let sid = hub.open_stream(tx.clone());
         self.node.tasks.spawn(async move {
+            let leader_lost = super::leader_lost(&node);
+            tokio::pin!(leader_lost);
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tx.closed() => break,
+                    _ = &mut leader_lost, if require_leader => {
+                        let _ = tx.send(Err(Status::unavailable(crate::error::msg::NO_LEADER))).await;
+                        break;
+                    }
                     m = inbound.next() => m.transpose(),
                 };
                 match msg {

@@ -376,3 +376,59 @@ async fn watchers_per_stream_and_streams_per_connection_are_bounded() {
     assert!(matches!(served, Ok(Ok(_))), "{served:?}");
     drop(second);
 }
+
+/// etcd's require-leader (`hasleader` metadata, set by clientv3's `WithRequireLeader` and
+/// etcdctl's watch): on a member cut off from the majority, a watch that requires a leader
+/// ends with `etcdserver: no leader` (so its client can move on), a request is refused at
+/// once, and clients that did not ask keep what they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_require_a_leader_end_when_the_member_loses_it() {
+    use cairn_api::etcdserverpb::kv_client::KvClient;
+    use cairn_api::etcdserverpb::RangeRequest;
+    let mut c = Cluster::start(3, &["--election-timeout", "500", "--heartbeat-interval", "100"]).await;
+    let leader = c.leader().await;
+    let alone = (leader + 1) % 3;
+    let url = c.members[alone].client_url.clone();
+    let open = |require: bool| {
+        let url = url.clone();
+        async move {
+            let mut client = WatchClient::connect(url).await.expect("connect");
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: "rl".into(),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .expect("create");
+            let mut req = tonic::Request::new(ReceiverStream::new(rx));
+            if require {
+                req.metadata_mut().insert("hasleader", "true".parse().expect("metadata"));
+            }
+            let mut stream = client.watch(req).await.expect("watch").into_inner();
+            assert!(stream.message().await.expect("created").expect("a response").created);
+            (tx, stream)
+        }
+    };
+    let (_keep1, mut required) = open(true).await;
+    let (_keep2, mut plain) = open(false).await;
+    for m in 0..3 {
+        if m != alone {
+            c.members[m].kill();
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(15), required.message()).await.expect("ended in time");
+    let status = ended.expect_err("an error status");
+    assert_eq!((status.code(), status.message()), (tonic::Code::Unavailable, "etcdserver: no leader"));
+    // The watch that did not ask stays open.
+    assert!(tokio::time::timeout(Duration::from_millis(500), plain.message()).await.is_err(), "plain watch ended");
+    // A request that requires a leader is refused; one that does not is served.
+    let mut kv = KvClient::connect(url.clone()).await.expect("connect");
+    let range = RangeRequest { key: "rl".into(), serializable: true, ..Default::default() };
+    let mut req = tonic::Request::new(range.clone());
+    req.metadata_mut().insert("hasleader", "true".parse().expect("metadata"));
+    let refused = kv.range(req).await.expect_err("refused without a leader");
+    assert_eq!((refused.code(), refused.message()), (tonic::Code::Unavailable, "etcdserver: no leader"));
+    kv.range(range).await.expect("a serializable read that does not require a leader");
+}
