@@ -20,7 +20,7 @@ use output::{lease_hex, Format};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-/// Bad input on the command line or stdin (exit code 2).
+/// Bad input on the command line or stdin (exit code 128, etcdctl's `ExitBadArgs`).
 #[derive(Debug)]
 pub struct BadArgs(pub String);
 
@@ -462,9 +462,30 @@ fn adopt_etcdctl_env() {
     }
 }
 
+/// etcdctl's exit code for bad arguments.
+const EXIT_BAD_ARGS: i32 = 128;
+
 fn main() {
     adopt_etcdctl_env();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // etcdctl's exit codes, so ported scripts keep working: a missing argument is
+            // ExitBadArgs (128), an unknown flag or a bad value cobra's usage error (1).
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+                ErrorKind::MissingRequiredArgument | ErrorKind::TooFewValues | ErrorKind::WrongNumberOfValues => {
+                    EXIT_BAD_ARGS
+                }
+                _ => 1,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -474,7 +495,7 @@ fn main() {
     };
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("Error: {e:#}");
-        let code = if e.downcast_ref::<BadArgs>().is_some() { 2 } else { 1 };
+        let code = if e.downcast_ref::<BadArgs>().is_some() { EXIT_BAD_ARGS } else { 1 };
         std::process::exit(code);
     }
 }

@@ -105,11 +105,13 @@ async fn kv_commands_in_every_format() {
 async fn errors_exit_non_zero_with_one_line() {
     let c = Cluster::start(1, &[]).await;
     let ep = c.endpoints();
-    let cases: [(&[&str], Option<&str>, i32, &str); 6] = [
-        (&["get"], None, 2, "required arguments"),
-        (&["del", "a", "--prefix", "--from-key"], None, 2, "cannot be set at the same time"),
-        (&["txn"], Some("mod(\"k\" > \"1\"\n\n\n"), 2, "malformed comparison"),
-        (&["put", "k", "v", "--lease", "zz"], None, 2, "bad lease ID"),
+    // Exit codes as etcdctl 3.4/3.5: bad arguments 128 (ExitBadArgs), an unknown flag 1.
+    let cases: [(&[&str], Option<&str>, i32, &str); 7] = [
+        (&["get"], None, 128, "required arguments"),
+        (&["get", "--nope", "k"], None, 1, "--nope"),
+        (&["del", "a", "--prefix", "--from-key"], None, 128, "cannot be set at the same time"),
+        (&["txn"], Some("mod(\"k\" > \"1\"\n\n\n"), 128, "malformed comparison"),
+        (&["put", "k", "v", "--lease", "zz"], None, 128, "bad lease ID"),
         (&["put", "k", "v", "--lease", "1234"], None, 1, "Error: etcdserver: requested lease not found"),
         (&["put", "", "v"], None, 1, "Error: etcdserver: key is not provided"),
     ];
@@ -287,7 +289,7 @@ async fn lock_and_elect_interoperate_with_etcdctl() {
     let theirs = Streaming::spawn(cmd).take(2);
     assert_eq!(streaming(&ep, &["elect", "-l", "other"]).take(2), theirs);
     let out = cairnctl(&ep, &["elect", "jobs"], None);
-    assert_eq!(out.status.code(), Some(2), "no proposal and no -l is bad input");
+    assert_eq!(out.status.code(), Some(128), "no proposal and no -l is bad input");
 }
 
 #[tokio::test]
@@ -311,7 +313,7 @@ async fn member_snapshot_defrag_and_move_leader_commands() {
     assert!(out.contains(&format!("{id} removed from cluster")), "{out}");
     assert_eq!(ok(&ep, &["member", "list"]).lines().count(), 3);
     let out = cairnctl(&ep, &["member", "remove", "zz"], None);
-    assert_eq!(out.status.code(), Some(2), "a malformed id is a usage error");
+    assert_eq!(out.status.code(), Some(128), "a malformed id is a usage error");
 
     // move-leader, then defrag every member.
     let status = json(&ok(&ep, &["endpoint", "status", "--cluster", "-w", "json"]));
@@ -331,7 +333,7 @@ async fn member_snapshot_defrag_and_move_leader_commands() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("snap.db").display().to_string();
     let out = cairnctl(&ep, &["snapshot", "save", &file], None);
-    assert_eq!(out.status.code(), Some(2), "several endpoints are refused");
+    assert_eq!(out.status.code(), Some(128), "several endpoints are refused");
     let one = c.members[1].endpoint();
     assert_eq!(ok(&one, &["snapshot", "save", &file]), format!("Snapshot saved at {file}\n"));
     let st = json(&ok(&one, &["snapshot", "status", &file, "-w", "json"]));
@@ -384,10 +386,10 @@ async fn auth_user_and_role_commands_match_etcdctl() {
             1,
             "Error: etcdserver: authentication failed, invalid user ID or password",
         ),
-        (&["--user", "alice", "get", "/app/x"], 2, "--user needs a password"),
+        (&["--user", "alice", "get", "/app/x"], 128, "--user needs a password"),
         (&["--user", "alice:alicepw", "user", "list"], 1, "Error: etcdserver: permission denied"),
-        (&["--user", "root:rootpw", "user", "add", "bob"], 2, "no password"),
-        (&["--user", "root:rootpw", "role", "grant-permission", "app", "all", "k"], 2, "invalid permission type"),
+        (&["--user", "root:rootpw", "user", "add", "bob"], 128, "no password"),
+        (&["--user", "root:rootpw", "role", "grant-permission", "app", "all", "k"], 128, "invalid permission type"),
     ] {
         let out = cairnctl(&ep, args, None);
         let err = String::from_utf8_lossy(&out.stderr);
