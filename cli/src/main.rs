@@ -451,7 +451,9 @@ enum AlarmCmd {
 
 /// Accept etcdctl's environment variables (ETCDCTL_ENDPOINTS, ...) where no CAIRNCTL_ one is set.
 fn adopt_etcdctl_env() {
-    for name in ["ENDPOINTS", "DIAL_TIMEOUT", "COMMAND_TIMEOUT", "WRITE_OUT", "CACERT", "CERT", "KEY"] {
+    for name in
+        ["ENDPOINTS", "DIAL_TIMEOUT", "COMMAND_TIMEOUT", "WRITE_OUT", "CACERT", "CERT", "KEY", "USER", "PASSWORD"]
+    {
         let ours = format!("CAIRNCTL_{name}");
         if std::env::var_os(&ours).is_none() {
             if let Some(v) = std::env::var_os(format!("ETCDCTL_{name}")) {

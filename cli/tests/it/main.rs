@@ -378,6 +378,16 @@ async fn auth_user_and_role_commands_match_etcdctl() {
 
     assert_eq!(ok(&ep, &["--user", "alice:alicepw", "put", "/app/x", "1"]), "OK\n");
     assert_eq!(ok(&ep, &["--user", "alice", "--password", "alicepw", "get", "/app/x", "--print-value-only"]), "1\n");
+    // etcdctl's ETCDCTL_USER / ETCDCTL_PASSWORD.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args([format!("--endpoints={ep}").as_str(), "get", "/app/x", "--print-value-only"])
+        .env_remove("CAIRNCTL_USER")
+        .env_remove("CAIRNCTL_PASSWORD")
+        .env("ETCDCTL_USER", "alice")
+        .env("ETCDCTL_PASSWORD", "alicepw")
+        .output()
+        .expect("cairnctl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n", "{}", String::from_utf8_lossy(&out.stderr));
     for (args, code, msg) in [
         (&["--user", "alice:alicepw", "get", "/other"][..], 1, "Error: etcdserver: permission denied"),
         (&["get", "/app/x"], 1, "Error: etcdserver: user name is empty"),
