@@ -3,7 +3,7 @@
 //! beyond the store, so every member reaches the same state at the same revision.
 
 use crate::error::{msg, Error};
-use crate::raft::state_machine::{LeaseChange, SmState};
+use crate::state::{LeaseChange, SmState};
 use cairn_api::cairnpb::{
     raft_request, raft_response, ApplyError, Empty, LeaseRecord, RaftBatchResponse, RaftRequest, RaftResponse,
 };
@@ -38,7 +38,7 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
     // With auth on, a client's request is checked again against the auth state of
     // this moment: a permission revoked while the request was in flight stops it.
     if let Some(request) = &req.request {
-        if let Err(e) = crate::auth::check_at_apply(state, req.caller.as_ref(), request) {
+        if let Err(e) = crate::auth::apply::check_at_apply(state, req.caller.as_ref(), request) {
             let response = Some(refused(e.code(), &e.message()));
             return Ok(RaftResponse { revision: state.mvcc.current_revision(), response, log_index: 0 });
         }
@@ -108,7 +108,7 @@ pub fn apply(state: &mut SmState, req: &RaftRequest) -> Result<RaftResponse, Sto
                 if changed || on { vec![AlarmMember { member_id: a.member_id, alarm: a.alarm }] } else { vec![] };
             Ok(R::Alarm(AlarmResponse { header: None, alarms }))
         }
-        Some(raft_request::Request::Auth(a)) => Ok(match crate::auth::apply(state, a) {
+        Some(raft_request::Request::Auth(a)) => Ok(match crate::auth::apply::apply(state, a) {
             Ok(()) => R::Empty(Empty {}),
             Err(e) => refused(e.code(), &e.message()),
         }),

@@ -204,7 +204,7 @@ pub struct Config {
     /// Most lease revocations per second.
     pub lease_revoke_rate: u32,
     /// Auto-compaction retention.
-    pub auto_compaction: crate::upkeep::Retention,
+    pub auto_compaction: Retention,
     /// Interval of revision-mode auto-compaction.
     pub auto_compaction_interval: Duration,
     /// Interval of the corruption check (zero: off).
@@ -309,7 +309,7 @@ impl Config {
             watch_progress_notify_interval: f.watch_progress_notify_interval.max(Duration::from_millis(10)),
             lease_checkpoint_interval: f.lease_checkpoint_interval.max(Duration::from_millis(100)),
             lease_revoke_rate: f.lease_revoke_rate.max(1),
-            auto_compaction: crate::upkeep::Retention::parse(&f.auto_compaction_mode, &f.auto_compaction_retention)?,
+            auto_compaction: Retention::parse(&f.auto_compaction_mode, &f.auto_compaction_retention)?,
             auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
             corrupt_check_interval: f.experimental_corrupt_check_time,
             learner_auto_promote: f.experimental_learner_auto_promote,
@@ -366,6 +366,43 @@ impl Config {
     }
 }
 
+/// How much history auto-compaction keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Off.
+    None,
+    /// Keep the revisions of the last period (etcd's `periodic` mode).
+    Period(Duration),
+    /// Keep this many revisions (etcd's `revision` mode).
+    Revisions(i64),
+}
+
+impl Retention {
+    /// Parse etcd's flags: `periodic` takes a duration (`1h`, `30m`) or a number of hours,
+    /// `revision` a number of revisions; `0` turns it off.
+    pub fn parse(mode: &str, retention: &str) -> Result<Retention, String> {
+        let r = retention.trim();
+        match mode {
+            "periodic" => {
+                let d = match r.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => {
+                        humantime::parse_duration(r).map_err(|e| format!("--auto-compaction-retention {r:?}: {e}"))?
+                    }
+                };
+                Ok(if d.is_zero() { Retention::None } else { Retention::Period(d) })
+            }
+            "revision" => {
+                let n: i64 = r
+                    .parse()
+                    .map_err(|_| format!("--auto-compaction-retention {r:?}: expected a number of revisions"))?;
+                Ok(if n <= 0 { Retention::None } else { Retention::Revisions(n) })
+            }
+            other => Err(format!("--auto-compaction-mode must be periodic or revision, not {other:?}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,5 +444,15 @@ mod tests {
         assert!(e.contains("new or existing"), "{e}");
         let e = Config::parse_from(["cairn", "--listen-client-urls", "127.0.0.1:2379"]).unwrap_err();
         assert!(e.contains("not a valid URL"), "{e}");
+    }
+
+    #[test]
+    fn retention_flags() {
+        assert_eq!(Retention::parse("periodic", "0"), Ok(Retention::None));
+        assert_eq!(Retention::parse("periodic", "1"), Ok(Retention::Period(Duration::from_secs(3600))));
+        assert_eq!(Retention::parse("periodic", "30m"), Ok(Retention::Period(Duration::from_secs(1800))));
+        assert_eq!(Retention::parse("revision", "1000"), Ok(Retention::Revisions(1000)));
+        assert!(Retention::parse("revision", "1h").is_err());
+        assert!(Retention::parse("sometimes", "1").is_err());
     }
 }

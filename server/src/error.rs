@@ -1,7 +1,9 @@
 //! The server's error type and its single mapping onto gRPC statuses, carrying etcd's
 //! exact codes and messages (clients match on them; see shared/etcd-errors.md).
 
+use cairn_api::cairnpb::{peer_refusal, PeerRefusal};
 use cairn_store::StoreError;
+use prost::Message;
 use tonic::{Code, Status};
 
 /// etcd's error messages, byte for byte.
@@ -65,6 +67,11 @@ pub enum Error {
         /// etcd message.
         message: String,
     },
+    /// Only the leader does this, and this member does not lead (any more), or
+    /// leadership is moving: ask the leader. Typed on the peer port too
+    /// ([`is_not_leader`]), so no caller decides by message text.
+    #[error("{}", msg::NOT_LEADER)]
+    NotLeader,
     /// No leader is known (an election is in progress).
     #[error("{}", msg::NO_LEADER)]
     NoLeader,
@@ -102,6 +109,7 @@ impl Error {
                 StoreError::Engine(_) | StoreError::Corrupt(_) => Code::Internal,
             },
             Error::Remote { code, .. } => Code::from_i32(*code),
+            Error::NotLeader => Code::FailedPrecondition,
             Error::NoLeader | Error::Timeout | Error::ConnectionLost | Error::Stopped => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
@@ -124,8 +132,20 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        Status::new(e.code(), e.message())
+        match e {
+            Error::NotLeader => {
+                let refusal = PeerRefusal { reason: peer_refusal::Reason::NotLeader as i32 };
+                Status::with_details(e.code(), e.message(), refusal.encode_to_vec().into())
+            }
+            e => Status::new(e.code(), e.message()),
+        }
     }
+}
+
+/// Whether a peer call was refused because the member called does not lead (the typed
+/// [`PeerRefusal`] in the status details, see [`Error::NotLeader`]).
+pub fn is_not_leader(s: &Status) -> bool {
+    PeerRefusal::decode(s.details()).is_ok_and(|r| r.reason == peer_refusal::Reason::NotLeader as i32)
 }
 
 impl From<Status> for Error {

@@ -1,10 +1,22 @@
 //! cairn-server: a Cairn member — etcd's v3 API over Raft-replicated MVCC.
 //!
-//! Data flows one way: client request -> [`grpc`] -> (writes) [`node::Node::propose`]
-//! -> Raft log ([`raft::log_store`]) -> commit -> [`apply`] (via
-//! [`raft::state_machine`]) -> MVCC store. Reads go [`grpc`] -> read index
-//! ([`node::Node::read_barrier`], linearizable) or straight to the store (serializable).
-//! Nothing below `apply` knows about gRPC.
+//! Layers, each importing only those below it (docs/ARCHITECTURE.md draws the graph):
+//!
+//! 1. foundations: [`error`], [`config`], [`tls`], [`conn`], [`data_dir`], [`version`];
+//! 2. replicated state: [`state`], [`auth`] (state, apply), [`lease`] (the lessor),
+//!    [`watch`] (the hub), [`apply`];
+//! 3. consensus: [`raft`] (log store, state machine, network), [`batch`];
+//! 4. [`replica`] (this member's Raft + state), [`router`] (the one way to the leader),
+//!    [`metrics`], [`write`] (admission of writes);
+//! 5. services: [`lease::leader`], [`membership`], [`auth::gate`], [`upkeep`];
+//! 6. ports: [`grpc`] (handlers), [`gateway`] (JSON and observability), [`serve`],
+//!    [`peer`];
+//! 7. [`member`]: the wiring, the only module that knows every layer.
+//!
+//! A write: [`grpc`] handler -> [`write::Writer::propose`] -> [`router::Router::propose`]
+//! -> leader's [`replica::Replica::propose_local`] -> [`batch`] -> Raft log -> commit ->
+//! [`apply`] (via [`raft::state_machine`]) -> MVCC store. A linearizable read waits for
+//! [`router::Router::read_barrier`], then reads the local store.
 
 pub mod apply;
 pub mod auth;
@@ -17,14 +29,21 @@ pub mod fuzz;
 pub mod gateway;
 pub mod grpc;
 pub mod lease;
+pub mod member;
 pub mod membership;
 pub mod metrics;
-pub mod node;
+pub mod peer;
 pub mod raft;
+pub mod replica;
+pub mod router;
+pub mod serve;
+pub mod state;
 pub mod testing;
 pub mod tls;
 pub mod upkeep;
+pub mod version;
 pub mod watch;
+pub mod write;
 
 pub use config::Config;
-pub use node::{Node, NodeHandle};
+pub use member::{start, MemberHandle};

@@ -1,4 +1,4 @@
-//! The `cairn` binary: flags -> Config -> Node::start, until SIGINT/SIGTERM.
+//! The `cairn` binary: flags -> Config -> member::start, until SIGINT/SIGTERM.
 
 use anyhow::Context;
 use cairn_server::config::{Config, Flags};
@@ -26,16 +26,16 @@ async fn main() -> anyhow::Result<()> {
         logs.init();
     }
 
-    let handle = cairn_server::Node::start(config).await.context("starting cairn")?;
-    let node = handle.node.clone();
+    let handle = cairn_server::start(config).await.context("starting cairn")?;
+    let stop = handle.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
-        node.shutdown.cancel();
+        stop.cancel();
     });
-    let failed = handle.node.clone();
+    let failed = handle.failed_flag();
     handle.run_until_stopped().await;
-    if failed.failed.load(std::sync::atomic::Ordering::SeqCst) {
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
         std::process::exit(1);
     }
     Ok(())

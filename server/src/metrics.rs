@@ -6,7 +6,7 @@
 //! with `cairn_`. Counters move as things happen; gauges that mirror state (Raft
 //! indexes, sizes, counts) are read when scraped ([`Metrics::refresh`]).
 
-use crate::node::Node;
+use crate::replica::Replica;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry,
@@ -265,7 +265,7 @@ impl Metrics {
             ),
             &["server_version"],
         ));
-        version.with_label_values(&[crate::grpc::maintenance::ETCD_API_VERSION]).set(1);
+        version.with_label_values(&[crate::version::ETCD_API]).set(1);
         must(m.registry.register(Box::new(version)));
         #[cfg(target_os = "linux")]
         must(m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())));
@@ -294,17 +294,17 @@ impl Metrics {
         s.handling.observe(elapsed.as_secs_f64());
     }
 
-    /// Read the gauges that mirror state from `node`.
-    pub fn refresh(&self, node: &Node) {
-        let m = node.raft.metrics().borrow().clone();
+    /// Read the gauges that mirror state from `replica`.
+    pub fn refresh(&self, replica: &Replica) {
+        let m = replica.raft().metrics().borrow().clone();
         self.has_leader.set(m.current_leader.is_some() as i64);
-        self.is_leader.set((m.current_leader == Some(node.id)) as i64);
+        self.is_leader.set((m.current_leader == Some(replica.id())) as i64);
         self.term.set(m.current_term as i64);
         self.last_index.set(m.last_log_index.unwrap_or(0) as i64);
         // openraft does not publish the commit index; an entry is applied right after
         // it commits, so the applied index Raft reports is the committed index we know.
         self.committed.set(m.last_applied.map_or(0, |l| l.index) as i64);
-        let (applied, keys, rev, compacted, leases) = node.read(|st| {
+        let (applied, keys, rev, compacted, leases) = replica.with_state(|st| {
             (
                 st.last_applied.map_or(0, |l| l.index),
                 st.mvcc.key_count(),
@@ -317,10 +317,10 @@ impl Metrics {
         self.keys.set(keys as i64);
         self.revision.set(rev);
         self.compact_revision.set(compacted);
-        let size = node.engine.size_on_disk() as i64;
+        let size = replica.engine().size_on_disk() as i64;
         self.db_size.set(size);
-        self.db_size_in_use.set(node.engine.size_in_use() as i64);
-        let w = &node.sm.hub.metrics;
+        self.db_size_in_use.set(replica.engine().size_in_use() as i64);
+        let w = &replica.hub().metrics;
         self.watchers.set(w.watchers.load(Ordering::Relaxed) as i64);
         self.slow_watchers.set(w.catching_up.load(Ordering::Relaxed) as i64);
         self.watch_stalls.set(w.slow_events.load(Ordering::Relaxed) as i64);
@@ -359,22 +359,5 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "Unavailable",
         DataLoss => "DataLoss",
         Unauthenticated => "Unauthenticated",
-    }
-}
-
-/// Count leader changes as this member sees them (a new leader id, not a lost one).
-pub async fn track_leader(node: Arc<Node>) {
-    let mut raft = node.raft.metrics();
-    let mut last = None;
-    loop {
-        let leader = raft.borrow().current_leader;
-        if leader.is_some() && leader != last {
-            node.metrics.leader_changes.inc();
-            last = leader;
-        }
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            changed = raft.changed() => if changed.is_err() { return },
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! programs' tests: a member started in-process on ephemeral loopback ports, and clusters
 //! of real `cairn` (or `etcd`) processes that can be killed and restarted.
 
-use crate::{Config, Node, NodeHandle};
+use crate::{Config, MemberHandle};
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_api::etcdserverpb::StatusRequest;
@@ -27,7 +27,7 @@ pub fn free_port() -> std::io::Result<u16> {
 
 /// Start a single member with its data in `dir`, client and peer ports on 127.0.0.1,
 /// plus `extra` flags; returns once it leads itself (or after 10 s, with an error).
-pub async fn start_loopback(dir: &Path, extra: &[&str]) -> anyhow::Result<NodeHandle> {
+pub async fn start_loopback(dir: &Path, extra: &[&str]) -> anyhow::Result<MemberHandle> {
     let (c, p) = (free_port()?, free_port()?);
     // A member refuses a data directory other users can read (a fresh tempdir may be 0755).
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -43,9 +43,9 @@ pub async fn start_loopback(dir: &Path, extra: &[&str]) -> anyhow::Result<NodeHa
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::parse_from(args).map_err(anyhow::Error::msg)?;
-    let h = Node::start(config).await?;
+    let h = crate::start(config).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.node.leader().is_none() {
+    while h.leader().is_none() {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "no leader elected in 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -4,8 +4,11 @@
 //! (`--experimental-learner-auto-promote`), plus clearing a NOSPACE alarm once the store
 //! fits its quota again.
 
-use crate::node::Node;
-use cairn_api::cairnpb::peer_client::PeerClient;
+use crate::config::Retention;
+use crate::membership::Membership;
+use crate::replica::Replica;
+use crate::router::Router;
+use crate::write::Writer;
 use cairn_api::cairnpb::{raft_request, HashKvPeerRequest, RaftRequest};
 use cairn_api::etcdserverpb::alarm_request::AlarmAction;
 use cairn_api::etcdserverpb::{AlarmRequest, AlarmType, CompactionRequest};
@@ -13,196 +16,165 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tokio_util::sync::CancellationToken;
 
-/// How much history auto-compaction keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retention {
-    /// Off.
-    None,
-    /// Keep the revisions of the last period (etcd's `periodic` mode).
-    Period(Duration),
-    /// Keep this many revisions (etcd's `revision` mode).
-    Revisions(i64),
+/// The leader's background upkeep of one member.
+pub struct Upkeep {
+    replica: Arc<Replica>,
+    router: Arc<Router>,
+    writer: Arc<Writer>,
+    membership: Arc<Membership>,
 }
 
-impl Retention {
-    /// Parse etcd's flags: `periodic` takes a duration (`1h`, `30m`) or a number of hours,
-    /// `revision` a number of revisions; `0` turns it off.
-    pub fn parse(mode: &str, retention: &str) -> Result<Retention, String> {
-        let r = retention.trim();
-        match mode {
-            "periodic" => {
-                let d = match r.parse::<u64>() {
-                    Ok(hours) => Duration::from_secs(hours * 3600),
-                    Err(_) => {
-                        humantime::parse_duration(r).map_err(|e| format!("--auto-compaction-retention {r:?}: {e}"))?
+impl Upkeep {
+    /// Upkeep of `replica`, writing through `writer`.
+    pub fn new(replica: Arc<Replica>, router: Arc<Router>, writer: Arc<Writer>, membership: Arc<Membership>) -> Self {
+        Upkeep { replica, router, writer, membership }
+    }
+
+    fn leads(&self) -> bool {
+        self.replica.leader() == Some(self.replica.id())
+    }
+
+    async fn compact(&self, revision: i64) {
+        if revision <= self.replica.with_state(|st| st.mvcc.compact_revision()) {
+            return;
+        }
+        let req =
+            RaftRequest::internal(raft_request::Request::Compaction(CompactionRequest { revision, physical: false }));
+        match self.writer.propose(req).await {
+            Ok(_) => tracing::info!(revision, "auto-compacted"),
+            Err(e) => tracing::warn!(revision, "auto-compaction: {e}"),
+        }
+    }
+
+    /// Auto-compaction on the leader. Periodic: the revision is sampled every tenth of the
+    /// period (at most 1 h, as etcd) and the store compacted to the newest sample older than
+    /// the retention, at most once a period. Revision: every `interval`, compact to the
+    /// current revision minus the retention.
+    pub async fn auto_compact(self: Arc<Self>, retention: Retention, interval: Duration, shutdown: CancellationToken) {
+        let node = &*self;
+        let (tick, keep) = match retention {
+            Retention::None => return,
+            Retention::Period(p) => (p.min(Duration::from_secs(3600)) / 10, p),
+            Retention::Revisions(_) => (interval, Duration::ZERO),
+        };
+        let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
+        let mut last_compaction = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(tick.max(Duration::from_millis(10))) => {}
+            }
+            let rev = node.replica.with_state(|st| st.mvcc.current_revision());
+            match retention {
+                Retention::Revisions(n) if node.leads() => node.compact(rev - n).await,
+                Retention::Period(_) => {
+                    let now = Instant::now();
+                    samples.push_back((now, rev));
+                    // The front becomes the newest sample at least `keep` old.
+                    while samples.len() >= 2 && now.duration_since(samples[1].0) >= keep {
+                        samples.pop_front();
                     }
+                    if let Some(&(t, r)) = samples.front() {
+                        let due = now.duration_since(last_compaction) >= keep.min(Duration::from_secs(3600));
+                        if now.duration_since(t) >= keep && due && node.leads() {
+                            node.compact(r).await;
+                            last_compaction = now;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The leader's corruption check: every `every`, compare this member's HashKV with each
+    /// other member's at the same revision; a member whose hash differs while its compact
+    /// revision is the same has diverged, and a CORRUPT alarm is raised for it (every member
+    /// then refuses writes until an operator disarms it). Members that have not applied the
+    /// revision yet are skipped this round.
+    pub async fn corruption_check(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let node = &*self;
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !node.leads() || node.replica.with_state(|st| st.corrupt()) {
+                continue;
+            }
+            if let Err(e) = node.check_once().await {
+                tracing::warn!("corruption check: {e}");
+            }
+        }
+    }
+
+    async fn check_once(&self) -> crate::error::Result<()> {
+        let node = self;
+        let (hash, compacted, rev) = node.replica.hash_kv(0)?;
+        for (id, mut c) in node.router.peers() {
+            let mut req =
+                tonic::Request::new(HashKvPeerRequest { cluster_id: node.replica.cluster_id(), revision: rev });
+            req.set_timeout(Duration::from_secs(5));
+            let Ok(theirs) = c.hash_kv(req).await else { continue };
+            let theirs = theirs.into_inner();
+            if theirs.compact_revision == compacted && theirs.hash != hash {
+                tracing::error!(
+                    member = %format!("{id:x}"), revision = rev, ours = hash, theirs = theirs.hash,
+                    "HashKV mismatch: raising CORRUPT"
+                );
+                let alarm = AlarmRequest {
+                    action: AlarmAction::Activate as i32,
+                    member_id: id,
+                    alarm: AlarmType::Corrupt as i32,
                 };
-                Ok(if d.is_zero() { Retention::None } else { Retention::Period(d) })
+                node.writer.propose(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await?;
             }
-            "revision" => {
-                let n: i64 = r
-                    .parse()
-                    .map_err(|_| format!("--auto-compaction-retention {r:?}: expected a number of revisions"))?;
-                Ok(if n <= 0 { Retention::None } else { Retention::Revisions(n) })
+        }
+        Ok(())
+    }
+
+    /// Promote each learner as soon as it is in sync with the leader (the check MemberPromote
+    /// makes), checked every second on the leader.
+    pub async fn auto_promote(self: Arc<Self>, shutdown: CancellationToken) {
+        let node = &*self;
+        use cairn_api::cairnpb::cluster_change_request::Change;
+        use cairn_api::etcdserverpb::MemberPromoteRequest;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            other => Err(format!("--auto-compaction-mode must be periodic or revision, not {other:?}")),
-        }
-    }
-}
-
-fn leads(node: &Node) -> bool {
-    node.leader() == Some(node.id)
-}
-
-async fn compact(node: &Node, revision: i64) {
-    if revision <= node.read(|st| st.mvcc.compact_revision()) {
-        return;
-    }
-    let req = RaftRequest::internal(raft_request::Request::Compaction(CompactionRequest { revision, physical: false }));
-    match node.propose(req).await {
-        Ok(_) => tracing::info!(revision, "auto-compacted"),
-        Err(e) => tracing::warn!(revision, "auto-compaction: {e}"),
-    }
-}
-
-/// Auto-compaction on the leader. Periodic: the revision is sampled every tenth of the
-/// period (at most 1 h, as etcd) and the store compacted to the newest sample older than
-/// the retention, at most once a period. Revision: every `interval`, compact to the
-/// current revision minus the retention.
-pub async fn auto_compact(node: Arc<Node>, retention: Retention, interval: Duration) {
-    let (tick, keep) = match retention {
-        Retention::None => return,
-        Retention::Period(p) => (p.min(Duration::from_secs(3600)) / 10, p),
-        Retention::Revisions(_) => (interval, Duration::ZERO),
-    };
-    let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
-    let mut last_compaction = Instant::now();
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick.max(Duration::from_millis(10))) => {}
-        }
-        let rev = node.read(|st| st.mvcc.current_revision());
-        match retention {
-            Retention::Revisions(n) if leads(&node) => compact(&node, rev - n).await,
-            Retention::Period(_) => {
-                let now = Instant::now();
-                samples.push_back((now, rev));
-                // The front becomes the newest sample at least `keep` old.
-                while samples.len() >= 2 && now.duration_since(samples[1].0) >= keep {
-                    samples.pop_front();
-                }
-                if let Some(&(t, r)) = samples.front() {
-                    let due = now.duration_since(last_compaction) >= keep.min(Duration::from_secs(3600));
-                    if now.duration_since(t) >= keep && due && leads(&node) {
-                        compact(&node, r).await;
-                        last_compaction = now;
-                    }
+            if !node.leads() {
+                continue;
+            }
+            let learners: Vec<u64> =
+                node.replica.raft().metrics().borrow().membership_config.membership().learner_ids().collect();
+            for id in learners {
+                match node.membership.execute(Change::Promote(MemberPromoteRequest { id })).await {
+                    Ok(_) => tracing::info!(id = %format!("{id:x}"), "learner caught up: promoted"),
+                    Err(e) => tracing::debug!(id = %format!("{id:x}"), "not promoting yet: {e}"),
                 }
             }
-            _ => {}
         }
     }
-}
 
-/// The leader's corruption check: every `every`, compare this member's HashKV with each
-/// other member's at the same revision; a member whose hash differs while its compact
-/// revision is the same has diverged, and a CORRUPT alarm is raised for it (every member
-/// then refuses writes until an operator disarms it). Members that have not applied the
-/// revision yet are skipped this round.
-pub async fn corruption_check(node: Arc<Node>, every: Duration) {
-    if every.is_zero() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if !leads(&node) || node.read(|st| st.corrupt()) {
-            continue;
-        }
-        if let Err(e) = check_once(&node).await {
-            tracing::warn!("corruption check: {e}");
-        }
-    }
-}
-
-async fn check_once(node: &Node) -> crate::error::Result<()> {
-    let (hash, compacted, rev) = node.hash_kv(0)?;
-    let m = node.raft.metrics().borrow().membership_config.clone();
-    for (id, member) in m.membership().nodes() {
-        if *id == node.id {
-            continue;
-        }
-        let Some(mut c): Option<PeerClient<Channel>> = node.peer_client(*id, member) else { continue };
-        let mut req = tonic::Request::new(HashKvPeerRequest { cluster_id: node.cluster_id, revision: rev });
-        req.set_timeout(Duration::from_secs(5));
-        let Ok(theirs) = c.hash_kv(req).await else { continue };
-        let theirs = theirs.into_inner();
-        if theirs.compact_revision == compacted && theirs.hash != hash {
-            tracing::error!(
-                member = %format!("{id:x}"), revision = rev, ours = hash, theirs = theirs.hash,
-                "HashKV mismatch: raising CORRUPT"
-            );
-            let alarm =
-                AlarmRequest { action: AlarmAction::Activate as i32, member_id: *id, alarm: AlarmType::Corrupt as i32 };
-            node.propose(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Promote each learner as soon as it is in sync with the leader (the check MemberPromote
-/// makes), checked every second on the leader.
-pub async fn auto_promote(node: Arc<Node>) {
-    use cairn_api::cairnpb::cluster_change_request::Change;
-    use cairn_api::etcdserverpb::MemberPromoteRequest;
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        if !leads(&node) {
-            continue;
-        }
-        let learners: Vec<u64> = node.raft.metrics().borrow().membership_config.membership().learner_ids().collect();
-        for id in learners {
-            match crate::membership::execute(&node, Change::Promote(MemberPromoteRequest { id })).await {
-                Ok(_) => tracing::info!(id = %format!("{id:x}"), "learner caught up: promoted"),
-                Err(e) => tracing::debug!(id = %format!("{id:x}"), "not promoting yet: {e}"),
+    /// Clear this member's NOSPACE alarm once its store is back under the quota (after a
+    /// compaction and defragment), checked every few seconds.
+    pub async fn clear_no_space(self: Arc<Self>, shutdown: CancellationToken) {
+        let node = &*self;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            if let Err(e) = node.writer.clear_no_space().await {
+                tracing::debug!("clearing NOSPACE: {e}");
             }
         }
-    }
-}
-
-/// Clear this member's NOSPACE alarm once its store is back under the quota (after a
-/// compaction and defragment), checked every few seconds.
-pub async fn clear_no_space(node: Arc<Node>) {
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        if let Err(e) = node.clear_no_space().await {
-            tracing::debug!("clearing NOSPACE: {e}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retention_flags() {
-        assert_eq!(Retention::parse("periodic", "0"), Ok(Retention::None));
-        assert_eq!(Retention::parse("periodic", "1"), Ok(Retention::Period(Duration::from_secs(3600))));
-        assert_eq!(Retention::parse("periodic", "30m"), Ok(Retention::Period(Duration::from_secs(1800))));
-        assert_eq!(Retention::parse("revision", "1000"), Ok(Retention::Revisions(1000)));
-        assert!(Retention::parse("revision", "1h").is_err());
-        assert!(Retention::parse("sometimes", "1").is_err());
     }
 }

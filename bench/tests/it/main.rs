@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-async fn member(dir: &std::path::Path) -> cairn_server::NodeHandle {
+async fn member(dir: &std::path::Path) -> cairn_server::MemberHandle {
     cairn_server::testing::start_loopback(dir, &[]).await.expect("member starts")
 }
 

@@ -13,10 +13,9 @@
 pub mod frames;
 pub mod observe;
 
-use crate::auth::Credentials;
+use crate::auth::gate::Credentials;
 use crate::grpc::Services;
 use crate::metrics::{Metrics, RpcId};
-use crate::node::Node;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -29,6 +28,7 @@ use cairn_api::etcdserverpb::lease_server::Lease;
 use cairn_api::etcdserverpb::maintenance_server::Maintenance;
 use cairn_api::v3electionpb::election_server::Election;
 use cairn_api::v3lockpb::lock_server::Lock;
+use observe::Observed;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
@@ -50,10 +50,12 @@ const STREAM_BUFFER: usize = 16;
 /// Shared by every route of one member's gateway.
 #[derive(Clone)]
 pub struct Gateway {
-    node: Arc<Node>,
-    metrics: Arc<Metrics>,
+    /// RPC counters (gateway calls count as the gRPC calls they make).
+    pub metrics: Arc<Metrics>,
     /// Largest request body accepted (JSON is larger than the protobuf it carries).
-    body_limit: usize,
+    pub body_limit: usize,
+    /// Cancelled when the member stops (ends streams).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A request that failed before or inside the handler: its gRPC status and HTTP status.
@@ -391,7 +393,7 @@ impl Gateway {
         let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(STREAM_BUFFER);
         let metrics = self.metrics.clone();
         let gw = self.clone();
-        let shutdown = self.node.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             // Malformed input, if reported; a sender that goes away reports nothing.
             let bad = async move {
@@ -459,12 +461,7 @@ struct Caller {
 }
 
 /// The gateway's routes over `services`, plus the observability endpoints.
-pub fn router(node: Arc<Node>, services: &Services) -> Router {
-    let gw = Gateway {
-        body_limit: 2 * node.config.max_request_bytes + 512 * 1024,
-        metrics: node.metrics.clone(),
-        node: node.clone(),
-    };
+pub fn router(gw: Gateway, services: &Services, observed: Observed) -> Router {
     let mut r = Router::new();
     // Each route: the service handle, its gRPC name, the trait method, the paths.
     macro_rules! routes {
@@ -567,5 +564,5 @@ pub fn router(node: Arc<Node>, services: &Services) -> Router {
     };
     r = route(r, "lease/keepalive", post(keepalive_route));
 
-    r.merge(observe::router(node)).fallback(not_found).layer(axum::middleware::map_response(cors))
+    r.merge(observe::router(observed)).fallback(not_found).layer(axum::middleware::map_response(cors))
 }

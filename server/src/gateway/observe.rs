@@ -11,7 +11,9 @@
 //! - `GET /metrics`: the member's Prometheus registry in the text format.
 
 use super::error_response;
-use crate::node::Node;
+use crate::metrics::Metrics;
+use crate::replica::Replica;
+use crate::router::Router as LeaderRouter;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -26,8 +28,21 @@ use tonic::Code;
 
 type Params = Query<HashMap<String, String>>;
 
-/// The observability routes of `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// What the observability routes read of their member.
+#[derive(Clone)]
+pub struct Observed {
+    /// Leader, alarms, gauges.
+    pub replica: Arc<Replica>,
+    /// Linearizable read probes.
+    pub router: Arc<LeaderRouter>,
+    /// The registry served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// How long a probe may take (the request timeout).
+    pub probe_limit: Duration,
+}
+
+/// The observability routes over `observed`.
+pub fn router(observed: Observed) -> Router {
     let only_get =
         || async { error_response(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, "Method Not Allowed") };
     Router::new()
@@ -36,7 +51,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz).fallback(only_get))
         .route("/version", get(version).fallback(only_get))
         .route("/metrics", get(metrics).fallback(only_get))
-        .with_state(node)
+        .with_state(observed)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
@@ -56,11 +71,11 @@ fn flag(p: &Params, name: &str) -> bool {
 
 /// Why this member cannot serve a linearizable read now, if it cannot. The read is
 /// bounded by `limit` so a health probe never hangs.
-async fn linearizable_problem(node: &Node, limit: Duration) -> Option<String> {
-    if node.leader().is_none() {
+async fn linearizable_problem(obs: &Observed, limit: Duration) -> Option<String> {
+    if obs.replica.leader().is_none() {
         return Some("RAFT NO LEADER".into());
     }
-    match tokio::time::timeout(limit, node.read_barrier()).await {
+    match tokio::time::timeout(limit, obs.router.read_barrier()).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("QGET ERROR: {e}")),
         Err(_) => Some("QGET ERROR: timed out".into()),
@@ -68,18 +83,18 @@ async fn linearizable_problem(node: &Node, limit: Duration) -> Option<String> {
 }
 
 /// How long a probe's linearizable read may take.
-fn probe_limit(node: &Node) -> Duration {
-    node.config.request_timeout()
+fn probe_limit(obs: &Observed) -> Duration {
+    obs.probe_limit
 }
 
-async fn health(State(node): State<Arc<Node>>, p: Params) -> Response {
+async fn health(State(obs): State<Observed>, p: Params) -> Response {
     #[derive(Serialize)]
     struct Health {
         health: &'static str,
         reason: String,
     }
     // A raised alarm makes the member unhealthy unless excluded (`?exclude=NOSPACE`).
-    let alarm = node.read(|st| {
+    let alarm = obs.replica.with_state(|st| {
         st.alarms
             .iter()
             .map(|(_, a)| AlarmType::try_from(*a).map_or("UNKNOWN", |t| t.as_str_name()))
@@ -88,9 +103,9 @@ async fn health(State(node): State<Arc<Node>>, p: Params) -> Response {
     let problem = if let Some(name) = alarm {
         Some(format!("ALARM {name}"))
     } else if flag(&p, "serializable") {
-        node.leader().is_none().then(|| "RAFT NO LEADER".to_string())
+        obs.replica.leader().is_none().then(|| "RAFT NO LEADER".to_string())
     } else {
-        linearizable_problem(&node, probe_limit(&node)).await
+        linearizable_problem(&obs, probe_limit(&obs)).await
     };
     match problem {
         None => json(StatusCode::OK, &Health { health: "true", reason: String::new() }),
@@ -105,11 +120,11 @@ async fn livez() -> Response {
     text(StatusCode::OK, "text/plain; charset=utf-8", "ok".into())
 }
 
-async fn readyz(State(node): State<Arc<Node>>, p: Params) -> Response {
+async fn readyz(State(obs): State<Observed>, p: Params) -> Response {
     let checks = [
-        ("data_corruption", node.read(|st| st.corrupt()).then(|| "alarm CORRUPT is raised".to_string())),
-        ("serializable_read", node.leader().is_none().then(|| "no leader".to_string())),
-        ("linearizable_read", linearizable_problem(&node, probe_limit(&node)).await),
+        ("data_corruption", obs.replica.with_state(|st| st.corrupt()).then(|| "alarm CORRUPT is raised".to_string())),
+        ("serializable_read", obs.replica.leader().is_none().then(|| "no leader".to_string())),
+        ("linearizable_read", linearizable_problem(&obs, probe_limit(&obs)).await),
     ];
     let ok = checks.iter().all(|(_, c)| c.is_none());
     let mut body = String::new();
@@ -133,11 +148,11 @@ async fn version() -> Response {
         etcdcluster: &'static str,
         cairn: &'static str,
     }
-    let v = crate::grpc::maintenance::ETCD_API_VERSION;
+    let v = crate::version::ETCD_API;
     json(StatusCode::OK, &Version { etcdserver: v, etcdcluster: v, cairn: env!("CARGO_PKG_VERSION") })
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    node.metrics.refresh(&node);
-    text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", node.metrics.render())
+async fn metrics(State(obs): State<Observed>) -> Response {
+    obs.metrics.refresh(&obs.replica);
+    text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", obs.metrics.render())
 }

@@ -4,16 +4,17 @@
 //! member's copy after a read barrier. Passwords are bcrypt-hashed here, on the member
 //! that received them, so only hashes reach the log.
 
+use super::Ctx;
+use crate::auth::gate::Identity;
 use crate::auth::token::{SimpleTokens, TokenKind};
-use crate::auth::{err, Identity, ROOT};
+use crate::auth::{err, ROOT};
 use crate::error::{Error, Result};
-use crate::node::Node;
 use cairn_api::authpb::{permission, Permission};
 use cairn_api::cairnpb::{auth_raft_request, raft_request, AuthRaftRequest, RaftRequest, SimpleToken};
 use cairn_api::etcdserverpb::auth_server::Auth;
 use cairn_api::etcdserverpb::*;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
@@ -22,7 +23,7 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The Auth service of one member.
 pub struct AuthService {
-    node: Arc<Node>,
+    ctx: Ctx,
     /// When recent logins failed (for the rate in the log).
     failures: Mutex<VecDeque<Instant>>,
     /// A hash to check passwords of unknown users against, so a login takes as long
@@ -33,33 +34,33 @@ pub struct AuthService {
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
 impl AuthService {
-    /// The Auth service of `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node, failures: Mutex::new(VecDeque::new()), dummy_hash: OnceLock::new() }
+    /// The Auth service of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Self {
+        Self { ctx: ctx.clone(), failures: Mutex::new(VecDeque::new()), dummy_hash: OnceLock::new() }
     }
 
     /// Propose `change` in the name of `req`'s caller; the response header.
     async fn change<T>(&self, req: &Request<T>, change: auth_raft_request::Request) -> Result<ResponseHeader> {
-        let who = self.node.identify(req).await?;
+        let who = self.ctx.gate.identify(req).await?;
         self.change_as(&who, change).await
     }
 
     async fn change_as(&self, who: &Identity, change: auth_raft_request::Request) -> Result<ResponseHeader> {
         let req = raft_request::Request::Auth(AuthRaftRequest { request: Some(change) });
-        let resp = self.node.propose(self.node.client_request(who, req)?).await?;
-        Ok(self.node.header(resp.revision))
+        let resp = self.ctx.writer.propose(self.ctx.gate.client_request(who, req)?).await?;
+        Ok(self.ctx.replica.header(resp.revision))
     }
 
     /// Identify the caller and wait until this member has applied everything committed.
     async fn reader<T>(&self, req: &Request<T>) -> Result<(Identity, ResponseHeader)> {
-        let who = self.node.identify(req).await?;
-        self.node.read_barrier().await?;
-        Ok((who, self.node.current_header()))
+        let who = self.ctx.gate.identify(req).await?;
+        self.ctx.router.read_barrier().await?;
+        Ok((who, self.ctx.replica.current_header()))
     }
 
     /// A bcrypt hash of `password` at `--bcrypt-cost`, computed off the async threads.
     async fn hash(&self, password: String) -> Result<String> {
-        let cost = self.node.config.bcrypt_cost;
+        let cost = self.ctx.limits.bcrypt_cost;
         tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -82,7 +83,7 @@ impl AuthService {
 
     /// Whether `password` is the user's (constant-time compare inside bcrypt).
     async fn password_ok(&self, name: &str, password: &str) -> Result<bool> {
-        let stored = self.node.read(|st| {
+        let stored = self.ctx.replica.with_state(|st| {
             st.auth
                 .users
                 .get(name)
@@ -92,7 +93,7 @@ impl AuthService {
         let (hash, known) = match stored {
             Some(h) => (h, true),
             None => {
-                let cost = self.node.config.bcrypt_cost;
+                let cost = self.ctx.limits.bcrypt_cost;
                 let dummy = self.dummy_hash.get_or_init(|| bcrypt::hash("no such user", cost).unwrap_or_default());
                 (dummy.clone(), false)
             }
@@ -115,18 +116,18 @@ impl AuthService {
     }
 
     async fn authenticate_inner(&self, r: AuthenticateRequest) -> Result<String> {
-        if !self.node.read(|st| st.auth.enabled) {
+        if !self.ctx.replica.with_state(|st| st.auth.enabled) {
             return Err(err::not_enabled());
         }
         // A user added a moment ago through another member can log in here.
-        self.node.read_barrier().await?;
+        self.ctx.router.read_barrier().await?;
         if !self.password_ok(&r.name, &r.password).await? {
             self.log_failure(&r.name);
             return Err(err::auth_failed());
         }
-        match &self.node.tokens {
+        match &self.ctx.gate.tokens() {
             TokenKind::Jwt(jwt) => {
-                let revision = self.node.read(|st| st.auth.revision);
+                let revision = self.ctx.replica.with_state(|st| st.auth.revision);
                 jwt.sign(&r.name, revision).map_err(Error::Internal)
             }
             TokenKind::Simple => {
@@ -134,7 +135,7 @@ impl AuthService {
                 let t = SimpleToken { user: r.name.clone(), token: token.clone() };
                 let change = auth_raft_request::Request::Authenticate(t);
                 let req = raft_request::Request::Auth(AuthRaftRequest { request: Some(change) });
-                self.node.propose(RaftRequest::internal(req)).await?;
+                self.ctx.writer.propose(RaftRequest::internal(req)).await?;
                 Ok(token)
             }
         }
@@ -157,19 +158,19 @@ impl Auth for AuthService {
 
     async fn auth_status(&self, req: Request<AuthStatusRequest>) -> Reply<AuthStatusResponse> {
         let (_, header) = self.reader(&req).await?;
-        let (enabled, auth_revision) = self.node.read(|st| (st.auth.enabled, st.auth.revision));
+        let (enabled, auth_revision) = self.ctx.replica.with_state(|st| (st.auth.enabled, st.auth.revision));
         Ok(Response::new(AuthStatusResponse { header: Some(header), enabled, auth_revision }))
     }
 
     async fn authenticate(&self, req: Request<AuthenticateRequest>) -> Reply<AuthenticateResponse> {
         let token = self.authenticate_inner(req.into_inner()).await?;
-        Ok(Response::new(AuthenticateResponse { header: Some(self.node.current_header()), token }))
+        Ok(Response::new(AuthenticateResponse { header: Some(self.ctx.replica.current_header()), token }))
     }
 
     async fn user_add(&self, req: Request<AuthUserAddRequest>) -> Reply<AuthUserAddResponse> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         // Refused before the (slow) hashing.
-        self.node.check_admin(&who)?;
+        self.ctx.gate.check_admin(&who)?;
         let mut r = req.into_inner();
         if r.name.is_empty() {
             return Err(err::user_empty().into());
@@ -185,7 +186,7 @@ impl Auth for AuthService {
     async fn user_get(&self, req: Request<AuthUserGetRequest>) -> Reply<AuthUserGetResponse> {
         let (who, header) = self.reader(&req).await?;
         let name = &req.get_ref().name;
-        let roles = self.node.read(|st| {
+        let roles = self.ctx.replica.with_state(|st| {
             if who.user != *name {
                 st.auth.check_admin(&who.user)?;
             }
@@ -196,7 +197,7 @@ impl Auth for AuthService {
 
     async fn user_list(&self, req: Request<AuthUserListRequest>) -> Reply<AuthUserListResponse> {
         let (who, header) = self.reader(&req).await?;
-        let users = self.node.read(|st| {
+        let users = self.ctx.replica.with_state(|st| {
             st.auth.check_admin(&who.user)?;
             Ok::<_, Error>(st.auth.users.keys().cloned().collect())
         })?;
@@ -213,10 +214,10 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Reply<AuthUserChangePasswordResponse> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let mut r = req.into_inner();
         if who.user != r.name {
-            self.node.check_admin(&who)?;
+            self.ctx.gate.check_admin(&who)?;
         }
         r.hashed_password = self.password_hash(&r.password, &r.hashed_password).await?;
         r.password.clear();
@@ -245,7 +246,7 @@ impl Auth for AuthService {
     async fn role_get(&self, req: Request<AuthRoleGetRequest>) -> Reply<AuthRoleGetResponse> {
         let (who, header) = self.reader(&req).await?;
         let role = &req.get_ref().role;
-        let perm = self.node.read(|st| {
+        let perm = self.ctx.replica.with_state(|st| {
             st.auth.may_read_role(&who.user, role)?;
             match st.auth.roles.get(role) {
                 Some(r) => Ok(r.key_permission.clone()),
@@ -263,7 +264,7 @@ impl Auth for AuthService {
 
     async fn role_list(&self, req: Request<AuthRoleListRequest>) -> Reply<AuthRoleListResponse> {
         let (who, header) = self.reader(&req).await?;
-        let roles = self.node.read(|st| {
+        let roles = self.ctx.replica.with_state(|st| {
             st.auth.check_admin(&who.user)?;
             Ok::<_, Error>(st.auth.roles.keys().cloned().collect())
         })?;

@@ -6,8 +6,8 @@
 
 use super::local::Local;
 use super::lock::{create_if_absent, created_at, relay, wait_turn, Pending};
+use super::Ctx;
 use crate::error::msg;
-use crate::node::Node;
 use cairn_api::etcdserverpb::request_op::Request as Op;
 use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest};
 use cairn_api::mvccpb::event::EventType;
@@ -32,9 +32,9 @@ pub struct ElectionService {
 }
 
 impl ElectionService {
-    /// The Election service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { local: Arc::new(Local::new(node)) }
+    /// The Election service of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Self {
+        Self { local: Arc::new(Local::new(ctx)) }
     }
 }
 
@@ -71,7 +71,7 @@ impl Election for ElectionService {
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(msg::MISSING_LEADER_KEY))?;
         let rev = proclaim_as(&local, &leader, r.value).await.map_err(relay)?;
-        Ok(Response::new(ProclaimResponse { header: Some(self.local.node.header(rev)) }))
+        Ok(Response::new(ProclaimResponse { header: Some(self.local.ctx.replica.header(rev)) }))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
@@ -87,8 +87,8 @@ impl Election for ElectionService {
         let local = self.local.acting_for(&req).await?;
         let prefix = with_slash(&req.into_inner().name);
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
-        let shutdown = local.node.shutdown.clone();
-        self.local.node.tasks.spawn(async move {
+        let shutdown = local.ctx.shutdown.clone();
+        self.local.ctx.tasks.spawn(async move {
             tokio::select! {
                 r = observe(&local, &prefix, &tx) => if let Err(s) = r { let _ = tx.send(Err(relay(s))).await; },
                 _ = tx.closed() => {}
@@ -174,7 +174,7 @@ async fn observe(
                     break 'leader;
                 }
                 last = Some((kv.key.clone(), kv.mod_revision));
-                let header = Some(local.node.header(kv.mod_revision));
+                let header = Some(local.ctx.replica.header(kv.mod_revision));
                 if tx.send(Ok(LeaderResponse { header, kv: Some(kv) })).await.is_err() {
                     return Ok(());
                 }

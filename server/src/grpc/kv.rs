@@ -1,32 +1,31 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 
 use super::validate;
-use crate::auth::Identity;
+use super::Ctx;
+use crate::auth::gate::Identity;
 use crate::error::{Error, Result};
-use crate::node::Node;
 use cairn_api::cairnpb::{raft_request, raft_response, RaftResponse};
 use cairn_api::etcdserverpb::kv_server::Kv;
 use cairn_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The KV service of one member.
 pub struct KvService {
-    node: Arc<Node>,
+    ctx: Ctx,
 }
 
 impl KvService {
-    /// The KV service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// The KV service of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Self {
+        Self { ctx: ctx.clone() }
     }
 
     async fn write(&self, who: &Identity, req: raft_request::Request) -> Result<(i64, raft_response::Response)> {
-        let req = self.node.client_request(who, req)?;
-        let RaftResponse { revision, response, .. } = self.node.propose(req).await?;
+        let req = self.ctx.gate.client_request(who, req)?;
+        let RaftResponse { revision, response, .. } = self.ctx.writer.propose(req).await?;
         let r = response.ok_or_else(|| Error::Internal("empty apply result".into()))?;
         Ok((revision, r))
     }
@@ -49,25 +48,25 @@ fn read_only(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> std::result::Result<Response<RangeResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let r = req.into_inner();
         validate::range(&r)?;
-        self.node.check_read(&who, &r.key, &r.range_end)?;
+        self.ctx.gate.check_read(&who, &r.key, &r.range_end)?;
         if !r.serializable {
-            self.node.read_barrier().await?;
+            self.ctx.router.read_barrier().await?;
         }
-        let mut resp = self.node.range(&r)?;
-        resp.header = Some(self.node.header(resp.header.map_or(0, |h| h.revision)));
+        let mut resp = self.ctx.replica.range(&r)?;
+        resp.header = Some(self.ctx.replica.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> std::result::Result<Response<PutResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let r = req.into_inner();
         validate::put(&r)?;
         match self.write(&who, raft_request::Request::Put(r)).await? {
             (rev, raft_response::Response::Put(mut p)) => {
-                p.header = Some(self.node.header(rev));
+                p.header = Some(self.ctx.replica.header(rev));
                 Ok(Response::new(p))
             }
             (_, other) => Err(unexpected(other)),
@@ -78,12 +77,12 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> std::result::Result<Response<DeleteRangeResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let r = req.into_inner();
         validate::delete(&r)?;
         match self.write(&who, raft_request::Request::DeleteRange(r)).await? {
             (rev, raft_response::Response::DeleteRange(mut d)) => {
-                d.header = Some(self.node.header(rev));
+                d.header = Some(self.ctx.replica.header(rev));
                 Ok(Response::new(d))
             }
             (_, other) => Err(unexpected(other)),
@@ -91,22 +90,22 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> std::result::Result<Response<TxnResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let r = req.into_inner();
-        validate::txn(&r, self.node.config.max_txn_ops)?;
+        validate::txn(&r, self.ctx.limits.max_txn_ops)?;
         if read_only(&r) {
             // Like etcd, a read-only txn is a linearizable read, not a Raft proposal.
             if !who.open {
-                self.node.read(|st| st.auth.check_txn(&who.user, &r, &|_| Vec::new()))?;
+                self.ctx.replica.with_state(|st| st.auth.check_txn(&who.user, &r, &|_| Vec::new()))?;
             }
-            self.node.read_barrier().await?;
-            let mut resp = self.node.read(|st| st.mvcc.read_txn(&r)).map_err(Error::from)?;
-            resp.header = Some(self.node.header(resp.header.map_or(0, |h| h.revision)));
+            self.ctx.router.read_barrier().await?;
+            let mut resp = self.ctx.replica.with_state(|st| st.mvcc.read_txn(&r)).map_err(Error::from)?;
+            resp.header = Some(self.ctx.replica.header(resp.header.map_or(0, |h| h.revision)));
             return Ok(Response::new(resp));
         }
         match self.write(&who, raft_request::Request::Txn(r)).await? {
             (rev, raft_response::Response::Txn(mut t)) => {
-                t.header = Some(self.node.header(rev));
+                t.header = Some(self.ctx.replica.header(rev));
                 Ok(Response::new(t))
             }
             (_, other) => Err(unexpected(other)),
@@ -117,11 +116,11 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> std::result::Result<Response<CompactionResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let r = req.into_inner();
         match self.write(&who, raft_request::Request::Compaction(r)).await? {
             (rev, raft_response::Response::Compaction(_)) => {
-                Ok(Response::new(CompactionResponse { header: Some(self.node.header(rev)) }))
+                Ok(Response::new(CompactionResponse { header: Some(self.ctx.replica.header(rev)) }))
             }
             (_, other) => Err(unexpected(other)),
         }

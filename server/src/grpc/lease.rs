@@ -2,10 +2,11 @@
 //! Grants and revocations go through Raft; keepalives and TTL queries are answered by the
 //! leader's lessor (a follower forwards them).
 
-use crate::auth::{Credentials, Need};
+use super::Ctx;
+use crate::auth::gate::Credentials;
+use crate::auth::Need;
 use crate::error::{msg, Error};
 use crate::lease::MAX_TTL;
-use crate::node::Node;
 use cairn_api::cairnpb::{raft_request, raft_response};
 use cairn_api::etcdserverpb::lease_server::Lease;
 use cairn_api::etcdserverpb::{
@@ -13,7 +14,6 @@ use cairn_api::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -25,30 +25,30 @@ const KEEPALIVE_BUFFER: usize = 64;
 
 /// The Lease service of one member.
 pub struct LeaseService {
-    node: Arc<Node>,
+    ctx: Ctx,
 }
 
 impl LeaseService {
-    /// The Lease service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// The Lease service of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Self {
+        Self { ctx: ctx.clone() }
     }
 
     fn revision(&self) -> i64 {
-        self.node.read(|st| st.mvcc.current_revision())
+        self.ctx.replica.with_state(|st| st.mvcc.current_revision())
     }
 }
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let mut r = req.into_inner();
         if r.ttl > MAX_TTL {
             return Err(Status::out_of_range(msg::LEASE_TTL_TOO_LARGE));
         }
         // As etcd: anything below the minimum TTL (zero and negatives included) is raised to it.
-        r.ttl = r.ttl.max(self.node.lessor.min_ttl);
+        r.ttl = r.ttl.max(self.ctx.leases.min_ttl());
         let chosen = r.id != 0;
         if r.id < 0 {
             return Err(Status::invalid_argument("etcdserver: lease id must be positive"));
@@ -58,13 +58,13 @@ impl Lease for LeaseService {
                 // A random positive id; a collision is refused at apply and retried here.
                 r.id = (rand::random::<u64>() >> 1).max(1) as i64;
             }
-            let req = self.node.client_request(&who, raft_request::Request::LeaseGrant(r))?;
-            match self.node.propose(req).await {
+            let req = self.ctx.gate.client_request(&who, raft_request::Request::LeaseGrant(r))?;
+            match self.ctx.writer.propose(req).await {
                 Ok(resp) => {
                     let rev = resp.revision;
                     return match resp.response {
                         Some(raft_response::Response::LeaseGrant(mut g)) => {
-                            g.header = Some(self.node.header(rev));
+                            g.header = Some(self.ctx.replica.header(rev));
                             Ok(Response::new(g))
                         }
                         other => Err(Status::internal(format!("etcdserver: unexpected apply result {other:?}"))),
@@ -77,10 +77,10 @@ impl Lease for LeaseService {
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let who = self.node.identify(&req).await?;
-        let req = self.node.client_request(&who, raft_request::Request::LeaseRevoke(req.into_inner()))?;
-        let resp = self.node.propose(req).await?;
-        Ok(Response::new(LeaseRevokeResponse { header: Some(self.node.header(resp.revision)) }))
+        let who = self.ctx.gate.identify(&req).await?;
+        let req = self.ctx.gate.client_request(&who, raft_request::Request::LeaseRevoke(req.into_inner()))?;
+        let resp = self.ctx.writer.propose(req).await?;
+        Ok(Response::new(LeaseRevokeResponse { header: Some(self.ctx.replica.header(resp.revision)) }))
     }
 
     async fn lease_keep_alive(
@@ -95,26 +95,26 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         let r = req.into_inner();
         // As etcd: the TTL of a lease is shown to whoever may read every key it holds.
-        self.node.read(|st| {
+        self.ctx.replica.with_state(|st| {
             let mvcc = &st.mvcc;
             st.auth.check_lease_keys(&who.user, r.id, Need::Read, &|id| mvcc.lease_keys(id))
         })?;
-        Ok(Response::new(self.node.lease_time_to_live(r).await?))
+        Ok(Response::new(self.ctx.leases.time_to_live(r).await?))
     }
 
     async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
         // Beyond etcd (which lists every lease to anyone): with auth on, only an
         // authenticated user may list leases.
-        let who = self.node.identify(&req).await?;
+        let who = self.ctx.gate.identify(&req).await?;
         if !who.open {
-            self.node.read(|st| st.auth.check_authenticated(&who.user))?;
+            self.ctx.replica.with_state(|st| st.auth.check_authenticated(&who.user))?;
         }
-        self.node.read_barrier().await?;
-        let leases = self.node.read(|st| st.leases.keys().map(|id| LeaseStatus { id: *id }).collect());
-        Ok(Response::new(LeaseLeasesResponse { header: Some(self.node.header(self.revision())), leases }))
+        self.ctx.router.read_barrier().await?;
+        let leases = self.ctx.replica.with_state(|st| st.leases.keys().map(|id| LeaseStatus { id: *id }).collect());
+        Ok(Response::new(LeaseLeasesResponse { header: Some(self.ctx.replica.header(self.revision())), leases }))
     }
 }
 
@@ -140,13 +140,13 @@ impl LeaseService {
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
-        let node = self.node.clone();
-        self.node.tasks.spawn(async move {
-            let leader_lost = super::leader_lost(&node);
+        let ctx = self.ctx.clone();
+        self.ctx.tasks.spawn(async move {
+            let leader_lost = super::leader_lost(ctx.replica.as_ref(), ctx.limits.election_timeout);
             tokio::pin!(leader_lost);
             loop {
                 let msg = tokio::select! {
-                    _ = node.shutdown.cancelled() => break,
+                    _ = ctx.shutdown.cancelled() => break,
                     _ = tx.closed() => break,
                     _ = &mut leader_lost, if require_leader => {
                         let _ = tx.send(Err(Status::unavailable(crate::error::msg::NO_LEADER))).await;
@@ -156,9 +156,9 @@ impl LeaseService {
                 };
                 // The stream ends (or breaks): nothing is kept for it.
                 let Ok(Some(ka)) = msg else { break };
-                let allowed = match node.identify_by(credentials.clone()).await {
+                let allowed = match ctx.gate.identify_by(credentials.clone()).await {
                     Ok(who) if who.open => Ok(()),
-                    Ok(who) => node.read(|st| {
+                    Ok(who) => ctx.replica.with_state(|st| {
                         st.auth.check_authenticated(&who.user)?;
                         st.auth.check_lease_keys(&who.user, ka.id, Need::Write, &|id| st.mvcc.lease_keys(id))
                     }),
@@ -168,10 +168,10 @@ impl LeaseService {
                     let _ = tx.send(Err(Status::from(e))).await;
                     break;
                 }
-                let reply = match node.lease_renew(ka.id).await {
+                let reply = match ctx.leases.renew(ka.id).await {
                     Ok(ttl) => {
-                        let rev = node.read(|st| st.mvcc.current_revision());
-                        Ok(LeaseKeepAliveResponse { header: Some(node.header(rev)), id: ka.id, ttl })
+                        let rev = ctx.replica.with_state(|st| st.mvcc.current_revision());
+                        Ok(LeaseKeepAliveResponse { header: Some(ctx.replica.header(rev)), id: ka.id, ttl })
                     }
                     Err(e) => Err(Status::from(e)),
                 };

@@ -4,8 +4,8 @@
 
 use super::kv::KvService;
 use super::lease::LeaseService;
-use crate::auth::Identity;
-use crate::node::Node;
+use super::Ctx;
+use crate::auth::gate::Identity;
 use crate::watch::{WatchHub, STREAM_BUFFER};
 use cairn_api::etcdserverpb::kv_server::Kv;
 use cairn_api::etcdserverpb::lease_server::Lease;
@@ -25,7 +25,7 @@ pub const DEFAULT_TTL: i64 = 60;
 
 /// A client of this member, inside it, acting for one caller.
 pub struct Local {
-    pub node: Arc<Node>,
+    pub ctx: Ctx,
     kv: KvService,
     lease: LeaseService,
     who: Identity,
@@ -46,24 +46,19 @@ fn by_create(prefix: &[u8], order: SortOrder, max_create_revision: i64) -> Range
 }
 
 impl Local {
-    /// A client of `node`.
-    pub fn new(node: Arc<Node>) -> Local {
-        Local {
-            kv: KvService::new(node.clone()),
-            lease: LeaseService::new(node.clone()),
-            node,
-            who: Identity::default(),
-        }
+    /// A client of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Local {
+        Local { kv: KvService::new(ctx), lease: LeaseService::new(ctx), ctx: ctx.clone(), who: Identity::default() }
     }
 
     /// The same client acting for the caller of `req`: its requests are checked against
     /// the caller's permissions, as etcd's Lock and Election act with the caller's token.
     pub async fn acting_for<T>(&self, req: &Request<T>) -> Result<Arc<Local>, Status> {
-        let who = self.node.identify(req).await?;
+        let who = self.ctx.gate.identify(req).await?;
         Ok(Arc::new(Local {
-            node: self.node.clone(),
-            kv: KvService::new(self.node.clone()),
-            lease: LeaseService::new(self.node.clone()),
+            ctx: self.ctx.clone(),
+            kv: KvService::new(&self.ctx),
+            lease: LeaseService::new(&self.ctx),
             who,
         }))
     }
@@ -144,7 +139,7 @@ impl Local {
     /// A watch on this member's hub.
     pub fn watch(&self, create: WatchCreateRequest) -> LocalWatch {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let hub = self.node.sm.hub.clone();
+        let hub = self.ctx.replica.hub().clone();
         let sid = hub.open_stream(tx.clone());
         LocalWatch { hub, sid, tx, rx, create: Some(create) }
     }
@@ -154,8 +149,8 @@ impl Local {
 pub struct LocalWatch {
     hub: Arc<WatchHub>,
     sid: u64,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    rx: mpsc::Receiver<Result<WatchResponse, Status>>,
+    tx: mpsc::Sender<Result<WatchResponse, crate::error::Error>>,
+    rx: mpsc::Receiver<Result<WatchResponse, crate::error::Error>>,
     create: Option<WatchCreateRequest>,
 }
 

@@ -5,8 +5,8 @@
 //! Rust and Go recipes on the same name exclude each other.
 
 use super::local::Local;
+use super::Ctx;
 use crate::error::msg;
-use crate::node::Node;
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::request_op::Request as Op;
 use cairn_api::etcdserverpb::response_op::Response as OpResponse;
@@ -24,9 +24,9 @@ pub struct LockService {
 }
 
 impl LockService {
-    /// The Lock service over `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { local: Arc::new(Local::new(node)) }
+    /// The Lock service of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Self {
+        Self { local: Arc::new(Local::new(ctx)) }
     }
 }
 
@@ -55,7 +55,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let (local, rev) = (self.local.clone(), self.rev);
-            self.local.node.tasks.spawn(async move {
+            self.local.ctx.tasks.spawn(async move {
                 let del = DeleteRangeRequest { key: key.clone(), ..Default::default() };
                 let txn = TxnRequest {
                     compare: vec![created_at(&key, rev)],
@@ -121,7 +121,7 @@ pub async fn wait_turn(
     rev: i64,
     gone: &'static str,
 ) -> Result<ResponseHeader, Status> {
-    let shutdown = local.node.shutdown.clone();
+    let shutdown = local.ctx.shutdown.clone();
     tokio::select! {
         r = local.wait_deletes(prefix, rev - 1) => r?,
         _ = shutdown.cancelled() => return Err(Status::unavailable(msg::STOPPED)),
@@ -153,7 +153,7 @@ impl Lock for LockService {
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let local = self.local.acting_for(&req).await?;
         let rev = local.delete(&req.into_inner().key).await.map_err(relay)?;
-        Ok(Response::new(UnlockResponse { header: Some(self.local.node.header(rev)) }))
+        Ok(Response::new(UnlockResponse { header: Some(self.local.ctx.replica.header(rev)) }))
     }
 }
 

@@ -2,13 +2,12 @@
 //! read by one task per stream and handed to the [`WatchHub`]; responses flow back
 //! through the stream's bounded channel.
 
-use crate::auth::Credentials;
-use crate::node::Node;
+use super::Ctx;
+use crate::auth::gate::Credentials;
 use crate::watch::STREAM_BUFFER;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::watch_server::Watch;
 use cairn_api::etcdserverpb::{WatchRequest, WatchResponse};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -17,13 +16,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// The Watch service of one member.
 pub struct WatchService {
-    node: Arc<Node>,
+    ctx: Ctx,
 }
 
 impl WatchService {
-    /// The Watch service of `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// The Watch service of the member behind `ctx`.
+    pub fn new(ctx: &Ctx) -> Self {
+        Self { ctx: ctx.clone() }
     }
 }
 
@@ -51,19 +50,19 @@ impl WatchService {
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let node = self.node.clone();
-        let hub = node.sm.hub.clone();
-        let shutdown = node.shutdown.clone();
+        let ctx = self.ctx.clone();
+        let hub = ctx.replica.hub().clone();
+        let shutdown = ctx.shutdown.clone();
         let sid = hub.open_stream(tx.clone());
-        self.node.tasks.spawn(async move {
-            let leader_lost = super::leader_lost(&node);
+        self.ctx.tasks.spawn(async move {
+            let leader_lost = super::leader_lost(ctx.replica.as_ref(), ctx.limits.election_timeout);
             tokio::pin!(leader_lost);
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tx.closed() => break,
                     _ = &mut leader_lost, if require_leader => {
-                        let _ = tx.send(Err(Status::unavailable(crate::error::msg::NO_LEADER))).await;
+                        let _ = tx.send(Err(crate::error::Error::NoLeader)).await;
                         break;
                     }
                     m = inbound.next() => m.transpose(),
@@ -73,16 +72,17 @@ impl WatchService {
                         RequestUnion::CreateRequest(c) => {
                             // The caller is resolved for every create: auth may have been
                             // turned on, or a token may have expired, since the stream opened.
-                            let who = node.identify_by(credentials.clone()).await;
-                            let allowed = who.as_ref().is_ok_and(|w| node.check_read(w, &c.key, &c.range_end).is_ok());
+                            let who = ctx.gate.identify_by(credentials.clone()).await;
+                            let allowed =
+                                who.as_ref().is_ok_and(|w| ctx.gate.check_read(w, &c.key, &c.range_end).is_ok());
                             if let (true, Ok(who)) = (allowed, who) {
                                 // Watchers are checked again whenever auth changes (the hub
                                 // cancels those their owner may no longer read).
                                 hub.create(sid, c, Some(who.user), &tx).await
                             } else {
-                                let rev = node.read(|st| st.mvcc.current_revision());
+                                let rev = ctx.replica.with_state(|st| st.mvcc.current_revision());
                                 let denied = WatchResponse {
-                                    header: Some(node.header(rev)),
+                                    header: Some(ctx.replica.header(rev)),
                                     watch_id: -1,
                                     created: true,
                                     canceled: true,
@@ -113,6 +113,6 @@ impl WatchService {
             }
             hub.close_stream(sid);
         });
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))
     }
 }

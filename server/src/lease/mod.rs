@@ -1,7 +1,7 @@
-//! The lessor: when each lease expires. Owns expiry times and the leader's duties —
-//! renewing on keepalive, proposing revocations of expired leases (paced), and
-//! checkpointing remaining TTLs through Raft. Must not touch the store directly: lease
-//! records and attached keys change only by applying Raft entries.
+//! The lessor: when each lease expires. Owns expiry times; the leader's duties that go
+//! through Raft — renewing on keepalive, proposing revocations of expired leases (paced),
+//! checkpointing remaining TTLs — are in [`leader`]. Must not touch the store directly:
+//! lease records and attached keys change only by applying Raft entries.
 //!
 //! Every member tracks every lease (from the state machine's change feed), but only the
 //! leader has expiry times and answers keepalives. On losing leadership a lessor stops
@@ -21,12 +21,13 @@
 //! the remaining TTL only matter after a whole-cluster restart, where the persisted
 //! remaining TTL is counted from startup.
 
-use crate::node::Node;
-use crate::raft::state_machine::LeaseChange;
-use cairn_api::cairnpb::{raft_request, LeaseRecord, RaftRequest};
-use cairn_api::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
+pub mod leader;
+
+use crate::state::LeaseChange;
+use cairn_api::cairnpb::LeaseRecord;
+use cairn_api::etcdserverpb::LeaseCheckpoint;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -275,130 +276,6 @@ impl Lessor {
     /// Whether no lease is known.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Follow Raft leadership: promote on becoming leader, demote on losing it.
-pub async fn run_leadership(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    let mut was_leader = false;
-    loop {
-        let is_leader = metrics.borrow().current_leader == Some(node.id);
-        if is_leader != was_leader {
-            if is_leader {
-                // Wait until this term's first entry is applied, so the lease table holds
-                // everything committed before the election.
-                let _ = node.read_barrier().await;
-                lower_floors_from_peers(&node).await;
-                node.lessor.promote();
-                tracing::info!(leases = node.lessor.len(), "lessor promoted: this member now expires leases");
-            } else {
-                node.lessor.demote();
-            }
-            was_leader = is_leader;
-        }
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Before promoting: take the lower floors of peers that applied at least as far as this
-/// member (see [`Lessor::lower_floors`]); peers that do not answer within an election
-/// timeout are left out (this member's own floors are never early).
-async fn lower_floors_from_peers(node: &Arc<Node>) {
-    use cairn_api::cairnpb::LeaseFloorsRequest;
-    if node.lessor.is_empty() {
-        return;
-    }
-    let mine = node.lessor.floors();
-    let applied = node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-    let membership = node.raft.metrics().borrow().membership_config.clone();
-    let mut asks = tokio::task::JoinSet::new();
-    for (id, member) in membership.membership().nodes() {
-        if *id == node.id {
-            continue;
-        }
-        let Some(mut c) = node.peer_client(*id, member) else { continue };
-        let mut req = tonic::Request::new(LeaseFloorsRequest { cluster_id: node.cluster_id });
-        req.set_timeout(node.config.election_timeout);
-        asks.spawn(async move {
-            let sent = Instant::now();
-            c.lease_floors(req).await.map(|r| (sent, r.into_inner()))
-        });
-    }
-    let mut lowered = 0;
-    while let Some(answer) = asks.join_next().await {
-        let Ok(Ok((sent, r))) = answer else { continue };
-        if r.applied_index < applied {
-            continue;
-        }
-        // Counted from when the question was sent: the answer is no older, so never early.
-        let theirs: Vec<(i64, Instant)> =
-            r.floors.iter().map(|f| (f.id, sent + Duration::from_millis(f.remaining_ms.max(0) as u64))).collect();
-        lowered += node.lessor.lower_floors(&mine, &theirs);
-    }
-    if lowered > 0 {
-        tracing::info!(leases = lowered, "lease floors lowered to what up-to-date members know");
-    }
-}
-
-/// How often the leader looks for expired leases.
-const EXPIRY_TICK: Duration = Duration::from_millis(50);
-
-/// Leader: revoke expired leases through Raft, at most `rate` per second.
-pub async fn run_expiry(node: Arc<Node>, rate: u32) {
-    let per_tick = ((rate as u64 * EXPIRY_TICK.as_millis() as u64) / 1000).max(1) as usize;
-    let mut tick = tokio::time::interval(EXPIRY_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let ids = node.lessor.take_expired(per_tick);
-        if ids.is_empty() {
-            continue;
-        }
-        let mut proposals = tokio::task::JoinSet::new();
-        for id in ids {
-            let n = node.clone();
-            proposals.spawn(async move {
-                let req = RaftRequest::internal(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id }));
-                match n.propose(req).await {
-                    Ok(_) => {}
-                    // Already gone (revoked by a client): the apply removed it.
-                    Err(e) if e.message() == crate::error::msg::LEASE_NOT_FOUND => {}
-                    Err(e) => {
-                        tracing::debug!(lease = id, "revoking an expired lease failed, will retry: {e}");
-                        n.lessor.revoke_failed(id);
-                    }
-                }
-            });
-        }
-        // The next tick's revocations wait for these, so the rate holds even when Raft is slow.
-        while proposals.join_next().await.is_some() {}
-    }
-}
-
-/// Leader: checkpoint remaining TTLs every `interval`.
-pub async fn run_checkpoints(node: Arc<Node>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for chunk in node.lessor.checkpoints().chunks(1000) {
-            let cp = LeaseCheckpointRequest { checkpoints: chunk.to_vec() };
-            let req = RaftRequest::internal(raft_request::Request::LeaseCheckpoint(cp));
-            if let Err(e) = node.propose(req).await {
-                tracing::debug!("lease checkpoint not committed: {e}");
-                break;
-            }
-        }
     }
 }
 

@@ -4,8 +4,8 @@
 //! - [`log_store`]: the Raft log and vote in the storage engine, with group commit.
 //! - [`state_machine`]: applies committed entries to the MVCC store ([`crate::apply`]),
 //!   builds and installs snapshots.
-//! - [`network`]: openraft's RPCs to other members over tonic (client side), and
-//!   [`peer`]: the peer-port service that receives them.
+//! - [`network`]: openraft's RPCs to other members over tonic (client side); the
+//!   peer-port service that receives them is [`crate::peer`].
 
 // openraft's traits return its own `StorageError` (over 200 bytes); our helpers return
 // the same type so that `?` needs no boxing and unboxing around every call.
@@ -13,7 +13,6 @@
 
 pub mod log_store;
 pub mod network;
-pub mod peer;
 pub mod state_machine;
 
 use cairn_api::cairnpb::{RaftRequest, RaftResponse};

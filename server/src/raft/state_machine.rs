@@ -9,181 +9,22 @@
 //! Snapshots are files under `<data-dir>/snap/`: a dump of the `Kv` and `Meta` tables
 //! taken under the store's read lock, so it matches `last_applied` exactly.
 
-use super::{decode, encode, storage_err, LogId, Member, StorageError, StoredMembership, TypeConfig};
+use super::{encode, storage_err, LogId, Member, StorageError, StoredMembership, TypeConfig};
 use crate::apply::apply;
 use crate::lease::Lessor;
+use crate::state::{Headers, SmState, KEY_APPLIED, KEY_MEMBERSHIP};
 use crate::watch::WatchHub;
-use cairn_api::cairnpb::{LeaseRecord, MemberAttributes, RaftResponse};
+use cairn_api::cairnpb::RaftResponse;
 use cairn_store::engine::{Live, ReadView};
 use cairn_store::fsutil::sync_dir;
-use cairn_store::{snapshot, Engine, Mvcc, Table, WriteBatch};
+use cairn_store::{snapshot, Engine, Table, WriteBatch};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, SnapshotMeta};
-use prost::Message;
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, BufWriter, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
-
-const KEY_APPLIED: &[u8] = b"raft_applied";
-const KEY_MEMBERSHIP: &[u8] = b"raft_membership";
-const ATTR_PREFIX: &[u8] = b"member_attr/";
-const ALARM_PREFIX: &[u8] = b"alarm/";
-
-/// Everything the state machine owns, behind one lock.
-pub struct SmState {
-    /// The MVCC key-value store.
-    pub mvcc: Mvcc,
-    /// The last applied log id.
-    pub last_applied: Option<LogId>,
-    /// The last applied membership.
-    pub membership: StoredMembership,
-    /// Published member attributes (name, client URLs) by member id.
-    pub attrs: BTreeMap<u64, MemberAttributes>,
-    /// Leases by id.
-    pub leases: BTreeMap<i64, LeaseRecord>,
-    /// Raised alarms: (member id, `AlarmType` value).
-    pub alarms: BTreeSet<(u64, i32)>,
-    /// Users, roles, auth on or off, simple tokens.
-    pub auth: crate::auth::AuthState,
-    /// Lease changes since the lessor last took them.
-    lease_changes: Vec<LeaseChange>,
-    /// Staged changes to write with the next commit (member attributes, leases).
-    staged: WriteBatch,
-}
-
-/// A change to the lease table, for the lessor (which keeps expiry times).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseChange {
-    /// Granted (or replaced by a snapshot): the record as stored.
-    Granted(LeaseRecord),
-    /// Revoked.
-    Revoked(i64),
-    /// A new checkpointed remaining TTL.
-    Checkpointed(i64, i64),
-}
-
-impl SmState {
-    /// Record a member's published attributes.
-    pub fn publish(&mut self, attrs: MemberAttributes) {
-        let mut key = ATTR_PREFIX.to_vec();
-        key.extend_from_slice(&attrs.id.to_be_bytes());
-        self.staged.put(Table::Meta, key, attrs.encode_to_vec());
-        self.attrs.insert(attrs.id, attrs);
-    }
-
-    /// Raise (`on`) or clear an alarm; whether that changed anything.
-    pub fn set_alarm(&mut self, member: u64, alarm: i32, on: bool) -> bool {
-        let mut key = ALARM_PREFIX.to_vec();
-        key.extend_from_slice(&member.to_be_bytes());
-        key.extend_from_slice(&alarm.to_be_bytes());
-        if on {
-            self.staged.put(Table::Meta, key, Vec::new());
-            self.alarms.insert((member, alarm))
-        } else {
-            self.staged.delete(Table::Meta, key);
-            self.alarms.remove(&(member, alarm))
-        }
-    }
-
-    /// Whether a NOSPACE alarm is raised (writes that add data are refused).
-    pub fn no_space(&self) -> bool {
-        self.alarms.iter().any(|(_, a)| *a == cairn_api::etcdserverpb::AlarmType::Nospace as i32)
-    }
-
-    /// Whether a CORRUPT alarm is raised (no data changes are applied).
-    pub fn corrupt(&self) -> bool {
-        self.alarms.iter().any(|(_, a)| *a == cairn_api::etcdserverpb::AlarmType::Corrupt as i32)
-    }
-
-    /// Stage a write (`Some`) or delete of a meta-table key with the next commit.
-    pub fn stage_meta(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        match value {
-            Some(v) => self.staged.put(Table::Meta, key, v),
-            None => self.staged.delete(Table::Meta, key),
-        }
-    }
-
-    /// Store a new or changed lease record.
-    pub fn put_lease(&mut self, rec: LeaseRecord) {
-        self.staged.put(Table::Lease, rec.id.to_be_bytes().to_vec(), rec.encode_to_vec());
-        self.leases.insert(rec.id, rec);
-    }
-
-    /// Remove a lease record.
-    pub fn remove_lease(&mut self, id: i64) -> Option<LeaseRecord> {
-        self.staged.delete(Table::Lease, id.to_be_bytes().to_vec());
-        self.leases.remove(&id)
-    }
-
-    /// Note a lease change for the lessor.
-    pub fn lease_changed(&mut self, c: LeaseChange) {
-        self.lease_changes.push(c);
-    }
-
-    /// Take the lease changes since the last call.
-    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
-        std::mem::take(&mut self.lease_changes)
-    }
-
-    fn load_meta(&mut self) -> Result<(), cairn_store::StoreError> {
-        let engine = self.mvcc.engine().clone();
-        let corrupt = |e: postcard::Error| cairn_store::StoreError::Corrupt(e.to_string());
-        self.last_applied = match engine.get(Table::Meta, KEY_APPLIED)? {
-            Some(b) => decode(&b).map_err(corrupt)?,
-            None => None,
-        };
-        self.membership = match engine.get(Table::Meta, KEY_MEMBERSHIP)? {
-            Some(b) => decode(&b).map_err(corrupt)?,
-            None => StoredMembership::default(),
-        };
-        let mut attrs = BTreeMap::new();
-        let mut end = ATTR_PREFIX.to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        engine.scan(Table::Meta, ATTR_PREFIX, Some(&end), &mut |_, v| {
-            let a = MemberAttributes::decode(v)?;
-            attrs.insert(a.id, a);
-            Ok(true)
-        })?;
-        self.attrs = attrs;
-        let mut alarms = BTreeSet::new();
-        let mut end = ALARM_PREFIX.to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        engine.scan(Table::Meta, ALARM_PREFIX, Some(&end), &mut |k, _| {
-            let k = &k[ALARM_PREFIX.len()..];
-            if let (Some(m), Some(a)) = (k.get(..8), k.get(8..12)) {
-                let member = u64::from_be_bytes(m.try_into().unwrap_or_default());
-                let alarm = i32::from_be_bytes(a.try_into().unwrap_or_default());
-                alarms.insert((member, alarm));
-            }
-            Ok(true)
-        })?;
-        self.alarms = alarms;
-        crate::auth::load(engine.as_ref(), &mut self.auth)?;
-        let mut leases = BTreeMap::new();
-        engine.scan(Table::Lease, &[], None, &mut |_, v| {
-            let l = LeaseRecord::decode(v)?;
-            leases.insert(l.id, l);
-            Ok(true)
-        })?;
-        self.leases = leases;
-        self.lease_changes = self.leases.values().cloned().map(LeaseChange::Granted).collect();
-        Ok(())
-    }
-
-    fn applied_batch(&mut self) -> WriteBatch {
-        let mut b = std::mem::take(&mut self.staged);
-        b.put(Table::Meta, KEY_APPLIED, encode(&self.last_applied));
-        b.put(Table::Meta, KEY_MEMBERSHIP, encode(&self.membership));
-        b
-    }
-}
 
 /// The newest snapshot file and its metadata.
 type CurrentSnapshot = (SnapshotMeta<u64, Member>, PathBuf);
@@ -235,33 +76,22 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachine {
     /// Open the state machine on `engine`; snapshots go to `snap_dir`; watch responses are
-    /// fragmented at `max_response_bytes`.
+    /// fragmented at `max_response_bytes` and headed by `headers`.
     pub fn open(
         engine: Arc<dyn Engine>,
         snap_dir: PathBuf,
         max_response_bytes: usize,
         lessor: Arc<Lessor>,
+        headers: Headers,
     ) -> Result<Self, cairn_store::StoreError> {
         remove_stale_snapshots(&snap_dir)?;
-        let mut st = SmState {
-            mvcc: Mvcc::open(engine)?,
-            last_applied: None,
-            membership: StoredMembership::default(),
-            attrs: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            alarms: BTreeSet::new(),
-            auth: Default::default(),
-            lease_changes: Vec::new(),
-            staged: WriteBatch::new(),
-        };
-        st.load_meta()?;
-        st.lease_changes.clear();
+        let st = SmState::open(engine)?;
         lessor.reset(st.leases.values().cloned());
         let rev = st.mvcc.current_revision();
         let (revision_tx, _) = watch::channel(rev);
         let state = Arc::new(RwLock::new(st));
         Ok(Self {
-            hub: WatchHub::new(state.clone(), rev, max_response_bytes),
+            hub: WatchHub::new(state.clone(), rev, max_response_bytes, headers),
             lessor,
             state,
             revision_tx: Arc::new(revision_tx),
@@ -438,7 +268,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             st.mvcc.reload().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             st.load_meta().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            st.lease_changes.clear();
             this.lessor.reset(st.leases.values().cloned());
             let path = this.snap_dir.join(format!("{}.snap", meta.snapshot_id));
             std::fs::rename(this.snap_dir.join("incoming.snap.tmp"), &path)

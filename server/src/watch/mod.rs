@@ -15,18 +15,18 @@
 //! writers and other watchers never wait for it, and its memory stays bounded by the
 //! stream's channel plus one history batch.
 
-use crate::raft::state_machine::SmState;
+use crate::error::Error;
+use crate::state::{Headers, SmState};
 use cairn_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchCreateRequest, WatchResponse};
 use cairn_api::mvccpb::{event::EventType, Event};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::Status;
 
 /// Responses buffered per stream before its watchers are treated as slow.
 pub const STREAM_BUFFER: usize = 256;
@@ -36,9 +36,8 @@ const HISTORY_BATCH: usize = 1000;
 const HISTORY_BYTES: usize = 4 << 20;
 
 /// What a stream's sender carries.
-pub type StreamTx = mpsc::Sender<Result<WatchResponse, Status>>;
+pub type StreamTx = mpsc::Sender<Result<WatchResponse, Error>>;
 type WKey = (u64, i64);
-type HeaderFn = Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 
 /// Counters exposed as metrics.
 #[derive(Debug, Default)]
@@ -136,7 +135,7 @@ pub type MayRead<'a> = dyn Fn(&str, &[u8], &[u8]) -> bool + 'a;
 pub struct WatchHub {
     hub: Mutex<Hub>,
     sm: Arc<RwLock<SmState>>,
-    header: OnceLock<HeaderFn>,
+    headers: Headers,
     max_response_bytes: usize,
     /// Watchers one stream may hold (`--max-watchers-per-stream`).
     max_watchers: std::sync::atomic::AtomicUsize,
@@ -158,11 +157,11 @@ fn canceled(header: ResponseHeader, id: i64, reason: &str) -> WatchResponse {
 
 impl WatchHub {
     /// A hub reading history from `sm`, whose revision at start is `revision`.
-    pub fn new(sm: Arc<RwLock<SmState>>, revision: i64, max_response_bytes: usize) -> Arc<WatchHub> {
+    pub fn new(sm: Arc<RwLock<SmState>>, revision: i64, max_response_bytes: usize, headers: Headers) -> Arc<WatchHub> {
         Arc::new(WatchHub {
             hub: Mutex::new(Hub { notified: revision, ..Default::default() }),
             sm,
-            header: OnceLock::new(),
+            headers,
             max_response_bytes,
             max_watchers: std::sync::atomic::AtomicUsize::new(usize::MAX),
             metrics: WatchMetrics::default(),
@@ -176,16 +175,8 @@ impl WatchHub {
         self.max_watchers.store(n, Ordering::Relaxed);
     }
 
-    /// Set how response headers are made (cluster, member, term); called once at start.
-    pub fn set_header(&self, f: HeaderFn) {
-        let _ = self.header.set(f);
-    }
-
     fn header(&self, rev: i64) -> ResponseHeader {
-        match self.header.get() {
-            Some(f) => f(rev),
-            None => ResponseHeader { revision: rev, ..Default::default() },
-        }
+        self.headers.at(rev)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
@@ -728,7 +719,8 @@ mod tests {
     fn setup(dir: &std::path::Path) -> StateMachine {
         let engine = cairn_store::engine::open(cairn_store::EngineKind::Redb, &dir.join("db")).expect("engine");
         let lessor = Arc::new(crate::lease::Lessor::new(Duration::from_secs(1)));
-        StateMachine::open(engine, dir.join("snap"), 1 << 20, lessor).expect("state machine")
+        StateMachine::open(engine, dir.join("snap"), 1 << 20, lessor, crate::state::Headers::new(1, 1))
+            .expect("state machine")
     }
 
     fn put(sm: &StateMachine, k: &str, v: &str) {
@@ -741,7 +733,7 @@ mod tests {
         sm.hub.notify(rev, events);
     }
 
-    async fn recv(rx: &mut mpsc::Receiver<Result<WatchResponse, Status>>) -> WatchResponse {
+    async fn recv(rx: &mut mpsc::Receiver<Result<WatchResponse, Error>>) -> WatchResponse {
         tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("in time").expect("open").expect("ok")
     }
 

@@ -46,6 +46,6 @@ pub fn b64(s: &str) -> String {
 
 /// Start `cairn` in this process on ephemeral loopback ports (for tests that look at the
 /// member's internals, such as watcher counts).
-pub async fn in_process(dir: &Path, extra: &[&str]) -> cairn_server::NodeHandle {
+pub async fn in_process(dir: &Path, extra: &[&str]) -> cairn_server::MemberHandle {
     cairn_server::testing::start_loopback(dir, extra).await.expect("in-process member starts")
 }

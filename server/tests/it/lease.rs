@@ -233,7 +233,7 @@ async fn revocation_storm_is_paced_and_writes_continue() {
             .await
             .expect("writes continue during the storm");
         writes += 1;
-        let left = h.node.lessor.len();
+        let left = h.lease_count();
         if left == 0 {
             break;
         }
@@ -260,7 +260,7 @@ async fn abandoned_keepalive_streams_leave_nothing_behind() {
     let url = format!("http://{}", h.client_addrs[0]);
     let id = grant(&url, 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let baseline = h.node.tasks.len();
+    let baseline = h.task_count();
     for _ in 0..20 {
         let mut c = lease_client(&url).await;
         let (tx, rx) = mpsc::channel(1);
@@ -273,8 +273,8 @@ async fn abandoned_keepalive_streams_leave_nothing_behind() {
         drop(c);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.node.tasks.len() > baseline {
-        assert!(Instant::now() < deadline, "keepalive tasks leaked: {} > {baseline}", h.node.tasks.len());
+    while h.task_count() > baseline {
+        assert!(Instant::now() < deadline, "keepalive tasks leaked: {} > {baseline}", h.task_count());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     h.stop().await;

@@ -271,7 +271,7 @@ async fn slow_reader_never_blocks_writes_and_catches_up() {
     let fast_events =
         tokio::time::timeout(Duration::from_secs(30), fast_reader).await.expect("fast watcher keeps up").expect("task");
     assert_eq!(fast_events.len(), n);
-    assert!(h.node.sm.hub.metrics.slow_events.load(Ordering::Relaxed) >= 1, "the unread watcher was moved aside");
+    assert!(h.watch_metrics().slow_events.load(Ordering::Relaxed) >= 1, "the unread watcher was moved aside");
     // Now read the slow stream: every event, in order, exactly once.
     let slow_events = slow.events(n).await;
     let revs: Vec<i64> = slow_events.iter().map(|e| e.3).collect();
@@ -280,11 +280,11 @@ async fn slow_reader_never_blocks_writes_and_catches_up() {
     // Dropping the streams removes every watcher.
     drop(slow);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.node.sm.hub.metrics.watchers.load(Ordering::Relaxed) != 0 {
+    while h.watch_metrics().watchers.load(Ordering::Relaxed) != 0 {
         assert!(
             Instant::now() < deadline,
             "watchers leaked: {}",
-            h.node.sm.hub.metrics.watchers.load(Ordering::Relaxed)
+            h.watch_metrics().watchers.load(Ordering::Relaxed)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -318,7 +318,7 @@ async fn ten_thousand_watchers_on_one_member() {
         }
         streams.push(s);
     }
-    assert_eq!(h.node.sm.hub.metrics.watchers.load(Ordering::Relaxed), 10_000);
+    assert_eq!(h.watch_metrics().watchers.load(Ordering::Relaxed), 10_000);
     let mut kv = cairn_api::etcdserverpb::kv_client::KvClient::connect(url.clone()).await.expect("connect");
     for k in 0..500 {
         kv.put(PutRequest { key: format!("w/{k:03}").into(), value: "v".into(), ..Default::default() })
@@ -332,7 +332,7 @@ async fn ten_thousand_watchers_on_one_member() {
     assert_eq!(total, 10_000, "every watcher got its key's event exactly once");
     drop(streams);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.node.sm.hub.metrics.watchers.load(Ordering::Relaxed) != 0 {
+    while h.watch_metrics().watchers.load(Ordering::Relaxed) != 0 {
         assert!(Instant::now() < deadline, "watchers leaked");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
