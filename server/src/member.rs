@@ -495,6 +495,10 @@ async fn member_ids(
 async fn watch_fatal(replica: Arc<Replica>, failed: Arc<AtomicBool>, shutdown: CancellationToken) {
     let mut m = replica.raft().metrics();
     loop {
+        // Raft stops as the last step of a clean shutdown too: that is no failure.
+        if shutdown.is_cancelled() {
+            return;
+        }
         let stopped = m.borrow().running_state.clone().err();
         if let Some(e) = stopped {
             tracing::error!("raft stopped: {e}; this member cannot go on (is the disk full?), stopping");
@@ -503,6 +507,7 @@ async fn watch_fatal(replica: Arc<Replica>, failed: Arc<AtomicBool>, shutdown: C
             return;
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             changed = m.changed() => if changed.is_err() { return },
         }

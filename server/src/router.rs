@@ -57,14 +57,29 @@ impl From<Status> for Failed {
     fn from(s: Status) -> Failed {
         if is_not_leader(&s) || never_sent(&s) {
             Failed::NotDone
-        } else if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) {
-            Failed::Lost(Error::ConnectionLost)
         } else if s.code() == tonic::Code::DeadlineExceeded {
             Failed::Err(Error::Timeout)
+        } else if transport_failed(&s) || matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) {
+            // The connection to the leader broke with the call under way: it may or may
+            // not have happened.
+            Failed::Lost(Error::ConnectionLost)
         } else {
             Failed::Err(s.into())
         }
     }
+}
+
+/// Whether the call failed in this member's own HTTP/2 stack (reset, broken pipe), not
+/// with a status the other member sent.
+fn transport_failed(s: &Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if e.is::<tonic::transport::Error>() || e.is::<hyper::Error>() {
+            return true;
+        }
+        src = e.source();
+    }
+    false
 }
 
 impl From<Refused> for Failed {
@@ -99,12 +114,13 @@ impl From<Refused> for Status {
     }
 }
 
-/// Whether a failed call never reached the other side (the connection could not be made),
-/// so that trying it again cannot apply a write twice.
+/// Whether a failed call never reached the other side — the connection could not be made,
+/// or hyper canceled the request before writing it (the connection closed while it was
+/// queued) — so that trying it again cannot apply a write twice.
 pub fn never_sent(s: &Status) -> bool {
     let mut src = std::error::Error::source(s);
     while let Some(e) = src {
-        if e.is::<tonic::ConnectError>() {
+        if e.is::<tonic::ConnectError>() || e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
             return true;
         }
         src = e.source();
