@@ -169,7 +169,7 @@ mod tests {
             }
         });
         let delays = Delays::default();
-        let port = cairn_server::testing::free_port().expect("a free port");
+        let port = cairn_testing::free_port().expect("a free port");
         let front_addr = SocketAddr::new([127, 0, 0, 1].into(), port);
         let _front = Front::start(front_addr, target, delays.clone()).await.expect("front");
         let mut c = TcpStream::connect(front_addr).await.expect("connect");

@@ -12,7 +12,7 @@ use cairn_api::etcdserverpb::{
     request_op, Compare, DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
     TxnRequest,
 };
-use cairn_server::testing::Cluster;
+use cairn_testing::Cluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;

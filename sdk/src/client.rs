@@ -189,7 +189,7 @@ struct Conn {
 
 /// A connection handed to one call, with the generation to report failures against.
 #[derive(Clone)]
-pub(crate) struct Conn1 {
+pub(crate) struct CallConn {
     pub(crate) channel: AuthChannel,
     generation: u64,
 }
@@ -284,7 +284,7 @@ impl Inner {
 
     /// The connection in use (dialled if needed, see [`Inner::raw_conn`]) with the auth
     /// token, logging in first if a user is configured and there is no token yet.
-    pub(crate) async fn conn(&self) -> Result<Conn1> {
+    pub(crate) async fn conn(&self) -> Result<CallConn> {
         let raw = self.raw_conn().await?;
         let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let token = match token {
@@ -293,7 +293,7 @@ impl Inner {
             Token::Unknown => self.log_in(&raw.channel).await?,
         };
         let channel = InterceptedService::new(raw.channel, WithToken(token));
-        Ok(Conn1 { channel, generation: raw.generation })
+        Ok(CallConn { channel, generation: raw.generation })
     }
 
     /// Authenticate as the configured user over `channel`; the token (none if the
@@ -377,7 +377,7 @@ impl Inner {
     }
 
     /// Report that `conn` failed: the next call connects to the next endpoint.
-    pub(crate) fn failed(&self, conn: &Conn1) {
+    pub(crate) fn failed(&self, conn: &CallConn) {
         let mut c = self.lock();
         if c.generation == conn.generation && c.channel.is_some() {
             c.channel = None;

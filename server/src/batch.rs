@@ -25,6 +25,7 @@ use crate::raft::{Member, Raft, Request};
 use cairn_api::cairnpb::{raft_request, raft_response, RaftBatch, RaftRequest, RaftResponse};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use prost::Message;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,44 @@ pub struct ReadFloor {
     pub index: u64,
 }
 
+/// What the batching loops need of Raft (openraft's [`Raft`]; a scripted fake in tests).
+pub trait Consensus: Clone + Send + Sync + 'static {
+    /// Propose one entry; its log index and applied result.
+    fn write(&self, entry: RaftRequest) -> impl Future<Output = Result<(u64, RaftResponse), NotDone>> + Send;
+    /// The log index a linearizable read must wait for, confirmed by a quorum now.
+    fn read_index(&self) -> impl Future<Output = Result<u64, NotDone>> + Send;
+    /// The current term and the last applied log index.
+    fn term_and_applied(&self) -> (u64, u64);
+}
+
+impl Consensus for Raft {
+    async fn write(&self, entry: RaftRequest) -> Result<(u64, RaftResponse), NotDone> {
+        match self.client_write(Request(entry)).await {
+            Ok(r) => Ok((r.log_id.index, r.data.0)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward(f.leader_id, f.leader_node)),
+            Err(RaftError::APIError(e)) => Err(NotDone::Other(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
+        }
+    }
+
+    async fn read_index(&self) -> Result<u64, NotDone> {
+        match self.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(forward(f.leader_id, f.leader_node))
+            }
+            Err(RaftError::APIError(e)) => Err(NotDone::Other(e.to_string())),
+            Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
+        }
+    }
+
+    fn term_and_applied(&self) -> (u64, u64) {
+        let m = self.metrics();
+        let m = m.borrow();
+        (m.current_term, m.last_applied.map_or(0, |l| l.index))
+    }
+}
+
 /// Handle to the batching loops of one member.
 #[derive(Clone)]
 pub struct Batcher {
@@ -70,7 +109,12 @@ pub struct Batcher {
 
 impl Batcher {
     /// Start the loops on `tasks`; they end with `shutdown`.
-    pub fn start(raft: Raft, floor: Option<ReadFloor>, tasks: &TaskTracker, shutdown: CancellationToken) -> Batcher {
+    pub fn start<C: Consensus>(
+        raft: C,
+        floor: Option<ReadFloor>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Batcher {
         let (wtx, wrx) = mpsc::channel(8192);
         let (rtx, rrx) = mpsc::channel(8192);
         tasks.spawn(write_loop(raft.clone(), wrx, tasks.clone(), shutdown.clone()));
@@ -97,8 +141,8 @@ fn forward(leader_id: Option<u64>, leader_node: Option<Member>) -> NotDone {
     NotDone::Forward(leader_id.zip(leader_node).map(Box::new))
 }
 
-async fn write_loop(
-    raft: Raft,
+async fn write_loop<C: Consensus>(
+    raft: C,
     mut rx: mpsc::Receiver<(RaftRequest, WriteReply)>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -133,15 +177,7 @@ async fn write_loop(
                     RaftRequest::internal(raft_request::Request::Batch(RaftBatch { requests: reqs }))
                 }
             };
-            let result = match raft.client_write(Request(entry)).await {
-                Ok(r) => Ok((r.log_id.index, r.data.0)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(forward(f.leader_id, f.leader_node))
-                }
-                Err(RaftError::APIError(e)) => Err(NotDone::Other(e.to_string())),
-                Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
-            };
-            match result {
+            match raft.write(entry).await {
                 Ok((index, mut resp)) if single => {
                     if let Some(tx) = replies.into_iter().next() {
                         resp.log_index = index;
@@ -172,8 +208,8 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(
-    raft: Raft,
+async fn read_loop<C: Consensus>(
+    raft: C,
     mut floor: Option<ReadFloor>,
     mut rx: mpsc::Receiver<ReadReply>,
     shutdown: CancellationToken,
@@ -190,22 +226,205 @@ async fn read_loop(
         if let Some(f) = floor {
             // The term before asking: if it is the restored term, so was the read's. Once
             // the term moved on or the floor is applied, it is dropped for good.
-            let m = raft.metrics();
-            let m = m.borrow();
-            if m.current_term != f.term || m.last_applied.map_or(0, |l| l.index) >= f.index {
+            let (term, applied) = raft.term_and_applied();
+            if term != f.term || applied >= f.index {
                 floor = None;
             }
         }
-        let result = match raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index).max(floor.map_or(0, |f| f.index))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(forward(f.leader_id, f.leader_node))
-            }
-            Err(RaftError::APIError(e)) => Err(NotDone::Other(e.to_string())),
-            Err(RaftError::Fatal(_)) => Err(NotDone::Stopped),
-        };
+        let result = raft.read_index().await.map(|read| read.max(floor.map_or(0, |f| f.index)));
         for w in waiting {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_api::etcdserverpb::PutRequest;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    /// A scripted Raft: every entry is kept as it arrives, then waits for `go` (one permit
+    /// per write),
+    /// and each request of a batch is answered with its position; read indexes count up.
+    #[derive(Clone)]
+    struct Fake {
+        entries: Arc<Mutex<Vec<RaftRequest>>>,
+        go: Arc<Semaphore>,
+        reads: Arc<Mutex<u64>>,
+        read_go: Arc<Notify>,
+        hold_reads: Arc<std::sync::atomic::AtomicBool>,
+        term_applied: Arc<Mutex<(u64, u64)>>,
+    }
+
+    impl Default for Fake {
+        /// Writes go through at once unless a test takes the permits away.
+        fn default() -> Fake {
+            Fake {
+                entries: Arc::default(),
+                go: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS / 2)),
+                reads: Arc::default(),
+                read_go: Arc::default(),
+                hold_reads: Arc::default(),
+                term_applied: Arc::default(),
+            }
+        }
+    }
+
+    fn answer(i: usize) -> RaftResponse {
+        RaftResponse { revision: i as i64 + 1, ..Default::default() }
+    }
+
+    impl Consensus for Fake {
+        async fn write(&self, entry: RaftRequest) -> Result<(u64, RaftResponse), NotDone> {
+            let index = {
+                let mut e = self.entries.lock().unwrap();
+                e.push(entry.clone());
+                e.len() as u64
+            };
+            let permit = self.go.acquire().await.map_err(|_| NotDone::Stopped)?;
+            permit.forget();
+            let resp = match entry.request {
+                Some(raft_request::Request::Batch(b)) => RaftResponse {
+                    response: Some(raft_response::Response::Batch(cairn_api::cairnpb::RaftBatchResponse {
+                        responses: (0..b.requests.len()).map(answer).collect(),
+                    })),
+                    ..Default::default()
+                },
+                _ => answer(0),
+            };
+            Ok((index, resp))
+        }
+
+        async fn read_index(&self) -> Result<u64, NotDone> {
+            if self.hold_reads.load(std::sync::atomic::Ordering::SeqCst) {
+                self.read_go.notified().await;
+            }
+            let mut r = self.reads.lock().unwrap();
+            *r += 1;
+            Ok(*r)
+        }
+
+        fn term_and_applied(&self) -> (u64, u64) {
+            *self.term_applied.lock().unwrap()
+        }
+    }
+
+    fn put(k: &str) -> RaftRequest {
+        RaftRequest::internal(raft_request::Request::Put(PutRequest { key: k.into(), ..Default::default() }))
+    }
+
+    fn start(fake: &Fake, floor: Option<ReadFloor>) -> (Batcher, TaskTracker, CancellationToken) {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        (Batcher::start(fake.clone(), floor, &tasks, stop.clone()), tasks, stop)
+    }
+
+    /// Wait until `n` entries have been proposed.
+    async fn proposed(fake: &Fake, n: usize) {
+        while fake.entries.lock().unwrap().len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_queued_behind_two_in_flight_become_one_entry_answered_in_order() {
+        let fake = Fake { go: Arc::new(Semaphore::new(0)), ..Default::default() };
+        let (b, _tasks, _stop) = start(&fake, None);
+        // Two batches in flight, each held by the fake until released.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.propose(put("a")).await }
+        });
+        proposed(&fake, 1).await;
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { b.propose(put("b")).await }
+        });
+        proposed(&fake, 2).await;
+        // Five more queue behind them (the loop waits for a free slot).
+        let queued: Vec<_> = (0..5)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.propose(put(&format!("q{i}"))).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.entries.lock().unwrap().len(), 2, "nothing more proposed while two are in flight");
+        fake.go.add_permits(3);
+        let (a, b2) = (first.await.unwrap(), second.await.unwrap());
+        let mut rest = Vec::new();
+        for q in queued {
+            rest.push(q.await.unwrap());
+        }
+        assert!(a.is_ok() && b2.is_ok());
+        let entries = fake.entries.lock().unwrap().clone();
+        assert_eq!(entries.len(), 3, "two single entries, then one batch: {entries:?}");
+        let Some(raft_request::Request::Batch(batch)) = &entries[2].request else { panic!("a batch: {entries:?}") };
+        assert_eq!(batch.requests.len(), 5);
+        // Each caller gets its own answer (its position in the batch) and the batch's index.
+        let revisions: Vec<i64> = rest.iter().map(|r| r.as_ref().expect("applied").revision).collect();
+        let mut sorted = revisions.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![1, 2, 3, 4, 5]);
+        assert!(rest.iter().all(|r| r.as_ref().is_ok_and(|r| r.log_index == 3)));
+    }
+
+    #[tokio::test]
+    async fn the_read_floor_holds_in_the_restored_term_until_applied() {
+        let fake = Fake { term_applied: Arc::new(Mutex::new((7, 10))), ..Default::default() };
+        let (b, _tasks, _stop) = start(&fake, Some(ReadFloor { term: 7, index: 50 }));
+        // Raft's own read index (1) is below what was acknowledged before the restart.
+        assert_eq!(b.read_index().await.unwrap(), 50);
+        // A new term: its first entry lies past everything before it, the floor is gone.
+        *fake.term_applied.lock().unwrap() = (8, 10);
+        assert_eq!(b.read_index().await.unwrap(), 2);
+        *fake.term_applied.lock().unwrap() = (7, 10);
+        assert_eq!(b.read_index().await.unwrap(), 3, "dropped for good");
+    }
+
+    #[tokio::test]
+    async fn the_floor_is_dropped_once_applied_past_it() {
+        let fake = Fake { term_applied: Arc::new(Mutex::new((7, 60))), ..Default::default() };
+        let (b, _tasks, _stop) = start(&fake, Some(ReadFloor { term: 7, index: 50 }));
+        assert_eq!(b.read_index().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_arriving_during_a_round_wait_for_the_next_one() {
+        let fake = Fake::default();
+        fake.hold_reads.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (b, _tasks, _stop) = start(&fake, None);
+        let early = tokio::spawn({
+            let b = b.clone();
+            async move { b.read_index().await }
+        });
+        // The first round is now waiting on the fake; these arrive during it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let late: Vec<_> = (0..3)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.read_index().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fake.hold_reads.store(false, std::sync::atomic::Ordering::SeqCst);
+        fake.read_go.notify_one();
+        assert_eq!(early.await.unwrap().unwrap(), 1);
+        for l in late {
+            assert_eq!(l.await.unwrap().unwrap(), 2, "one shared round after the one they missed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_batcher_says_so() {
+        let fake = Fake::default();
+        let (b, tasks, stop) = start(&fake, None);
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        assert!(matches!(b.propose(put("x")).await, Err(NotDone::Stopped)));
+        assert!(matches!(b.read_index().await, Err(NotDone::Stopped)));
     }
 }

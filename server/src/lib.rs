@@ -18,32 +18,31 @@
 //! [`apply`] (via [`raft::state_machine`]) -> MVCC store. A linearizable read waits for
 //! [`router::Router::read_barrier`], then reads the local store.
 
-pub mod apply;
-pub mod auth;
-pub mod batch;
+pub(crate) mod apply;
+pub(crate) mod auth;
+pub(crate) mod batch;
 pub mod config;
-pub mod conn;
-pub mod data_dir;
-pub mod error;
+pub(crate) mod conn;
+pub(crate) mod data_dir;
+pub(crate) mod error;
 pub mod fuzz;
-pub mod gateway;
-pub mod grpc;
-pub mod lease;
+pub(crate) mod gateway;
+pub(crate) mod grpc;
+pub(crate) mod lease;
 pub mod member;
-pub mod membership;
-pub mod metrics;
-pub mod peer;
-pub mod raft;
-pub mod replica;
-pub mod router;
-pub mod serve;
-pub mod state;
-pub mod testing;
-pub mod tls;
-pub mod upkeep;
-pub mod version;
-pub mod watch;
-pub mod write;
+pub(crate) mod membership;
+pub(crate) mod metrics;
+pub(crate) mod peer;
+pub(crate) mod raft;
+pub(crate) mod replica;
+pub(crate) mod router;
+pub(crate) mod serve;
+pub(crate) mod state;
+pub(crate) mod tls;
+pub(crate) mod upkeep;
+pub(crate) mod version;
+pub(crate) mod watch;
+pub(crate) mod write;
 
 pub use config::Config;
 pub use member::{start, MemberHandle};

@@ -108,7 +108,6 @@ impl Membership {
 
     /// Execute a change on this member, which must lead ([`Error::NotLeader`] if it does not).
     pub async fn execute(&self, change: Change) -> Result<ClusterChangeResponse> {
-        let node = self;
         let _one_at_a_time = self.one_at_a_time.lock().await;
         let m = self.replica.raft().metrics().borrow().clone();
         if m.current_leader != Some(self.replica.id()) {
@@ -119,8 +118,8 @@ impl Membership {
         let learners: BTreeSet<u64> = membership.learner_ids().collect();
         let nodes: BTreeMap<u64, Member> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         let started = |id: &u64| {
-            *id == node.replica.id()
-                || node
+            *id == self.replica.id()
+                || self
                     .contacts
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -151,16 +150,16 @@ impl Membership {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
                     .max(1);
-                member_id = ids::member_id(&r.peer_ur_ls, &node.cluster_token, salt);
+                member_id = ids::member_id(&r.peer_ur_ls, &self.cluster_token, salt);
                 if nodes.contains_key(&member_id) {
                     return Err(Error::etcd(Code::FailedPrecondition, msg::MEMBER_EXISTS));
                 }
                 let member = Member { name: String::new(), peer_urls: r.peer_ur_ls.clone() };
                 tracing::info!(id = %format!("{member_id:x}"), urls = ?r.peer_ur_ls, learner = r.is_learner, "adding member");
                 if r.is_learner {
-                    node.replica.raft().add_learner(member_id, member, false).await
+                    self.replica.raft().add_learner(member_id, member, false).await
                 } else {
-                    node.replica
+                    self.replica
                         .raft()
                         .change_membership(ChangeMembers::AddVoters(BTreeMap::from([(member_id, member)])), true)
                         .await
@@ -176,12 +175,12 @@ impl Membership {
                     if left < quorum(voters.len() - 1) {
                         return Err(Error::etcd(Code::FailedPrecondition, msg::NOT_ENOUGH_STARTED));
                     }
-                    node.replica
+                    self.replica
                         .raft()
                         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([r.id])), false)
                         .await
                 } else {
-                    node.replica
+                    self.replica
                         .raft()
                         .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([r.id])), false)
                         .await
@@ -197,7 +196,7 @@ impl Membership {
                 }
                 let member = Member { name: old.name.clone(), peer_urls: r.peer_ur_ls.clone() };
                 tracing::info!(id = %format!("{:x}", r.id), urls = ?r.peer_ur_ls, "updating member");
-                node.replica
+                self.replica
                     .raft()
                     .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(r.id, member)])), true)
                     .await
@@ -217,10 +216,10 @@ impl Membership {
                     return Err(Error::etcd(Code::FailedPrecondition, msg::LEARNER_NOT_READY));
                 }
                 tracing::info!(id = %format!("{:x}", r.id), "promoting learner");
-                node.replica.raft().change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), true).await
+                self.replica.raft().change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), true).await
             }
             Change::MoveLeader(r) => {
-                node.move_leader(r.target_id, &voters).await?;
+                self.move_leader(r.target_id, &voters).await?;
                 return Ok(ClusterChangeResponse::default());
             }
         };
@@ -244,14 +243,13 @@ impl Membership {
     /// `target` to campaign: with the longest log and no live lease anywhere it wins. The
     /// pause is about 1.5 election timeouts.
     async fn move_leader(&self, target: u64, voters: &BTreeSet<u64>) -> Result<()> {
-        let node = self;
-        if target == node.replica.id() {
+        if target == self.replica.id() {
             return Ok(());
         }
         if !voters.contains(&target) {
             return Err(Error::etcd(Code::FailedPrecondition, msg::BAD_TRANSFEREE));
         }
-        let mut client = node.router.client(target).ok_or(Error::NoLeader)?;
+        let mut client = self.router.client(target).ok_or(Error::NoLeader)?;
         struct Resume<'a>(&'a Replica);
         impl Drop for Resume<'_> {
             fn drop(&mut self) {
@@ -259,14 +257,14 @@ impl Membership {
                 self.0.pause(false);
             }
         }
-        let et = node.timing.election_timeout;
+        let et = self.timing.election_timeout;
         tracing::info!(target = %format!("{target:x}"), "moving leadership");
-        node.replica.pause(true);
-        let _resume = Resume(&node.replica);
+        self.replica.pause(true);
+        let _resume = Resume(&self.replica);
         // 1. The transferee catches up with everything proposed before the pause.
         let caught_up = Instant::now() + 2 * et;
         loop {
-            let m = node.replica.raft().metrics().borrow().clone();
+            let m = self.replica.raft().metrics().borrow().clone();
             let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten()).map(|l| l.index);
             if matched.is_some() && matched == m.last_log_index {
                 break;
@@ -277,14 +275,14 @@ impl Membership {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // 2. Let the leader lease (openraft: the maximum election timeout) lapse everywhere.
-        node.replica.raft().runtime_config().heartbeat(false);
+        self.replica.raft().runtime_config().heartbeat(false);
         tokio::time::sleep(et * 3 / 2 + et / 5).await;
         // 3. The transferee campaigns.
-        let mut r = tonic::Request::new(CampaignRequest { cluster_id: node.replica.cluster_id(), target });
+        let mut r = tonic::Request::new(CampaignRequest { cluster_id: self.replica.cluster_id(), target });
         r.set_timeout(et);
         client.campaign(r).await.map_err(Error::from)?;
         let won =
-            node.replica.raft().wait(Some(3 * et)).metrics(|m| m.current_leader == Some(target), "leader moved").await;
+            self.replica.raft().wait(Some(3 * et)).metrics(|m| m.current_leader == Some(target), "leader moved").await;
         match won {
             Ok(_) => {
                 tracing::info!(target = %format!("{target:x}"), "leadership moved");
@@ -301,7 +299,6 @@ impl Membership {
     /// while. A member joining sees older memberships without itself first, so only a
     /// removal after it was a member counts.
     pub async fn watch_removal(self: Arc<Self>, shutdown: CancellationToken) {
-        let node = &*self;
         let mut was_member = false;
         let mut leaderless_since: Option<Instant> = None;
         loop {
@@ -310,17 +307,17 @@ impl Membership {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             let is_member =
-                node.replica.with_state(|st| st.membership.membership().get_node(&node.replica.id()).is_some());
+                self.replica.with_state(|st| st.membership.membership().get_node(&self.replica.id()).is_some());
             let removed = if is_member {
                 was_member = true;
-                leaderless_since = match node.replica.leader() {
+                leaderless_since = match self.replica.leader() {
                     Some(_) => None,
                     None => leaderless_since.or(Some(Instant::now())),
                 };
                 match leaderless_since {
-                    Some(t) if t.elapsed() > 3 * node.timing.election_timeout => {
+                    Some(t) if t.elapsed() > 3 * self.timing.election_timeout => {
                         leaderless_since = Some(Instant::now());
-                        node.removed_per_peers().await
+                        self.removed_per_peers().await
                     }
                     _ => false,
                 }
@@ -330,7 +327,7 @@ impl Membership {
             if removed {
                 tracing::warn!("the member has been permanently removed from the cluster; stopping");
                 // Let the final heartbeats carry the commit to the remaining members first.
-                tokio::time::sleep(4 * node.timing.heartbeat).await;
+                tokio::time::sleep(4 * self.timing.heartbeat).await;
                 shutdown.cancel();
                 return;
             }
@@ -340,16 +337,15 @@ impl Membership {
     /// Whether another member of this cluster, with a membership at least as new as this
     /// member's, says this member is not in it.
     async fn removed_per_peers(&self) -> bool {
-        let node = self;
-        let m = node.replica.raft().metrics().borrow().membership_config.clone();
+        let m = self.replica.raft().metrics().borrow().membership_config.clone();
         let mine = m.log_id().map_or(0, |l| l.index);
-        for (_, mut c) in node.router.peers() {
+        for (_, mut c) in self.router.peers() {
             let mut req = tonic::Request::new(MembersRequest {});
             req.set_timeout(Duration::from_secs(1));
             if let Ok(r) = c.members(req).await {
                 let r = r.into_inner();
-                if r.cluster_id == node.replica.cluster_id() && r.membership_index > mine {
-                    return !r.members.iter().any(|m| m.id == node.replica.id());
+                if r.cluster_id == self.replica.cluster_id() && r.membership_index > mine {
+                    return !r.members.iter().any(|m| m.id == self.replica.id());
                 }
             }
         }

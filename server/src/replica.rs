@@ -37,12 +37,8 @@ pub enum Refused {
 
 /// What status readers may know of Raft (as etcd's `RaftStatusGetter`).
 pub trait RaftStatus: Send + Sync {
-    /// This member's id.
-    fn id(&self) -> u64;
     /// The current leader's id, if one is known.
     fn leader(&self) -> Option<u64>;
-    /// The current term.
-    fn term(&self) -> u64;
     /// The index of the last applied log entry.
     fn applied_index(&self) -> u64;
 }
@@ -60,16 +56,8 @@ pub struct Replica {
 }
 
 impl RaftStatus for Replica {
-    fn id(&self) -> u64 {
-        self.headers.member_id()
-    }
-
     fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
-    }
-
-    fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
     }
 
     fn applied_index(&self) -> u64 {

@@ -53,7 +53,6 @@ impl Upkeep {
     /// the retention, at most once a period. Revision: every `interval`, compact to the
     /// current revision minus the retention.
     pub async fn auto_compact(self: Arc<Self>, retention: Retention, interval: Duration, shutdown: CancellationToken) {
-        let node = &*self;
         let (tick, keep) = match retention {
             Retention::None => return,
             Retention::Period(p) => (p.min(Duration::from_secs(3600)) / 10, p),
@@ -66,9 +65,9 @@ impl Upkeep {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(tick.max(Duration::from_millis(10))) => {}
             }
-            let rev = node.replica.with_state(|st| st.mvcc.current_revision());
+            let rev = self.replica.with_state(|st| st.mvcc.current_revision());
             match retention {
-                Retention::Revisions(n) if node.leads() => node.compact(rev - n).await,
+                Retention::Revisions(n) if self.leads() => self.compact(rev - n).await,
                 Retention::Period(_) => {
                     let now = Instant::now();
                     samples.push_back((now, rev));
@@ -78,8 +77,8 @@ impl Upkeep {
                     }
                     if let Some(&(t, r)) = samples.front() {
                         let due = now.duration_since(last_compaction) >= keep.min(Duration::from_secs(3600));
-                        if now.duration_since(t) >= keep && due && node.leads() {
-                            node.compact(r).await;
+                        if now.duration_since(t) >= keep && due && self.leads() {
+                            self.compact(r).await;
                             last_compaction = now;
                         }
                     }
@@ -95,7 +94,6 @@ impl Upkeep {
     /// then refuses writes until an operator disarms it). Members that have not applied the
     /// revision yet are skipped this round.
     pub async fn corruption_check(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let node = &*self;
         if every.is_zero() {
             return;
         }
@@ -104,21 +102,20 @@ impl Upkeep {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if !node.leads() || node.replica.with_state(|st| st.corrupt()) {
+            if !self.leads() || self.replica.with_state(|st| st.corrupt()) {
                 continue;
             }
-            if let Err(e) = node.check_once().await {
+            if let Err(e) = self.check_once().await {
                 tracing::warn!("corruption check: {e}");
             }
         }
     }
 
     async fn check_once(&self) -> crate::error::Result<()> {
-        let node = self;
-        let (hash, compacted, rev) = node.replica.hash_kv(0)?;
-        for (id, mut c) in node.router.peers() {
+        let (hash, compacted, rev) = self.replica.hash_kv(0)?;
+        for (id, mut c) in self.router.peers() {
             let mut req =
-                tonic::Request::new(HashKvPeerRequest { cluster_id: node.replica.cluster_id(), revision: rev });
+                tonic::Request::new(HashKvPeerRequest { cluster_id: self.replica.cluster_id(), revision: rev });
             req.set_timeout(Duration::from_secs(5));
             let Ok(theirs) = c.hash_kv(req).await else { continue };
             let theirs = theirs.into_inner();
@@ -132,7 +129,7 @@ impl Upkeep {
                     member_id: id,
                     alarm: AlarmType::Corrupt as i32,
                 };
-                node.writer.propose(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await?;
+                self.writer.propose(RaftRequest::internal(raft_request::Request::Alarm(alarm))).await?;
             }
         }
         Ok(())
@@ -141,7 +138,6 @@ impl Upkeep {
     /// Promote each learner as soon as it is in sync with the leader (the check MemberPromote
     /// makes), checked every second on the leader.
     pub async fn auto_promote(self: Arc<Self>, shutdown: CancellationToken) {
-        let node = &*self;
         use cairn_api::cairnpb::cluster_change_request::Change;
         use cairn_api::etcdserverpb::MemberPromoteRequest;
         loop {
@@ -149,13 +145,13 @@ impl Upkeep {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            if !node.leads() {
+            if !self.leads() {
                 continue;
             }
             let learners: Vec<u64> =
-                node.replica.raft().metrics().borrow().membership_config.membership().learner_ids().collect();
+                self.replica.raft().metrics().borrow().membership_config.membership().learner_ids().collect();
             for id in learners {
-                match node.membership.execute(Change::Promote(MemberPromoteRequest { id })).await {
+                match self.membership.execute(Change::Promote(MemberPromoteRequest { id })).await {
                     Ok(_) => tracing::info!(id = %format!("{id:x}"), "learner caught up: promoted"),
                     Err(e) => tracing::debug!(id = %format!("{id:x}"), "not promoting yet: {e}"),
                 }
@@ -166,13 +162,12 @@ impl Upkeep {
     /// Clear this member's NOSPACE alarm once its store is back under the quota (after a
     /// compaction and defragment), checked every few seconds.
     pub async fn clear_no_space(self: Arc<Self>, shutdown: CancellationToken) {
-        let node = &*self;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
-            if let Err(e) = node.writer.clear_no_space().await {
+            if let Err(e) = self.writer.clear_no_space().await {
                 tracing::debug!("clearing NOSPACE: {e}");
             }
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 async fn member(dir: &std::path::Path) -> cairn_server::MemberHandle {
-    cairn_server::testing::start_loopback(dir, &[]).await.expect("member starts")
+    cairn_testing::member::start_loopback(dir, &[]).await.expect("member starts")
 }
 
 fn bench(endpoint: &str, args: &[&str]) -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! cairnctl end to end: the real binary against real `cairn` processes, checking output in
 //! each format, stdin handling, streaming commands, and exit codes for errors.
 
-use cairn_server::testing::{etcdctl_command, Cluster, Streaming};
+use cairn_testing::{etcdctl_command, Cluster, Streaming};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 use crate::harness::*;
 use cairn_recipes::{Config, ConfigUpdate, Error};
-use cairn_server::testing::Cluster;
+use cairn_testing::Cluster;
 use serde::Deserialize;
 use std::time::Duration;
 

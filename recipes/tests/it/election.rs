@@ -1,7 +1,7 @@
 use crate::harness::*;
 use cairn_recipes::{Election, Error};
 use cairn_sdk::{KeyValueExt, Session};
-use cairn_server::testing::Cluster;
+use cairn_testing::Cluster;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

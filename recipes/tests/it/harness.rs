@@ -1,11 +1,11 @@
 //! Clusters, clients (direct or through a cuttable proxy) and time limits.
 
 use cairn_sdk::{Client, ConnectOptions};
-use cairn_server::testing::{Cluster, Proxy};
+use cairn_testing::{Cluster, Proxy};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use cairn_server::testing::{etcdctl_command, Streaming};
+pub use cairn_testing::{etcdctl_command, Streaming};
 
 pub fn options() -> ConnectOptions {
     ConnectOptions::default()

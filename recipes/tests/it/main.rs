@@ -6,7 +6,6 @@ mod harness;
 mod barrier;
 mod config;
 mod election;
-mod examples;
 mod mutex;
 mod queue;
 mod registry;

@@ -1,7 +1,7 @@
 use crate::harness::*;
 use cairn_recipes::{Error, Mutex, RwMutex};
 use cairn_sdk::{GetOptions, KeyValueExt, Session};
-use cairn_server::testing::Cluster;
+use cairn_testing::Cluster;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

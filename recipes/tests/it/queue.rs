@@ -1,6 +1,6 @@
 use crate::harness::*;
 use cairn_recipes::{PriorityQueue, Queue};
-use cairn_server::testing::Cluster;
+use cairn_testing::Cluster;
 use std::collections::HashMap;
 use std::time::Duration;
 

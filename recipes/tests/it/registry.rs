@@ -1,6 +1,6 @@
 use crate::harness::*;
 use cairn_recipes::{Discovery, RegistrationState, Registry, Strategy};
-use cairn_server::testing::Cluster;
+use cairn_testing::Cluster;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;

@@ -69,7 +69,7 @@ async fn users_and_permissions(t: Target) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_renewed() {
-    let c = cairn_server::testing::Cluster::start(1, &["--auth-token-ttl=1", "--bcrypt-cost=4"]).await;
+    let c = cairn_testing::Cluster::start(1, &["--auth-token-ttl=1", "--bcrypt-cost=4"]).await;
     set_up(&c.members[0].client_url).await;
     let alice = Client::connect([c.members[0].endpoint()], as_user("alice", "alicepw")).await.expect("login");
     alice.put("/app/x", "1", None).await.expect("put");

@@ -10,7 +10,7 @@ async fn members_and_status(t: Target) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let members = loop {
         let m = c.member_list().await.unwrap();
-        if m.iter().all(|m| !m.name.is_empty()) || tokio::time::Instant::now() > deadline {
+        if m.iter().all(|m| !m.client_ur_ls.is_empty()) || tokio::time::Instant::now() > deadline {
             break m;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

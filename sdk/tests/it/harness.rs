@@ -1,7 +1,7 @@
 //! Servers to test against: `cairn` processes or `etcd` processes, started the same way.
 
 use cairn_sdk::{Client, ConnectOptions};
-use cairn_server::testing::{etcd_binary, Cluster};
+use cairn_testing::{etcd_binary, Cluster};
 use std::future::Future;
 use std::time::Duration;
 

@@ -20,8 +20,6 @@ pub mod gate;
 pub mod state;
 pub mod token;
 
-use cairn_api::cairnpb::Caller;
-
 /// The user and the role that may do everything.
 pub const ROOT: &str = "root";
 
@@ -63,9 +61,4 @@ pub enum Need {
     Read,
     /// WRITE or READWRITE.
     Write,
-}
-
-/// The caller recorded with a client's request.
-pub fn caller(user: &str) -> Option<Caller> {
-    Some(Caller { user: user.to_string() })
 }

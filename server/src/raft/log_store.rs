@@ -47,7 +47,17 @@ impl LogStore {
         wal_dir: &Path,
         fsync: prometheus::Histogram,
     ) -> Result<Self, cairn_store::StoreError> {
-        let mut wal = Wal::open(wal_dir, cairn_store::wal::SEGMENT_BYTES)?;
+        Self::open_with_segments(engine, wal_dir, fsync, cairn_store::wal::SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] with WAL segments of `segment_bytes` (small ones for tests).
+    pub fn open_with_segments(
+        engine: Arc<dyn Engine>,
+        wal_dir: &Path,
+        fsync: prometheus::Histogram,
+        segment_bytes: u64,
+    ) -> Result<Self, cairn_store::StoreError> {
+        let mut wal = Wal::open(wal_dir, segment_bytes)?;
         if let Some(b) = engine.get(Table::RaftState, KEY_PURGED)? {
             let purged: LogId = decode(&b).map_err(|e| cairn_store::StoreError::Corrupt(e.to_string()))?;
             wal.purge(purged.index)?;

@@ -14,6 +14,8 @@
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+#[cfg(test)]
+mod storage_suite;
 
 use cairn_api::cairnpb::{RaftRequest, RaftResponse};
 use prost::Message;

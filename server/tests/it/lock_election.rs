@@ -7,7 +7,7 @@ use cairn_api::v3electionpb::election_client::ElectionClient;
 use cairn_api::v3electionpb::{CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest};
 use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
-use cairn_server::testing::{etcd_binary, etcdctl_command, Cluster, Streaming};
+use cairn_testing::{etcd_binary, etcdctl_command, Cluster, Streaming};
 use std::time::Duration;
 use tonic::transport::Channel;
 

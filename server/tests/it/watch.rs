@@ -6,74 +6,13 @@ use cairn_api::etcdserverpb::watch_create_request::FilterType;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{
     CompactionRequest, PutRequest, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
-    WatchResponse,
 };
 use cairn_api::mvccpb::event::EventType;
-use std::process::{Command, Stdio};
+use cairn_testing::{etcdctl_command, GrpcWatch as Stream, Streaming};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-
-/// A watch stream: send requests, receive responses with a timeout.
-pub(super) struct Stream {
-    tx: mpsc::Sender<WatchRequest>,
-    pub(super) rx: Streaming<WatchResponse>,
-}
-
-impl Stream {
-    pub(super) async fn open(url: &str) -> Stream {
-        Self::open_as(url, None).await
-    }
-
-    /// A stream opened with an auth `token`.
-    pub(super) async fn open_as(url: &str, token: Option<&str>) -> Stream {
-        let mut client =
-            WatchClient::connect(url.to_string()).await.expect("connect").max_decoding_message_size(64 << 20);
-        let (tx, rx) = mpsc::channel(16);
-        let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(t) = token {
-            req.metadata_mut().insert("token", t.parse().expect("token metadata"));
-        }
-        let rx = client.watch(req).await.expect("watch stream").into_inner();
-        Stream { tx, rx }
-    }
-
-    async fn send(&self, r: RequestUnion) {
-        self.tx.send(WatchRequest { request_union: Some(r) }).await.expect("stream open");
-    }
-
-    pub(super) async fn create(&self, req: WatchCreateRequest) {
-        self.send(RequestUnion::CreateRequest(req)).await;
-    }
-
-    pub(super) async fn next(&mut self) -> WatchResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
-            .await
-            .expect("a watch response within 10 s")
-            .expect("stream ok")
-            .expect("stream not closed")
-    }
-
-    /// The next responses until `n` events have arrived (control responses are skipped).
-    async fn events(&mut self, n: usize) -> Vec<(i64, String, String, i64)> {
-        let mut out = vec![];
-        while out.len() < n {
-            let r = self.next().await;
-            for e in r.events {
-                let kv = e.kv.unwrap_or_default();
-                out.push((
-                    e.r#type as i64,
-                    String::from_utf8_lossy(&kv.key).into(),
-                    String::from_utf8_lossy(&kv.value).into(),
-                    kv.mod_revision,
-                ));
-            }
-        }
-        out
-    }
-}
 
 fn watch_req(key: &str, end: &str) -> WatchCreateRequest {
     WatchCreateRequest { key: key.into(), range_end: end.into(), ..Default::default() }
@@ -91,35 +30,27 @@ async fn etcdctl_watch_prefix_rev_prev_kv_json() {
     etcdctl_ok(&ep, &["put", "/svc/a", "1"]); // rev 2
     etcdctl_ok(&ep, &["put", "/svc/a", "2"]); // rev 3
     let spawn = |args: &[&str]| {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={ep}"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcdctl watch")
+        let mut cmd = etcdctl_command(&ep);
+        cmd.args(args);
+        Streaming::spawn(cmd)
     };
     let history = spawn(&["watch", "/svc/", "--prefix", "--rev", "2", "--prev-kv"]);
     let live = spawn(&["watch", "/svc/", "--prefix", "-w", "json"]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Both watchers registered before anything is written.
+    c.members[0].wait_metric("etcd_debugging_mvcc_watcher_total", Duration::from_secs(10), |n| n >= 2.0).await;
     etcdctl_ok(&ep, &["put", "/svc/b", "x"]); // rev 4
     etcdctl_ok(&ep, &["del", "/svc/a"]); // rev 5
     etcdctl_ok(&ep, &["put", "/other", "y"]); // not watched
     let out = etcdctl(&ep, &["txn"], Some("\nput /svc/c 1\nput /svc/d 2\n\n\n")); // rev 7, two events
     assert!(out.status.success());
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let finish = |mut child: std::process::Child| {
-        let _ = child.kill();
-        String::from_utf8_lossy(&child.wait_with_output().expect("etcdctl output").stdout).into_owned()
-    };
-    let h = finish(history);
+    let h = history.take(22).join("\n") + "\n";
     assert_eq!(
         h,
         "PUT\n/svc/a\n1\nPUT\n/svc/a\n1\n/svc/a\n2\nPUT\n/svc/b\nx\nDELETE\n/svc/a\n2\n/svc/a\n\nPUT\n/svc/c\n1\nPUT\n/svc/d\n2\n",
         "history from --rev 2 with previous values"
     );
-    let l = finish(live);
+    let l = live.take(3).join("\n");
+    assert_eq!(live.try_line(Duration::from_millis(300)), None, "nothing more: {l}");
     let responses: Vec<serde_json::Value> = l.lines().map(json).collect();
     assert_eq!(responses.len(), 3, "one response per revision, a txn's events together: {l}");
     assert_eq!(responses[0]["Events"][0]["kv"]["key"], b64("/svc/b"));
@@ -281,11 +212,7 @@ async fn slow_reader_never_blocks_writes_and_catches_up() {
     drop(slow);
     let deadline = Instant::now() + Duration::from_secs(10);
     while h.watch_metrics().watchers.load(Ordering::Relaxed) != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "watchers leaked: {}",
-            h.watch_metrics().watchers.load(Ordering::Relaxed)
-        );
+        assert!(Instant::now() < deadline, "watchers leaked: {}", h.watch_metrics().watchers.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     h.stop().await;

@@ -1,11 +1,17 @@
-//! Test fixtures for this workspace's tests (server, bench, SDK, cairnctl) and for other
-//! programs' tests: a member started in-process on ephemeral loopback ports, and clusters
-//! of real `cairn` (or `etcd`) processes that can be killed and restarted.
+//! Test fixtures for this workspace's tests (server, end-to-end, bench, SDK, recipes,
+//! cairnctl, chaos) and for other programs' tests: clusters of real `cairn` (or `etcd`)
+//! processes that can be killed, paused and restarted, a cuttable TCP proxy, streaming
+//! command output, the real `etcdctl`; with the `member` feature, a member started in
+//! this process ([`member::start_loopback`]). Not part of any shipped binary.
 
-use crate::{Config, MemberHandle};
+#[cfg(feature = "member")]
+pub mod member;
+
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_api::etcdserverpb::StatusRequest;
+use cairn_api::etcdserverpb::watch_client::WatchClient;
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
+use cairn_api::etcdserverpb::{StatusRequest, WatchCreateRequest, WatchRequest, WatchResponse};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,33 +29,6 @@ pub fn free_port() -> std::io::Result<u16> {
         }
     }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Start a single member with its data in `dir`, client and peer ports on 127.0.0.1,
-/// plus `extra` flags; returns once it leads itself (or after 10 s, with an error).
-pub async fn start_loopback(dir: &Path, extra: &[&str]) -> anyhow::Result<MemberHandle> {
-    let (c, p) = (free_port()?, free_port()?);
-    // A member refuses a data directory other users can read (a fresh tempdir may be 0755).
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let mut args: Vec<String> = vec!["cairn".into(), "--data-dir".into(), dir.display().to_string()];
-    for (flag, url) in [
-        ("--listen-client-urls", format!("http://127.0.0.1:{c}")),
-        ("--advertise-client-urls", format!("http://127.0.0.1:{c}")),
-        ("--listen-peer-urls", format!("http://127.0.0.1:{p}")),
-        ("--initial-advertise-peer-urls", format!("http://127.0.0.1:{p}")),
-    ] {
-        args.push(flag.into());
-        args.push(url);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let config = Config::parse_from(args).map_err(anyhow::Error::msg)?;
-    let h = crate::start(config).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.leader().is_none() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no leader elected in 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(h)
 }
 
 fn port() -> u16 {
@@ -99,6 +78,27 @@ impl Member {
     pub fn host(&self) -> String {
         let rest = self.listen_peer_url.split("://").nth(1).unwrap_or_default();
         rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string()
+    }
+
+    /// The value of a metric (without labels) from the member's `/metrics`, if it is up
+    /// and has it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let url = format!("{}/metrics", self.client_url);
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Wait (at most `limit`) until metric `name` satisfies `ok`; panics with its last value.
+    pub async fn wait_metric(&self, name: &str, limit: Duration, ok: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(name).await;
+            if v.is_some_and(&ok) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} is {v:?} after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `host:port` of the client URL, as etcdctl wants it.
@@ -631,4 +631,105 @@ pub fn etcd_binary() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Run the real etcdctl (v3 API) against `endpoints`; panics with a clear message if
+/// it is not installed (the test command installs it).
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut cmd = etcdctl_command(endpoints);
+    cmd.arg("--dial-timeout=5s")
+        .arg("--command-timeout=15s")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run etcdctl ({e}): install it with `apt-get install -y etcd-client` (./scripts/test does this)")
+    });
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("writing etcdctl stdin");
+    }
+    child.wait_with_output().expect("waiting for etcdctl")
+}
+
+/// etcdctl that must succeed; returns stdout.
+pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args, None);
+    assert!(out.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Parse etcdctl's `-w json` output.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("etcdctl printed invalid JSON ({e}): {s}"))
+}
+
+/// Base64 as etcdctl's JSON prints bytes.
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A raw gRPC watch stream: send requests, receive responses with a timeout.
+pub struct GrpcWatch {
+    tx: tokio::sync::mpsc::Sender<WatchRequest>,
+    pub rx: tonic::Streaming<WatchResponse>,
+}
+
+impl GrpcWatch {
+    /// A stream on the member at `url`.
+    pub async fn open(url: &str) -> GrpcWatch {
+        Self::open_as(url, None).await
+    }
+
+    /// A stream opened with an auth `token`.
+    pub async fn open_as(url: &str, token: Option<&str>) -> GrpcWatch {
+        let mut client =
+            WatchClient::connect(url.to_string()).await.expect("connect").max_decoding_message_size(64 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut().insert("token", t.parse().expect("token metadata"));
+        }
+        let rx = client.watch(req).await.expect("watch stream").into_inner();
+        GrpcWatch { tx, rx }
+    }
+
+    /// Send one request.
+    pub async fn send(&self, r: RequestUnion) {
+        self.tx.send(WatchRequest { request_union: Some(r) }).await.expect("stream open");
+    }
+
+    /// Create a watcher.
+    pub async fn create(&self, req: WatchCreateRequest) {
+        self.send(RequestUnion::CreateRequest(req)).await;
+    }
+
+    /// The next response (10 s at most).
+    pub async fn next(&mut self) -> WatchResponse {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("a watch response within 10 s")
+            .expect("stream ok")
+            .expect("stream not closed")
+    }
+
+    /// The next responses until `n` events have arrived (control responses are skipped).
+    pub async fn events(&mut self, n: usize) -> Vec<(i64, String, String, i64)> {
+        let mut out = vec![];
+        while out.len() < n {
+            let r = self.next().await;
+            for e in r.events {
+                let kv = e.kv.unwrap_or_default();
+                out.push((
+                    e.r#type as i64,
+                    String::from_utf8_lossy(&kv.key).into(),
+                    String::from_utf8_lossy(&kv.value).into(),
+                    kv.mod_revision,
+                ));
+            }
+        }
+        out
+    }
 }

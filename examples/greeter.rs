@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! cargo run --release --bin cairn                                       # a Cairn (or etcd) server
-//! cargo run -p cairn-recipes --example greeter -- serve --id a &
-//! cargo run -p cairn-recipes --example greeter -- serve --id b &
-//! cargo run -p cairn-recipes --example greeter -- call --count 10       # answered by a and b
+//! cargo run -p cairn-examples --example greeter -- serve --id a &
+//! cargo run -p cairn-examples --example greeter -- serve --id b &
+//! cargo run -p cairn-examples --example greeter -- call --count 10       # answered by a and b
 //! ```
 
 use cairn_recipes::{Discovery, Registry};

@@ -2,7 +2,7 @@
 //! change as it is published and refuses invalid ones, keeping the last good settings.
 //!
 //! ```text
-//! cargo run -p cairn-recipes --example config_reload &
+//! cargo run -p cairn-examples --example config_reload &
 //! etcdctl put /example/config '{"log_level":"debug","max_conns":200}'   # applied
 //! etcdctl put /example/config '{"log_level":"chatty","max_conns":200}'  # refused, kept debug
 //! ```

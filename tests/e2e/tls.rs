@@ -4,7 +4,7 @@
 //! plaintext to a TLS port, a rogue peer).
 
 use super::harness::{etcdctl, Cluster};
-use cairn_server::testing::cairnctl_binary;
+use cairn_testing::cairnctl_binary;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use std::path::PathBuf;
 use std::process::Command;

@@ -5,7 +5,7 @@
 
 use super::harness::{etcdctl, etcdctl_ok, json, Cluster};
 use cairn_api::etcdserverpb::{PutRequest, RangeRequest};
-use cairn_server::testing::cairnctl_binary;
+use cairn_testing::cairnctl_binary;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! count comes out exact. `etcdctl lock /example/counter-lock` excludes them too.
 //!
 //! ```text
-//! cargo run -p cairn-recipes --example workers -- --workers 4 --rounds 25
+//! cargo run -p cairn-examples --example workers -- --workers 4 --rounds 25
 //! ```
 
 use cairn_recipes::Mutex;

@@ -1,17 +1,28 @@
 //! The examples, run as real processes against a real cluster: what their docs promise
 //! happens. `./scripts/test` builds them (`cargo build --examples`) before the tests.
 
-use crate::harness::*;
-use cairn_server::testing::Cluster;
+use cairn_sdk::{Client, ConnectOptions};
+use cairn_testing::{Cluster, Streaming};
+use std::future::Future;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `f`, or a panic naming `what` once `limit` passes.
+async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
+}
+
+/// A client of member `first` of `c`.
+async fn client(c: &Cluster, first: usize) -> Client {
+    Client::connect([c.members[first].endpoint()], ConnectOptions::default()).await.expect("connecting")
+}
+
 fn example(name: &str, endpoints: &str) -> Command {
-    // The test binary is target/<profile>/deps/it-*; examples are target/<profile>/examples/.
+    // The test binary is target/<profile>/deps/examples-*; examples are target/<profile>/examples/.
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).map(|d| d.join("examples")).unwrap_or_default();
     let bin = dir.join(name);
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p cairn-recipes --examples`", bin.display());
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p cairn-examples --examples`", bin.display());
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--endpoints={endpoints}"));
     cmd
@@ -110,4 +121,26 @@ async fn workers_count_exactly_and_config_reload_applies_and_refuses() {
     assert!(
         refused.contains("unknown log level \"chatty\"") && refused.contains("keeping Settings { log_level: \"debug\"")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_does_what_it_says() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let mut cmd = example("quickstart", &ep);
+    cmd.arg("--prefix=/qs/");
+    let out = within(Duration::from_secs(60), "quickstart example", async { cmd.output() }).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("put /qs/greeting at revision "), "{stdout}");
+    assert_eq!(lines[1], "get /qs/greeting = hello");
+    assert_eq!(lines[2], "compare-and-set succeeded: true");
+    assert_eq!(lines[3], "watch: /qs/counter = 1");
+    assert!(lines[4].starts_with("presence under lease "), "{stdout}");
+    assert_eq!(lines[5], "after the session: 0 presence key(s)");
+    // What it wrote is there for anyone to read.
+    let client = client(&c, 0).await;
+    let greeting = client.get("/qs/greeting", None).await.unwrap();
+    assert_eq!(greeting.kvs[0].value, b"hello again");
 }

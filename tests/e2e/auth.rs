@@ -329,8 +329,8 @@ async fn client_certificate_common_name_is_the_user() {
 /// permission on its keys (as revoking it does); listing leases needs a user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_changes_cancel_watchers_and_leases_need_their_keys() {
-    use super::watch::Stream;
     use cairn_api::etcdserverpb::WatchCreateRequest;
+    use cairn_testing::GrpcWatch as Stream;
     let c = Cluster::start(1, &["--bcrypt-cost=4"]).await;
     let ep = c.endpoints();
     let url = c.members[0].client_url.clone();

@@ -3,7 +3,7 @@
 
 use super::harness::{b64, in_process, Cluster};
 use cairn_api::etcdserverpb::{LeaseGrantRequest, PutRequest};
-use cairn_server::testing::etcd_binary;
+use cairn_testing::etcd_binary;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -167,7 +167,7 @@ async fn every_route_is_served_as_json() {
     assert_eq!((status, err["message"].clone()), (500, json!("election: no leader")));
 
     // Membership and maintenance operations.
-    let peer = cairn_server::testing::Cluster::new_peer_url();
+    let peer = cairn_testing::Cluster::new_peer_url();
     let added = h.ok("/v3/cluster/member/add", json!({"peerURLs": [peer], "isLearner": true})).await;
     assert_eq!(
         (added["member"]["peerURLs"][0].clone(), added["member"]["isLearner"].clone()),

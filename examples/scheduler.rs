@@ -2,8 +2,8 @@
 //! another takes over within the session TTL.
 //!
 //! ```text
-//! cargo run -p cairn-recipes --example scheduler -- --id r1 &
-//! cargo run -p cairn-recipes --example scheduler -- --id r2 &
+//! cargo run -p cairn-examples --example scheduler -- --id r1 &
+//! cargo run -p cairn-examples --example scheduler -- --id r2 &
 //! kill %1        # r2 takes over within --ttl seconds
 //! etcdctl elect -l /scheduler     # etcd's own tool sees the same leader
 //! ```

@@ -1,0 +1,12 @@
+//! End-to-end suites: real `cairn` processes on ephemeral loopback ports, driven by the
+//! real `etcdctl` (etcd 3.4, Debian's etcd-client), HTTP clients and the generated gRPC
+//! client. One binary, a module per topic.
+
+mod auth;
+mod cluster;
+mod crash;
+mod etcdctl;
+mod gateway;
+mod harness;
+mod membership;
+mod tls;
