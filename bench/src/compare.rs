@@ -8,7 +8,8 @@ use crate::runner::Report;
 use crate::workloads;
 use crate::{Consistency, Opts};
 use cairn_api::etcdserverpb::kv_client::KvClient;
-use cairn_api::etcdserverpb::RangeRequest;
+use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_api::etcdserverpb::{RangeRequest, StatusRequest};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::net::TcpListener;
@@ -424,6 +425,21 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
             rows.push(row(case.name, "s until all revoked", median(e_extra), median(c_extra), false));
         }
     }
+    if args.topology != Topology::Single {
+        let rounds = args.rounds.max(if args.quick { 1 } else { 3 });
+        let (mut e, mut c) = (vec![], vec![]);
+        for _ in 0..rounds {
+            e.push(failover(&args.etcd_bin, Kind::Etcd, root).await?);
+            c.push(failover(&args.cairn_bin, Kind::Cairn, root).await?);
+            eprintln!(
+                "{:<45} etcd {:.2} s, cairn {:.2} s",
+                "3 members: leader kill -9 -> new leader",
+                e[e.len() - 1],
+                c[c.len() - 1]
+            );
+        }
+        rows.push(row("3 members: leader kill -9 -> new leader", "s", median(e), median(c), false));
+    }
     if args.memory_keys > 0 && args.topology != Topology::Cluster {
         let keys = if args.quick { args.memory_keys.min(5_000) } else { args.memory_keys };
         let (er, es, et) = memory(&args.etcd_bin, Kind::Etcd, keys, root, base).await?;
@@ -444,6 +460,56 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// The leader a member reports (0: none), asked with a short deadline.
+async fn leader_of(client: &str) -> u64 {
+    let ask = async {
+        let mut m = MaintenanceClient::connect(format!("http://{client}")).await.ok()?;
+        m.status(StatusRequest {}).await.ok().map(|r| r.into_inner().leader)
+    };
+    tokio::time::timeout(Duration::from_millis(300), ask).await.ok().flatten().unwrap_or(0)
+}
+
+/// Seconds from `kill -9` of a 3-member cluster's leader (default timing) until both other
+/// members report the same new leader.
+async fn failover(bin: &Path, kind: Kind, root: &Path) -> anyhow::Result<f64> {
+    let mut procs = start(bin, kind, 3, root).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The member that leads, as every member says (a settled cluster).
+    let leader = loop {
+        let ids =
+            [leader_of(&procs[0].client).await, leader_of(&procs[1].client).await, leader_of(&procs[2].client).await];
+        if ids[0] != 0 && ids.iter().all(|i| *i == ids[0]) {
+            break ids[0];
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{kind:?}: no settled leader in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut which = None;
+    for (i, p) in procs.iter().enumerate() {
+        let mut m = MaintenanceClient::connect(format!("http://{}", p.client)).await?;
+        if m.status(StatusRequest {}).await?.into_inner().header.map(|h| h.member_id) == Some(leader) {
+            which = Some(i);
+        }
+    }
+    let i = which.ok_or_else(|| anyhow::anyhow!("{kind:?}: no member is the leader {leader:x}"))?;
+    // Let a few heartbeats pass, as in a cluster that has been up a while.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // SIGKILL (std's kill), timed from the signal.
+    let mut killed = procs.remove(i);
+    killed.child.kill()?;
+    let started = Instant::now();
+    killed.child.wait()?;
+    loop {
+        let a = leader_of(&procs[0].client).await;
+        let b = leader_of(&procs[1].client).await;
+        if a != 0 && a != leader && a == b {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "{kind:?}: no new leader 30 s after the kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn tempfile_dir(args: &CompareArgs) -> anyhow::Result<PathBuf> {
