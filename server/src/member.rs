@@ -260,12 +260,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
 /// openraft's configuration from the member's flags.
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let et = config.election_timeout.as_millis() as u64;
-    let (election_timeout_min, election_timeout_max) = crate::raft::election_timeouts(config.election_timeout);
     Ok(openraft::Config {
         cluster_name: config.cluster_token.clone(),
         heartbeat_interval: config.heartbeat.as_millis() as u64,
-        election_timeout_min,
-        election_timeout_max,
+        election_timeout_min: et,
+        election_timeout_max: et * 3 / 2,
         install_snapshot_timeout: 10_000.max(et * 10),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         // Keep some entries after a snapshot so a briefly lagging follower catches up

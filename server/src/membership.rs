@@ -241,7 +241,7 @@ impl Membership {
     /// proposals and reads (they wait and then go to the new leader), waits until `target`
     /// has its whole log, stops heartbeats so the followers' leader lease lapses, and asks
     /// `target` to campaign: with the longest log and no live lease anywhere it wins. The
-    /// pause is about 0.7 election timeouts (the lease, 0.6, and a margin).
+    /// pause is about 1.5 election timeouts.
     async fn move_leader(&self, target: u64, voters: &BTreeSet<u64>) -> Result<()> {
         if target == self.replica.id() {
             return Ok(());
@@ -274,10 +274,9 @@ impl Membership {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // 2. Let the leader lease lapse everywhere, and campaign before any other follower's
-        //    own election timer (lease + at least 0.4 et) fires.
+        // 2. Let the leader lease (openraft: the maximum election timeout) lapse everywhere.
         self.replica.raft().runtime_config().heartbeat(false);
-        tokio::time::sleep(crate::raft::leader_lease(et) + et / 10).await;
+        tokio::time::sleep(et * 3 / 2 + et / 5).await;
         // 3. The transferee campaigns.
         let mut r = tonic::Request::new(CampaignRequest { cluster_id: self.replica.cluster_id(), target });
         r.set_timeout(et);

@@ -100,24 +100,6 @@ pub type StoredMembership = openraft::StoredMembership<u64, Member>;
 /// A storage error.
 pub type StorageError = openraft::StorageError<u64>;
 
-/// openraft's election timeouts `[min, max)` for etcd's `--election-timeout` `et`.
-///
-/// An openraft follower that has seen a leader campaigns only after the leader's lease
-/// (openraft: `election_timeout_max`) plus a random election timeout in `[min, max)` without
-/// a heartbeat, and refuses votes while the lease runs. etcd's followers wait a random
-/// `[et, 2 et)`. With `[0.4 et, 0.6 et)` a follower waits `[1.0 et, 1.2 et)`: within etcd's
-/// range and at its low end, so a dead leader is replaced as fast as etcd replaces one.
-/// (With `[et, 1.5 et)` it waited 2.5-3 et.)
-pub fn election_timeouts(et: std::time::Duration) -> (u64, u64) {
-    let et = et.as_millis() as u64;
-    (et * 2 / 5, et * 3 / 5)
-}
-
-/// How long a follower refuses votes after the last heartbeat (openraft's leader lease).
-pub fn leader_lease(et: std::time::Duration) -> std::time::Duration {
-    std::time::Duration::from_millis(election_timeouts(et).1)
-}
-
 /// Serialize an openraft value for disk or the wire.
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // postcard only fails on writer errors, and a Vec never fails.
