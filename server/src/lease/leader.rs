@@ -186,19 +186,27 @@ impl Leases {
             let mut req = tonic::Request::new(LeaseFloorsRequest { cluster_id: self.replica.cluster_id() });
             req.set_timeout(self.election_timeout);
             asks.spawn(async move {
-                let sent = Instant::now();
-                c.lease_floors(req).await.map(|r| (sent, r.into_inner()))
+                let r = c.lease_floors(req).await;
+                // Taken after the answer arrived: the peer measured its remaining time no
+                // later than this, so `received + remaining` is never before its floor.
+                let received = Instant::now();
+                r.map(|r| (received, r.into_inner()))
             });
         }
         let mut lowered = 0;
         while let Some(answer) = asks.join_next().await {
-            let Ok(Ok((sent, r))) = answer else { continue };
+            let Ok(Ok((received, r))) = answer else { continue };
             if r.applied_index < applied {
                 continue;
             }
-            // Counted from when the question was sent: the answer is no older, so never early.
-            let theirs: Vec<(i64, Instant)> =
-                r.floors.iter().map(|f| (f.id, sent + Duration::from_millis(f.remaining_ms.max(0) as u64))).collect();
+            // Counted from when the answer arrived (late by the answer's travel time, never
+            // early; counting from when the question left made a slow answer expire a lease
+            // early by that much). The peer rounds down to whole milliseconds: one more.
+            let theirs: Vec<(i64, Instant)> = r
+                .floors
+                .iter()
+                .map(|f| (f.id, received + Duration::from_millis(f.remaining_ms.max(0) as u64 + 1)))
+                .collect();
             lowered += self.lessor.lower_floors(&mine, &theirs);
         }
         if lowered > 0 {

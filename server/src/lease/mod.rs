@@ -124,6 +124,14 @@ impl Lessor {
                         // The latest bound wins: a checkpoint proposed before a renewal but
                         // applied after its record must not pull the floor back.
                         l.floor = l.floor.max(far(remaining));
+                        // A keepalive's record (TTL + slack; periodic checkpoints are below
+                        // TTL) may be for a renewal another member's lessor answered — the
+                        // old leader, while leadership moved here — and commit after this
+                        // lessor was promoted: the renewal happened before this apply, so
+                        // the lease lives at least TTL from now.
+                        if remaining > l.ttl {
+                            l.expiry = l.expiry.map(|e| e.max(far(l.ttl)));
+                        }
                     }
                 }
             }
@@ -288,6 +296,26 @@ mod tests {
         assert_eq!(Lessor::new(Duration::from_millis(1000)).min_ttl, 2);
         assert_eq!(Lessor::new(Duration::from_millis(500)).min_ttl, 1);
         assert_eq!(Lessor::new(Duration::from_millis(3000)).min_ttl, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keepalive_record_committed_after_promotion_extends_the_expiry() {
+        let l = Lessor::new(Duration::from_millis(1000));
+        l.apply(vec![LeaseChange::Granted(LeaseRecord { id: 1, ttl: 2, remaining_ttl: 0 })]);
+        l.promote();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        // The old leader renewed at about this moment; its record (TTL + slack) commits now.
+        l.apply(vec![LeaseChange::Checkpointed(1, 3)]);
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert!(l.take_expired(10).is_empty(), "alive until TTL after the record");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(l.take_expired(10), vec![1]);
+        // A periodic checkpoint (below TTL) does not move the expiry.
+        l.apply(vec![LeaseChange::Granted(LeaseRecord { id: 2, ttl: 10, remaining_ttl: 0 })]);
+        l.promote();
+        let before = l.time_to_live(2);
+        l.apply(vec![LeaseChange::Checkpointed(2, 9)]);
+        assert_eq!(l.time_to_live(2), before);
     }
 
     #[tokio::test(start_paused = true)]
