@@ -5,7 +5,9 @@
 //! every request queued while earlier batches are in flight and proposes them as one
 //! entry (`RaftRequest.batch`), applied in order with a revision each: one fsync, and one
 //! replication round, covers the whole batch. Two batches may be in flight, so applying
-//! one overlaps appending the next.
+//! one overlaps appending the next. A write that finds a slot free proposes itself from
+//! its caller's task, without passing through the loop: a lone client's write then costs
+//! no task hand-off before Raft (measured: a fifth more single-client puts per second).
 //!
 //! Linearizable reads likewise share rounds: every read waiting when a round starts is
 //! served by that round's read index; reads arriving during a round wait for the next,
@@ -102,28 +104,38 @@ impl Consensus for Raft {
 
 /// Handle to the batching loops of one member.
 #[derive(Clone)]
-pub struct Batcher {
+pub struct Batcher<C: Consensus = Raft> {
     writes: mpsc::Sender<(RaftRequest, WriteReply)>,
     reads: mpsc::Sender<ReadReply>,
+    raft: C,
+    /// Slots for batches in flight, shared by the loop and direct proposals.
+    in_flight: Arc<Semaphore>,
+    shutdown: CancellationToken,
 }
 
-impl Batcher {
+impl<C: Consensus> Batcher<C> {
     /// Start the loops on `tasks`; they end with `shutdown`.
-    pub fn start<C: Consensus>(
-        raft: C,
-        floor: Option<ReadFloor>,
-        tasks: &TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Batcher {
+    pub fn start(raft: C, floor: Option<ReadFloor>, tasks: &TaskTracker, shutdown: CancellationToken) -> Batcher<C> {
         let (wtx, wrx) = mpsc::channel(8192);
         let (rtx, rrx) = mpsc::channel(8192);
-        tasks.spawn(write_loop(raft.clone(), wrx, tasks.clone(), shutdown.clone()));
-        tasks.spawn(read_loop(raft, floor, rrx, shutdown));
-        Batcher { writes: wtx, reads: rtx }
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        tasks.spawn(write_loop(raft.clone(), in_flight.clone(), wrx, tasks.clone(), shutdown.clone()));
+        tasks.spawn(read_loop(raft.clone(), floor, rrx, shutdown.clone()));
+        Batcher { writes: wtx, reads: rtx, raft, in_flight, shutdown }
     }
 
     /// Propose `req` (possibly together with others) and wait for its applied result.
     pub async fn propose(&self, req: RaftRequest) -> Result<RaftResponse, NotDone> {
+        // A free slot means nothing waits in the queue for one (the loop holds a slot
+        // while it waits for the queue, and queued writes wait for a slot in order).
+        if self.shutdown.is_cancelled() {
+            return Err(NotDone::Stopped);
+        }
+        if let Ok(_slot) = self.in_flight.try_acquire() {
+            let (index, mut resp) = self.raft.write(req).await?;
+            resp.log_index = index;
+            return Ok(resp);
+        }
         let (tx, rx) = oneshot::channel();
         self.writes.send((req, tx)).await.map_err(|_| NotDone::Stopped)?;
         rx.await.map_err(|_| NotDone::Stopped)?
@@ -143,11 +155,11 @@ fn forward(leader_id: Option<u64>, leader_node: Option<Member>) -> NotDone {
 
 async fn write_loop<C: Consensus>(
     raft: C,
+    in_flight: Arc<Semaphore>,
     mut rx: mpsc::Receiver<(RaftRequest, WriteReply)>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let first = tokio::select! {
@@ -316,7 +328,7 @@ mod tests {
         RaftRequest::internal(raft_request::Request::Put(PutRequest { key: k.into(), ..Default::default() }))
     }
 
-    fn start(fake: &Fake, floor: Option<ReadFloor>) -> (Batcher, TaskTracker, CancellationToken) {
+    fn start(fake: &Fake, floor: Option<ReadFloor>) -> (Batcher<Fake>, TaskTracker, CancellationToken) {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         (Batcher::start(fake.clone(), floor, &tasks, stop.clone()), tasks, stop)
     }

@@ -493,23 +493,26 @@ async fn member_ids(
 /// supervisor restarts it once the cause is fixed. Nothing acknowledged is lost: an entry
 /// is acknowledged only after it is on disk.
 async fn watch_fatal(replica: Arc<Replica>, failed: Arc<AtomicBool>, shutdown: CancellationToken) {
-    let mut m = replica.raft().metrics();
+    // Woken by the server metrics, which change rarely (not with every write), and for the
+    // last time when Raft's core ends and drops their sender; the reason it stopped is in
+    // the full metrics by then.
+    let mut m = replica.raft().server_metrics();
     loop {
+        let core_ended = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            changed = m.changed() => changed.is_err(),
+        };
+        let stopped = replica.raft().metrics().borrow().running_state.clone().err();
         // Raft stops as the last step of a clean shutdown too: that is no failure.
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let stopped = m.borrow().running_state.clone().err();
-        if let Some(e) = stopped {
+        if let Some(e) = stopped.filter(|_| !shutdown.is_cancelled()) {
             tracing::error!("raft stopped: {e}; this member cannot go on (is the disk full?), stopping");
             failed.store(true, Ordering::SeqCst);
             shutdown.cancel();
             return;
         }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            changed = m.changed() => if changed.is_err() { return },
+        if core_ended {
+            return;
         }
     }
 }

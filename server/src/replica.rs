@@ -284,12 +284,14 @@ impl Replica {
 
     /// Keep response headers' term current and count leader changes, until `shutdown`.
     pub async fn follow_terms(self: Arc<Self>, leader_changes: prometheus::IntCounter, shutdown: CancellationToken) {
-        let mut m = self.raft.metrics();
+        // Server metrics change with the vote, leader or membership only; the full metrics
+        // change with every write, and waking this task per write costs the write path.
+        let mut m = self.raft.server_metrics();
         let mut leader = None;
         loop {
             let (term, now) = {
                 let m = m.borrow();
-                (m.current_term, m.current_leader)
+                (m.vote.leader_id().term, m.current_leader)
             };
             self.headers.set_term(term);
             // A new leader id counts (the first one too), a lost one does not.

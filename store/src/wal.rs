@@ -25,7 +25,7 @@
 //! recovery can never resurrect them.
 //!
 //! Durability: [`Wal::append`] writes without syncing; [`Wal::sync_handles`] gives the
-//! files a flusher must `fdatasync`. [`Wal::truncate`] and [`Wal::purge`] are durable.
+//! files the caller must `fdatasync`. [`Wal::truncate`] and [`Wal::purge`] are durable.
 
 use crate::error::{Result, StoreError};
 use std::collections::{BTreeMap, VecDeque};

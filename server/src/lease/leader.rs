@@ -147,7 +147,8 @@ impl Leases {
     /// Follow Raft leadership: promote the lessor on becoming leader, demote it on losing
     /// leadership.
     pub async fn run_leadership(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut metrics = self.replica.raft().metrics();
+        // Server metrics: they change with leadership, not with every write.
+        let mut metrics = self.replica.raft().server_metrics();
         let mut was_leader = false;
         loop {
             let is_leader = metrics.borrow().current_leader == Some(self.replica.id());

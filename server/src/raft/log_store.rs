@@ -1,12 +1,12 @@
 //! The Raft log in a segmented write-ahead log ([`cairn_store::wal`]), and Raft's vote,
 //! committed and purged ids in the engine's `RaftState` table.
 //!
-//! `append` writes the entries to the WAL without syncing (they are readable at once) and
-//! hands the completion callback, with the files to sync, to a flusher thread. The flusher
-//! takes every callback queued so far, `fdatasync`s the files once, and only then reports
-//! the entries persisted: openraft acknowledges nothing that is not on disk. (openraft 0.9
-//! waits for each append's callback before the next append, so the batching that matters
-//! happens before Raft, in [`crate::batch`]; the flusher still merges whatever queues.)
+//! `append` writes the entries to the WAL, `fdatasync`s the segments they are in and only
+//! then reports them persisted: openraft acknowledges nothing that is not on disk. The
+//! sync runs inline on the caller's task: openraft 0.9's core waits for each append's
+//! callback before it does anything else, so handing the sync to another thread (as an
+//! earlier version did) only added two thread wake-ups per write. Batching happens before
+//! Raft, in [`crate::batch`]: one append carries every write queued meanwhile.
 //!
 //! Votes, truncations and purges are durable before they return. A purge first makes the
 //! engine durable, so the state machine is on disk at or past every purged entry.
@@ -17,23 +17,19 @@ use cairn_store::{Engine, Table, WriteBatch};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, Vote};
 use std::fmt::Debug;
-use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
-
-/// Work for the flusher: a completion callback and the files its entries are in.
-type Flush = (LogFlushed<TypeConfig>, Vec<Arc<File>>);
 
 /// Log storage. Cheap to clone (readers are clones).
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<dyn Engine>,
     wal: Arc<Mutex<Wal>>,
-    flusher: mpsc::Sender<Flush>,
+    fsync: prometheus::Histogram,
 }
 
 fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -41,7 +37,7 @@ fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    /// Open the WAL in `wal_dir` (Raft state in `engine`) and start the flusher thread.
+    /// Open the WAL in `wal_dir` (Raft state in `engine`); `fsync` times each sync.
     pub fn open(
         engine: Arc<dyn Engine>,
         wal_dir: &Path,
@@ -62,12 +58,7 @@ impl LogStore {
             let purged: LogId = decode(&b).map_err(|e| cairn_store::StoreError::Corrupt(e.to_string()))?;
             wal.purge(purged.index)?;
         }
-        let (tx, rx) = mpsc::channel::<Flush>();
-        std::thread::Builder::new()
-            .name("cairn-wal-flusher".into())
-            .spawn(move || flusher(rx, fsync))
-            .map_err(|e| cairn_store::StoreError::Engine(format!("starting the wal flusher: {e}")))?;
-        Ok(Self { engine, wal: Arc::new(Mutex::new(wal)), flusher: tx })
+        Ok(Self { engine, wal: Arc::new(Mutex::new(wal)), fsync })
     }
 
     fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
@@ -89,29 +80,6 @@ impl LogStore {
             .into_iter()
             .map(|(_, b)| decode::<Entry<TypeConfig>>(&b).map_err(|e| log_err(ErrorVerb::Read, e)))
             .collect()
-    }
-}
-
-/// Waits for callbacks, takes all that are queued, fsyncs their files once, completes them.
-/// Exits when every `LogStore` clone is dropped.
-fn flusher(rx: mpsc::Receiver<Flush>, fsync: prometheus::Histogram) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
-        let mut files: Vec<Arc<File>> = Vec::new();
-        for (_, fs) in &waiting {
-            for f in fs {
-                if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
-                    files.push(f.clone());
-                }
-            }
-        }
-        let timer = fsync.start_timer();
-        let res: Result<(), String> = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
-        timer.observe_duration();
-        for (cb, _) in waiting {
-            cb.log_io_completed(res.clone().map_err(std::io::Error::other));
-        }
     }
 }
 
@@ -176,7 +144,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             wal.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
             wal.sync_handles()
         };
-        self.flusher.send((callback, files)).map_err(|_| log_err(ErrorVerb::Write, "the wal flusher has stopped"))
+        let timer = self.fsync.start_timer();
+        let synced = files.iter().try_for_each(|f| f.sync_data());
+        timer.observe_duration();
+        callback.log_io_completed(synced);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
