@@ -570,3 +570,40 @@ async fn low_disk_space_refuses_writes_and_keeps_serving() {
     let status = json(&etcdctl_ok(&ep, &["endpoint", "status", "-w", "json"]));
     assert!(status[0]["Status"]["errors"][0].as_str().is_some_and(|e| e.ends_with("alarm:NOSPACE")), "{status}");
 }
+
+/// Snapshot dumps (`*.snap`) in a member's snapshot directory.
+fn snapshot_files(c: &Cluster, i: usize) -> usize {
+    std::fs::read_dir(c.members[i].data_dir.join("snap"))
+        .map(|rd| rd.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "snap")).count())
+        .unwrap_or(0)
+}
+
+/// A member alone in its cluster purges its log without dumping its store (the store is
+/// the snapshot) and restarts without dumping either; the dump is made when a member added
+/// later needs it, and that member gets every key, including ones from after the purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_member_dumps_a_snapshot_only_when_one_is_needed() {
+    let mut c = Cluster::start(1, &["--snapshot-count", "20"]).await;
+    let ep = c.members[0].endpoint();
+    for n in 0..120 {
+        etcdctl_ok(&ep, &["put", &format!("lone/{n:03}"), &n.to_string()]);
+    }
+    assert_eq!(snapshot_files(&c, 0), 0, "purging the log wrote a dump");
+    c.members[0].kill();
+    c.members[0].start();
+    c.wait_ready(0).await;
+    etcdctl_ok(&ep, &["put", "lone/after-restart", "yes"]);
+    assert_eq!(snapshot_files(&c, 0), 0, "a restart wrote a dump");
+
+    // The new member (a learner: a voter could not be added to one started member, as in
+    // etcd) needs entries the log no longer has: it is sent a dump.
+    let added = add_and_start(&mut c, "second", true).await;
+    wait_caught_up(&c, added).await;
+    let keys = json(&etcdctl_ok(
+        &c.members[added].endpoint(),
+        &["get", "lone/", "--prefix", "--keys-only", "--consistency", "s", "-w", "json"],
+    ));
+    assert_eq!(keys["count"], 121);
+    assert!(snapshot_files(&c, 0) >= 1, "no dump was made for the new member");
+    assert!(snapshot_files(&c, added) >= 1, "the new member installed no snapshot");
+}

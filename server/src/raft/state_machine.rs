@@ -8,6 +8,16 @@
 //!
 //! Snapshots are files under `<data-dir>/snap/`: a dump of the `Kv` and `Meta` tables
 //! taken under the store's read lock, so it matches `last_applied` exactly.
+//!
+//! The store itself is the durable state, so openraft's periodic "build a snapshot" (which
+//! lets it purge the log) needs no dump: [`StateMachine`] records the applied position as
+//! the snapshot's metadata (`marker`) and dumps only when a snapshot must be *sent*
+//! (`get_current_snapshot`, for a follower missing purged entries). A member alone in its
+//! membership therefore never writes a dump unless a member is added (and then holds its
+//! applies while it dumps); a member with peers dumps when openraft builds (a spawned task,
+//! so applies go on), so a lagging follower finds one ready. Purging is safe without a
+//! dump: [`super::log_store::LogStore`]'s purge makes the store durable first. At startup
+//! nothing is dumped unless openraft builds because its log had been purged.
 
 use super::{encode, storage_err, LogId, Member, StorageError, StoredMembership, TypeConfig};
 use crate::apply::apply;
@@ -41,7 +51,11 @@ pub struct StateMachine {
     /// Lease expiry, fed with every applied lease change.
     pub lessor: Arc<Lessor>,
     snap_dir: PathBuf,
+    /// The newest dump.
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
+    /// The newest snapshot openraft built (or installed): the position a dump it is sent
+    /// must reach.
+    marker: Arc<Mutex<Option<SnapshotMeta<u64, Member>>>>,
 }
 
 /// Create the snapshot directory, or empty it of Raft snapshot files left by an earlier run:
@@ -97,6 +111,7 @@ impl StateMachine {
             revision_tx: Arc::new(revision_tx),
             snap_dir,
             current: Arc::new(Mutex::new(None)),
+            marker: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -110,14 +125,51 @@ impl StateMachine {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let st = self.read();
+    /// The snapshot metadata of the state `st` holds.
+    fn meta_of(st: &SmState) -> SnapshotMeta<u64, Member> {
         let last = st.last_applied;
         let id = match last {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "0-0-0".to_string(),
         };
-        let meta = SnapshotMeta { last_log_id: last, last_membership: st.membership.clone(), snapshot_id: id.clone() };
+        SnapshotMeta { last_log_id: last, last_membership: st.membership.clone(), snapshot_id: id }
+    }
+
+    /// Create (or empty) `name` in the snapshot directory, private, for reading and writing.
+    fn scratch_file(&self, name: &str) -> Result<std::fs::File, StorageError> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(self.snap_dir.join(name))
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
+
+    fn set_marker(&self, meta: &SnapshotMeta<u64, Member>) {
+        let mut m = self.marker.lock().unwrap_or_else(|p| p.into_inner());
+        if m.as_ref().is_none_or(|old| old.last_log_id <= meta.last_log_id) {
+            *m = Some(meta.clone());
+        }
+    }
+
+    /// The newest dump if it reaches `marker`.
+    fn dump_reaching(&self, marker: &SnapshotMeta<u64, Member>) -> Option<CurrentSnapshot> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.clone().filter(|(meta, _)| meta.last_log_id >= marker.last_log_id)
+    }
+
+    /// Dump the store now (on a blocking thread).
+    async fn dump(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build()).await.map_err(|e| snap_err(ErrorVerb::Write, e))?
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let st = self.read();
+        let meta = Self::meta_of(&st);
+        let id = meta.snapshot_id.clone();
         let tmp = self.snap_dir.join(format!("{id}.snap.tmp"));
         let path = self.snap_dir.join(format!("{id}.snap"));
         // Applies commit before they release the lock, so the engine now holds exactly the
@@ -174,9 +226,22 @@ impl StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// openraft uses only the metadata of what this returns (to purge the log); the data
+    /// of a snapshot it sends comes from `get_current_snapshot`. See the module notes.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build()).await.map_err(|e| snap_err(ErrorVerb::Write, e))?
+        let (meta, alone) = {
+            let st = self.read();
+            (Self::meta_of(&st), st.membership.membership().nodes().count() <= 1)
+        };
+        if !alone {
+            let snap = self.dump().await?;
+            self.set_marker(&snap.meta);
+            return Ok(snap);
+        }
+        self.set_marker(&meta);
+        // No data: an empty file stands in for it.
+        let empty = self.scratch_file("empty.snap.tmp")?;
+        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(empty)) })
     }
 }
 
@@ -234,15 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.snap_dir.join("incoming.snap.tmp");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let f = self.scratch_file("incoming.snap.tmp")?;
         Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
@@ -275,6 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             sync_dir(&this.snap_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let rev = st.mvcc.current_revision();
             drop(st);
+            this.set_marker(&meta);
             this.set_current(meta, path);
             Ok(rev)
         })
@@ -286,15 +344,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match cur {
-            Some((meta, path)) => {
-                let f = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                Ok(Some(Snapshot { meta, snapshot: Box::new(f) }))
-            }
-            // No snapshot since this member started: build one from the current state.
-            None if self.read().last_applied.is_some() => self.build_snapshot().await.map(Some),
-            None => Ok(None),
+        // Nothing built since this member started (openraft asks at startup, and builds
+        // one if it had purged the log).
+        let Some(marker) = self.marker.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(None);
+        };
+        if let Some((meta, path)) = self.dump_reaching(&marker) {
+            let f = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            return Ok(Some(Snapshot { meta, snapshot: Box::new(f) }));
         }
+        // A snapshot is to be sent and no dump reaches the built position: dump now.
+        self.dump().await.map(Some)
     }
 }
