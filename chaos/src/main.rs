@@ -42,6 +42,9 @@ struct Args {
     /// Serializable reads (a negative control: expected to FAIL under faults).
     #[arg(long)]
     serializable_reads: bool,
+    /// Run the members with `--experimental-lease-reads`.
+    #[arg(long)]
+    lease_reads: bool,
 }
 
 #[tokio::main]
@@ -56,6 +59,7 @@ async fn main() {
         faults: if a.no_faults { vec![] } else { a.faults },
         fault_interval: a.fault_interval,
         serializable_reads: a.serializable_reads,
+        lease_reads: a.lease_reads,
         ..Config::default()
     };
     let report = run_chaos(&cfg).await;

@@ -49,7 +49,7 @@ pub enum Fault {
 
 /// iptables rules this run added, removed when healed or dropped.
 #[derive(Default)]
-struct Firewall {
+pub struct Firewall {
     /// (from, to, probability of a drop: 1 for all).
     rules: Vec<(String, String, f64)>,
 }
@@ -65,7 +65,7 @@ impl Firewall {
     }
 
     /// Whether this machine lets us add rules (root, iptables installed, netfilter).
-    fn usable() -> Result<(), String> {
+    pub fn usable() -> Result<(), String> {
         let probe = ("127.254.254.1", "127.254.254.2");
         match Self::iptables("-I", probe.0, probe.1, 0.5) {
             Ok(s) if s.success() => {
@@ -78,7 +78,7 @@ impl Firewall {
     }
 
     /// Drop packets between `a` and `b` with probability `p` (1: all), both ways.
-    fn cut(&mut self, a: &str, b: &str, p: f64) {
+    pub fn cut(&mut self, a: &str, b: &str, p: f64) {
         for (from, to) in [(a, b), (b, a)] {
             if Self::iptables("-I", from, to, p).is_ok_and(|s| s.success()) {
                 self.rules.push((from.to_string(), to.to_string(), p));
@@ -86,7 +86,8 @@ impl Firewall {
         }
     }
 
-    fn heal(&mut self) {
+    /// Remove every rule added.
+    pub fn heal(&mut self) {
         for (from, to, p) in self.rules.drain(..) {
             let _ = Self::iptables("-D", &from, &to, p);
         }
@@ -121,6 +122,8 @@ pub struct Config {
     /// Serializable reads (served from the member's own state): NOT linearizable under
     /// faults; the checker's negative control.
     pub serializable_reads: bool,
+    /// Members serve linearizable reads under a leader lease (`--experimental-lease-reads`).
+    pub lease_reads: bool,
     /// Bound on the checker's search per key.
     pub check_budget: usize,
     /// Count a write nobody made as acknowledged (a self-test: the watch check must
@@ -159,6 +162,7 @@ impl Default for Config {
             fault_interval: Duration::from_secs(4),
             op_timeout: Duration::from_secs(2),
             serializable_reads: false,
+            lease_reads: false,
             check_budget: 2_000_000,
             phantom_write: false,
             lock_clients: 2,
@@ -678,7 +682,10 @@ pub async fn run_chaos(cfg: &Config) -> Report {
     // member i listens for peers on 127.a.b.(10+i) and advertises 127.a.b.(40+i).
     // Lease checkpoints every second (etcd's default is 5 minutes): leader changes then
     // restart lease clocks from recent checkpoints, racing keepalives.
-    let flags = ["--log-level", "info", "--lease-checkpoint-interval", "1s"];
+    let mut flags = vec!["--log-level", "info", "--lease-checkpoint-interval", "1s"];
+    if cfg.lease_reads {
+        flags.push("--experimental-lease-reads");
+    }
     let mut cluster = Cluster::prepare_on_own_addresses(cfg.members, &flags, front_url);
     let delays = Delays::default();
     let mut fronts = Vec::new();

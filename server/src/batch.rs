@@ -13,6 +13,17 @@
 //! served by that round's read index; reads arriving during a round wait for the next,
 //! so each read's index is taken after the read arrived.
 //!
+//! With `--experimental-lease-reads` a successful round also wins a *leader lease*: the
+//! round's heartbeats were sent after it started at `t0` and a quorum answered them, and
+//! openraft's followers refuse to vote for anyone until `election_timeout_max` after the
+//! last heartbeat they received, so no other leader can exist before `t0 +
+//! election_timeout_max`. Until `t0 + election_timeout_min` (a third less, the margin for
+//! clocks running at different rates) reads are served without a round, at the leader's
+//! last log index (every entry committed so far is in its log; the read waits until that
+//! index is applied), as long as Raft still reports this member leading in the same term
+//! and membership. A member restarted with its data refuses votes and does not campaign
+//! for `election_timeout_max` (`member.rs`), since it forgot the heartbeats it had seen.
+//!
 //! A member that led when it stopped comes back as leader of the same term (openraft
 //! restores it without an election), with its commit index at its last checkpoint: the
 //! commit index is not stored. openraft's read index is then the larger of that stale
@@ -29,7 +40,9 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use prost::Message;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -64,6 +77,19 @@ pub struct ReadFloor {
     pub index: u64,
 }
 
+/// Where Raft last reported this member to stand: what a leader lease is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standing {
+    /// The current term.
+    pub term: u64,
+    /// Whether this member leads.
+    pub leading: bool,
+    /// The last log index.
+    pub last_log: u64,
+    /// The log index of the membership in effect.
+    pub membership: Option<u64>,
+}
+
 /// What the batching loops need of Raft (openraft's [`Raft`]; a scripted fake in tests).
 pub trait Consensus: Clone + Send + Sync + 'static {
     /// Propose one entry; its log index and applied result.
@@ -72,6 +98,8 @@ pub trait Consensus: Clone + Send + Sync + 'static {
     fn read_index(&self) -> impl Future<Output = Result<u64, NotDone>> + Send;
     /// The current term and the last applied log index.
     fn term_and_applied(&self) -> (u64, u64);
+    /// Where this member stands now.
+    fn standing(&self) -> Standing;
 }
 
 impl Consensus for Raft {
@@ -100,6 +128,17 @@ impl Consensus for Raft {
         let m = m.borrow();
         (m.current_term, m.last_applied.map_or(0, |l| l.index))
     }
+
+    fn standing(&self) -> Standing {
+        let m = self.metrics();
+        let m = m.borrow();
+        Standing {
+            term: m.current_term,
+            leading: m.current_leader == Some(m.id),
+            last_log: m.last_log_index.unwrap_or(0),
+            membership: m.membership_config.log_id().map(|l| l.index),
+        }
+    }
 }
 
 /// Handle to the batching loops of one member.
@@ -114,13 +153,21 @@ pub struct Batcher<C: Consensus = Raft> {
 }
 
 impl<C: Consensus> Batcher<C> {
-    /// Start the loops on `tasks`; they end with `shutdown`.
-    pub fn start(raft: C, floor: Option<ReadFloor>, tasks: &TaskTracker, shutdown: CancellationToken) -> Batcher<C> {
+    /// Start the loops on `tasks`; they end with `shutdown`. With `lease` (the election
+    /// timeout's lower bound), a read-index round wins a leader lease that long (see the
+    /// module notes).
+    pub fn start(
+        raft: C,
+        floor: Option<ReadFloor>,
+        lease: Option<Duration>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Batcher<C> {
         let (wtx, wrx) = mpsc::channel(8192);
         let (rtx, rrx) = mpsc::channel(8192);
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
         tasks.spawn(write_loop(raft.clone(), in_flight.clone(), wrx, tasks.clone(), shutdown.clone()));
-        tasks.spawn(read_loop(raft.clone(), floor, rrx, shutdown.clone()));
+        tasks.spawn(read_loop(raft.clone(), floor, lease, rrx, shutdown.clone()));
         Batcher { writes: wtx, reads: rtx, raft, in_flight, shutdown }
     }
 
@@ -223,9 +270,12 @@ async fn write_loop<C: Consensus>(
 async fn read_loop<C: Consensus>(
     raft: C,
     mut floor: Option<ReadFloor>,
+    lease_len: Option<Duration>,
     mut rx: mpsc::Receiver<ReadReply>,
     shutdown: CancellationToken,
 ) {
+    // The standing a lease was won in, and when it ends.
+    let mut lease: Option<(Standing, Instant)> = None;
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -243,7 +293,26 @@ async fn read_loop<C: Consensus>(
                 floor = None;
             }
         }
-        let result = raft.read_index().await.map(|read| read.max(floor.map_or(0, |f| f.index)));
+        let now = raft.standing();
+        let leased = lease.filter(|(won, until)| {
+            Instant::now() < *until && now.leading && now.term == won.term && now.membership == won.membership
+        });
+        let result = match leased {
+            Some(_) => Ok(now.last_log),
+            None => {
+                let started = Instant::now();
+                let read = raft.read_index().await;
+                // The round's heartbeats left after `started`, within one term and membership.
+                let after = raft.standing();
+                let same = after.leading && after.term == now.term && after.membership == now.membership;
+                lease = match lease_len {
+                    Some(len) if read.is_ok() && same => Some((now, started + len)),
+                    _ => None,
+                };
+                read
+            }
+        };
+        let result = result.map(|read| read.max(floor.map_or(0, |f| f.index)));
         for w in waiting {
             let _ = w.send(result.clone());
         }
@@ -269,6 +338,7 @@ mod tests {
         read_go: Arc<Notify>,
         hold_reads: Arc<std::sync::atomic::AtomicBool>,
         term_applied: Arc<Mutex<(u64, u64)>>,
+        standing: Arc<Mutex<Standing>>,
     }
 
     impl Default for Fake {
@@ -281,6 +351,7 @@ mod tests {
                 read_go: Arc::default(),
                 hold_reads: Arc::default(),
                 term_applied: Arc::default(),
+                standing: Arc::new(Mutex::new(Standing { term: 2, leading: true, last_log: 40, membership: Some(1) })),
             }
         }
     }
@@ -322,6 +393,10 @@ mod tests {
         fn term_and_applied(&self) -> (u64, u64) {
             *self.term_applied.lock().unwrap()
         }
+
+        fn standing(&self) -> Standing {
+            *self.standing.lock().unwrap()
+        }
     }
 
     fn put(k: &str) -> RaftRequest {
@@ -329,8 +404,79 @@ mod tests {
     }
 
     fn start(fake: &Fake, floor: Option<ReadFloor>) -> (Batcher<Fake>, TaskTracker, CancellationToken) {
+        start_leased(fake, floor, None)
+    }
+
+    fn start_leased(
+        fake: &Fake,
+        floor: Option<ReadFloor>,
+        lease: Option<Duration>,
+    ) -> (Batcher<Fake>, TaskTracker, CancellationToken) {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-        (Batcher::start(fake.clone(), floor, &tasks, stop.clone()), tasks, stop)
+        (Batcher::start(fake.clone(), floor, lease, &tasks, stop.clone()), tasks, stop)
+    }
+
+    fn rounds(fake: &Fake) -> u64 {
+        *fake.reads.lock().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_serves_reads_at_the_last_log_index_without_rounds_until_it_ends() {
+        let fake = Fake::default();
+        let (b, _tasks, _stop) = start_leased(&fake, None, Some(Duration::from_secs(1)));
+        assert_eq!(b.read_index().await.unwrap(), 1, "the first read asks a quorum");
+        for _ in 0..5 {
+            assert_eq!(b.read_index().await.unwrap(), 40, "then the last log index, no round");
+        }
+        fake.standing.lock().unwrap().last_log = 45;
+        assert_eq!(b.read_index().await.unwrap(), 45, "entries appended since are waited for");
+        assert_eq!(rounds(&fake), 1);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(b.read_index().await.unwrap(), 2, "an ended lease takes a round again");
+        assert_eq!(b.read_index().await.unwrap(), 45, "which wins a new lease");
+        assert_eq!(rounds(&fake), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_term_membership_or_lost_leadership_ends_the_lease() {
+        let fake = Fake::default();
+        let (b, _tasks, _stop) = start_leased(&fake, None, Some(Duration::from_secs(60)));
+        let changes: [fn(&mut Standing); 3] = [|s| s.term += 1, |s| s.membership = Some(9), |s| s.leading = !s.leading];
+        for (i, change) in changes.iter().enumerate() {
+            b.read_index().await.unwrap();
+            let before = rounds(&fake);
+            change(&mut fake.standing.lock().unwrap());
+            b.read_index().await.unwrap();
+            assert_eq!(rounds(&fake), before + 1, "change {i} did not end the lease");
+            fake.standing.lock().unwrap().leading = true;
+        }
+        // Without the option every read takes a round.
+        let plain = Fake::default();
+        let (b, _tasks, _stop) = start(&plain, None);
+        for _ in 0..3 {
+            b.read_index().await.unwrap();
+        }
+        assert_eq!(rounds(&plain), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_that_saw_the_term_change_wins_no_lease() {
+        let fake = Fake::default();
+        fake.hold_reads.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (b, _tasks, _stop) = start_leased(&fake, None, Some(Duration::from_secs(60)));
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.read_index().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        fake.standing.lock().unwrap().term = 3;
+        fake.hold_reads.store(false, std::sync::atomic::Ordering::SeqCst);
+        fake.read_go.notify_one();
+        first.await.unwrap().unwrap();
+        b.read_index().await.unwrap();
+        assert_eq!(rounds(&fake), 2, "the term moved during the round: no lease from it");
+        b.read_index().await.unwrap();
+        assert_eq!(rounds(&fake), 2, "the second round, in one term, won one");
     }
 
     /// Wait until `n` entries have been proposed.

@@ -142,6 +142,12 @@ pub struct Flags {
     /// Promote a learner to a voter by itself once it has caught up (Cairn's; etcd has none).
     #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE")]
     pub experimental_learner_auto_promote: bool,
+    /// Serve linearizable reads on the leader under a leader lease (one heartbeat round per
+    /// election timeout instead of one per read; Cairn's, etcd always asks a quorum).
+    /// Assumes clocks that run at about the same rate and do not stand still while a
+    /// machine is paused; docs/OPERATIONS.md, "Lease reads".
+    #[arg(long, env = "CAIRN_EXPERIMENTAL_LEASE_READS")]
+    pub experimental_lease_reads: bool,
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
@@ -211,6 +217,8 @@ pub struct Config {
     pub corrupt_check_interval: Duration,
     /// Promote caught-up learners automatically.
     pub learner_auto_promote: bool,
+    /// Serve linearizable reads under a leader lease.
+    pub lease_reads: bool,
     /// Least free disk space before writes that add data are refused.
     pub min_free_disk_bytes: u64,
     /// Client port TLS.
@@ -313,6 +321,7 @@ impl Config {
             auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
             corrupt_check_interval: f.experimental_corrupt_check_time,
             learner_auto_promote: f.experimental_learner_auto_promote,
+            lease_reads: f.experimental_lease_reads,
             min_free_disk_bytes: f.min_free_disk_bytes,
             client_tls: crate::tls::TlsFiles {
                 cert: f.cert_file,

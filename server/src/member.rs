@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -198,14 +199,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     // 3. The layers; from here on a failure stops what started.
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
-    let batcher = Batcher::start(raft.clone(), floor, &tasks, shutdown.clone());
+    let lease = config.lease_reads.then_some(config.election_timeout);
+    let batcher = Batcher::start(raft.clone(), floor, lease, &tasks, shutdown.clone());
+    let quiet_until = quiet_start(&config, &raft, &tasks).await?;
     let replica = Arc::new(Replica::new(raft, sm, engine, batcher, headers, snap_dir));
     let layers = Layers::build(&config, replica.clone(), peer_dial, contacts, metrics, &tasks, &shutdown);
     let started = async {
         let serving = Serving { http2: config.http2, shutdown: shutdown.clone() };
         for (b, tls) in peer_ports.into_iter().zip(peer_tls) {
             warn_if_exposed(&b.url, tls.is_some(), "peer");
-            let service = PeerService::new(replica.clone(), layers.leases.clone(), layers.membership.clone());
+            let service = PeerService::new(replica.clone(), layers.leases.clone(), layers.membership.clone())
+                .quiet_until(quiet_until);
             tasks.spawn(crate::peer::serve(service, b.listener, tls, config.http2, shutdown.clone()));
         }
         if config.new_cluster && !replica.raft().is_initialized().await? {
@@ -258,6 +262,24 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
 }
 
 /// openraft's configuration from the member's flags.
+/// With lease reads, a member restarted on its data neither votes nor campaigns for the
+/// longest election timeout: it has forgotten the heartbeats it acknowledged, and a leader
+/// may still be serving reads under a lease that counted on them (`batch.rs`). Returns
+/// when the quiet period ends, if there is one.
+async fn quiet_start(config: &Config, raft: &Raft, tasks: &TaskTracker) -> anyhow::Result<Option<Instant>> {
+    if !config.lease_reads || !raft.is_initialized().await? {
+        return Ok(None);
+    }
+    let quiet = config.election_timeout * 3 / 2;
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tasks.spawn(async move {
+        tokio::time::sleep(quiet).await;
+        raft.runtime_config().elect(true);
+    });
+    Ok(Some(Instant::now() + quiet))
+}
+
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let et = config.election_timeout.as_millis() as u64;
     Ok(openraft::Config {

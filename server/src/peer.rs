@@ -19,6 +19,7 @@ use cairn_api::cairnpb::{
 use cairn_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveResponse};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// The Peer gRPC service of one member.
@@ -26,12 +27,19 @@ pub struct PeerService {
     replica: Arc<Replica>,
     leases: Arc<Leases>,
     membership: Arc<Membership>,
+    /// Votes are refused until then (a restart with lease reads: `member::quiet_start`).
+    quiet_until: Option<Instant>,
 }
 
 impl PeerService {
     /// The peer service over these layers.
     pub fn new(replica: Arc<Replica>, leases: Arc<Leases>, membership: Arc<Membership>) -> PeerService {
-        PeerService { replica, leases, membership }
+        PeerService { replica, leases, membership, quiet_until: None }
+    }
+
+    /// Refuse every vote until `until`.
+    pub fn quiet_until(self, until: Option<Instant>) -> PeerService {
+        PeerService { quiet_until: until, ..self }
     }
 }
 
@@ -98,7 +106,14 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.payload(req.get_ref())?;
+        let rpc: openraft::raft::VoteRequest<u64> = self.payload(req.get_ref())?;
+        if self.quiet_until.is_some_and(|t| Instant::now() < t) {
+            let vote = self.replica.raft().metrics().borrow().vote;
+            tracing::info!(candidate = %rpc.vote, "vote refused: restarted within the longest election timeout");
+            let refused: Result<_, openraft::error::RaftError<u64>> =
+                Ok(openraft::raft::VoteResponse::new(vote, None, false));
+            return Ok(self.reply(&refused));
+        }
         Ok(self.reply(&self.replica.raft().vote(rpc).await))
     }
 

@@ -35,21 +35,13 @@ pub struct Writer {
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     limits: Limits,
-    /// The store file's size and the free disk space, sampled at most every 250 ms.
-    disk: Mutex<Option<(Instant, Disk)>>,
-}
-
-/// A sample of the store's footprint.
-#[derive(Debug, Clone, Copy)]
-struct Disk {
-    size: u64,
-    free: u64,
+    free_disk: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Writer {
     /// A writer proposing through `router` under `limits`.
     pub fn new(router: Arc<Router>, replica: Arc<Replica>, metrics: Arc<Metrics>, limits: Limits) -> Writer {
-        Writer { router, replica, metrics, limits, disk: Mutex::new(None) }
+        Writer { router, replica, metrics, limits, free_disk: Mutex::new(None) }
     }
 
     /// Replicate a write through Raft and return its applied result. From a follower
@@ -88,7 +80,10 @@ impl Writer {
         if self.replica.with_state(|st| st.no_space()) {
             return Err(no_space());
         }
-        let Disk { size, free } = self.disk();
+        // Read on every write, not cached: a defragment shrinks the file at once, and a
+        // stale size would raise NOSPACE again right after it was cleared.
+        let size = self.replica.engine().size_on_disk();
+        let free = self.free_disk();
         if !self.over(size, free) {
             return Ok(());
         }
@@ -114,28 +109,26 @@ impl Writer {
         size > self.limits.quota_backend_bytes || free < self.limits.min_free_disk_bytes
     }
 
-    /// The store file's size and the free bytes on the data directory's file system
-    /// (`u64::MAX` if that cannot be read), sampled at most every 250 ms: two system calls
-    /// per write were a measurable part of a lone client's write.
-    fn disk(&self) -> Disk {
-        let mut cached = self.disk.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, disk)) = *cached {
+    /// Free bytes on the data directory's file system (checked at most every 250 ms;
+    /// `u64::MAX` if it cannot be read).
+    pub fn free_disk(&self) -> u64 {
+        let mut cached = self.free_disk.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, free)) = *cached {
             if at.elapsed() < Duration::from_millis(250) {
-                return disk;
+                return free;
             }
         }
         let free =
             rustix::fs::statvfs(&self.limits.data_dir).map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize));
-        let disk = Disk { size: self.replica.engine().size_on_disk(), free };
-        *cached = Some((Instant::now(), disk));
-        disk
+        *cached = Some((Instant::now(), free));
+        free
     }
 
     /// Propose clearing this member's NOSPACE alarm if its file fits the quota again.
     pub async fn clear_no_space(&self) -> Result<()> {
         let id = self.replica.id();
         let raised = self.replica.with_state(|st| st.alarms.contains(&(id, AlarmType::Nospace as i32)));
-        if !raised || self.over(self.replica.engine().size_on_disk(), self.disk().free) {
+        if !raised || self.over(self.replica.engine().size_on_disk(), self.free_disk()) {
             return Ok(());
         }
         tracing::info!("backend back under quota: clearing NOSPACE");
