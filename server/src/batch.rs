@@ -77,11 +77,14 @@ pub struct ReadFloor {
     pub index: u64,
 }
 
-/// Where Raft last reported this member to stand: what a leader lease is checked against.
+/// Where Raft last reported this member to stand: what the read floor and a leader lease
+/// are checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Standing {
     /// The current term.
     pub term: u64,
+    /// The last applied log index.
+    pub applied: u64,
     /// Whether this member leads.
     pub leading: bool,
     /// The last log index.
@@ -90,14 +93,19 @@ pub struct Standing {
     pub membership: Option<u64>,
 }
 
+impl Standing {
+    /// Whether this member still leads in the term and membership of `won`.
+    fn continues(&self, won: &Standing) -> bool {
+        self.leading && self.term == won.term && self.membership == won.membership
+    }
+}
+
 /// What the batching loops need of Raft (openraft's [`Raft`]; a scripted fake in tests).
 pub trait Consensus: Clone + Send + Sync + 'static {
     /// Propose one entry; its log index and applied result.
     fn write(&self, entry: RaftRequest) -> impl Future<Output = Result<(u64, RaftResponse), NotDone>> + Send;
     /// The log index a linearizable read must wait for, confirmed by a quorum now.
     fn read_index(&self) -> impl Future<Output = Result<u64, NotDone>> + Send;
-    /// The current term and the last applied log index.
-    fn term_and_applied(&self) -> (u64, u64);
     /// Where this member stands now.
     fn standing(&self) -> Standing;
 }
@@ -123,17 +131,12 @@ impl Consensus for Raft {
         }
     }
 
-    fn term_and_applied(&self) -> (u64, u64) {
-        let m = self.metrics();
-        let m = m.borrow();
-        (m.current_term, m.last_applied.map_or(0, |l| l.index))
-    }
-
     fn standing(&self) -> Standing {
         let m = self.metrics();
         let m = m.borrow();
         Standing {
             term: m.current_term,
+            applied: m.last_applied.map_or(0, |l| l.index),
             leading: m.current_leader == Some(m.id),
             last_log: m.last_log_index.unwrap_or(0),
             membership: m.membership_config.log_id().map(|l| l.index),
@@ -285,28 +288,23 @@ async fn read_loop<C: Consensus>(
         while let Ok(w) = rx.try_recv() {
             waiting.push(w);
         }
+        let now = raft.standing();
         if let Some(f) = floor {
             // The term before asking: if it is the restored term, so was the read's. Once
             // the term moved on or the floor is applied, it is dropped for good.
-            let (term, applied) = raft.term_and_applied();
-            if term != f.term || applied >= f.index {
+            if now.term != f.term || now.applied >= f.index {
                 floor = None;
             }
         }
-        let now = raft.standing();
-        let leased = lease.filter(|(won, until)| {
-            Instant::now() < *until && now.leading && now.term == won.term && now.membership == won.membership
-        });
+        let leased = lease.filter(|(won, until)| Instant::now() < *until && now.continues(won));
         let result = match leased {
             Some(_) => Ok(now.last_log),
             None => {
                 let started = Instant::now();
                 let read = raft.read_index().await;
                 // The round's heartbeats left after `started`, within one term and membership.
-                let after = raft.standing();
-                let same = after.leading && after.term == now.term && after.membership == now.membership;
                 lease = match lease_len {
-                    Some(len) if read.is_ok() && same => Some((now, started + len)),
+                    Some(len) if read.is_ok() && raft.standing().continues(&now) => Some((now, started + len)),
                     _ => None,
                 };
                 read
@@ -337,7 +335,6 @@ mod tests {
         reads: Arc<Mutex<u64>>,
         read_go: Arc<Notify>,
         hold_reads: Arc<std::sync::atomic::AtomicBool>,
-        term_applied: Arc<Mutex<(u64, u64)>>,
         standing: Arc<Mutex<Standing>>,
     }
 
@@ -350,8 +347,13 @@ mod tests {
                 reads: Arc::default(),
                 read_go: Arc::default(),
                 hold_reads: Arc::default(),
-                term_applied: Arc::default(),
-                standing: Arc::new(Mutex::new(Standing { term: 2, leading: true, last_log: 40, membership: Some(1) })),
+                standing: Arc::new(Mutex::new(Standing {
+                    term: 2,
+                    applied: 0,
+                    leading: true,
+                    last_log: 40,
+                    membership: Some(1),
+                })),
             }
         }
     }
@@ -388,10 +390,6 @@ mod tests {
             let mut r = self.reads.lock().unwrap();
             *r += 1;
             Ok(*r)
-        }
-
-        fn term_and_applied(&self) -> (u64, u64) {
-            *self.term_applied.lock().unwrap()
         }
 
         fn standing(&self) -> Standing {
@@ -531,20 +529,23 @@ mod tests {
 
     #[tokio::test]
     async fn the_read_floor_holds_in_the_restored_term_until_applied() {
-        let fake = Fake { term_applied: Arc::new(Mutex::new((7, 10))), ..Default::default() };
+        let fake = Fake::default();
+        let set = |term, applied| *fake.standing.lock().unwrap() = Standing { term, applied, ..Default::default() };
+        set(7, 10);
         let (b, _tasks, _stop) = start(&fake, Some(ReadFloor { term: 7, index: 50 }));
         // Raft's own read index (1) is below what was acknowledged before the restart.
         assert_eq!(b.read_index().await.unwrap(), 50);
         // A new term: its first entry lies past everything before it, the floor is gone.
-        *fake.term_applied.lock().unwrap() = (8, 10);
+        set(8, 10);
         assert_eq!(b.read_index().await.unwrap(), 2);
-        *fake.term_applied.lock().unwrap() = (7, 10);
+        set(7, 10);
         assert_eq!(b.read_index().await.unwrap(), 3, "dropped for good");
     }
 
     #[tokio::test]
     async fn the_floor_is_dropped_once_applied_past_it() {
-        let fake = Fake { term_applied: Arc::new(Mutex::new((7, 60))), ..Default::default() };
+        let fake = Fake::default();
+        *fake.standing.lock().unwrap() = Standing { term: 7, applied: 60, ..Default::default() };
         let (b, _tasks, _stop) = start(&fake, Some(ReadFloor { term: 7, index: 50 }));
         assert_eq!(b.read_index().await.unwrap(), 1);
     }
