@@ -149,8 +149,8 @@ impl Local {
 pub struct LocalWatch {
     hub: Arc<WatchHub>,
     sid: u64,
-    tx: mpsc::Sender<Result<WatchResponse, crate::error::Error>>,
-    rx: mpsc::Receiver<Result<WatchResponse, crate::error::Error>>,
+    tx: crate::watch::StreamTx,
+    rx: mpsc::Receiver<Result<crate::watch::outgoing::Outgoing, crate::error::Error>>,
     create: Option<WatchCreateRequest>,
 }
 
@@ -168,8 +168,8 @@ impl LocalWatch {
         loop {
             match self.rx.recv().await? {
                 // `created` answers and progress notifications carry nothing to wait for.
-                Ok(r) if r.events.is_empty() && !r.canceled => continue,
-                Ok(r) => return Some(r),
+                Ok(r) if r.events.is_empty() && !r.head.canceled => continue,
+                Ok(r) => return r.decode().ok(),
                 Err(_) => return None,
             }
         }

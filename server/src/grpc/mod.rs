@@ -29,7 +29,6 @@ use cairn_api::etcdserverpb::cluster_server::ClusterServer;
 use cairn_api::etcdserverpb::kv_server::KvServer;
 use cairn_api::etcdserverpb::lease_server::LeaseServer;
 use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
-use cairn_api::etcdserverpb::watch_server::WatchServer;
 use cairn_api::v3electionpb::election_server::ElectionServer;
 use cairn_api::v3lockpb::lock_server::LockServer;
 use std::sync::Arc;
@@ -124,7 +123,7 @@ impl Services {
         tonic::service::Routes::new(limits!(KvServer::from_arc(s.kv.clone())))
             .add_service(limits!(MaintenanceServer::from_arc(s.maintenance.clone())))
             .add_service(limits!(ClusterServer::from_arc(s.cluster.clone())))
-            .add_service(limits!(WatchServer::from_arc(s.watch.clone())))
+            .add_service(watch::WatchServer::new(s.watch.clone(), max))
             .add_service(limits!(LeaseServer::from_arc(s.lease.clone())))
             .add_service(limits!(AuthServer::from_arc(s.auth.clone())))
             .add_service(limits!(LockServer::from_arc(s.lock.clone())))

@@ -1,18 +1,30 @@
 //! etcd's Watch service: one bidirectional stream carries many watchers. Requests are
 //! read by one task per stream and handed to the [`WatchHub`]; responses flow back
-//! through the stream's bounded channel.
+//! through the stream's bounded channel, merged when they queue up ([`Coalesced`]).
+//!
+//! The gRPC service is written out here rather than generated: its responses go out as
+//! [`Outgoing`] (events encoded once by the hub and shared by every watcher), which the
+//! generated service, typed on `WatchResponse`, cannot carry. The wire is unchanged.
+//!
+//! [`WatchHub`]: crate::watch::WatchHub
 
 use super::Ctx;
 use crate::auth::gate::Credentials;
+use crate::watch::coalesce::Coalesced;
+use crate::watch::outgoing::Outgoing;
 use crate::watch::STREAM_BUFFER;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
-use cairn_api::etcdserverpb::watch_server::Watch;
 use cairn_api::etcdserverpb::{WatchRequest, WatchResponse};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::codegen::BoxStream;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codegen::{http, Body, BoxFuture, BoxStream, StdError};
+use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
 
 /// The Watch service of one member.
 pub struct WatchService {
@@ -26,14 +38,93 @@ impl WatchService {
     }
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
-        let require_leader = super::requires_leader(request.metadata().as_ref());
-        Ok(Response::new(self.open(Credentials::of(&request), require_leader, request.into_inner())))
+/// `/etcdserverpb.Watch/Watch` over gRPC: [`WatchService`] behind tonic's streaming server,
+/// with a codec that writes [`Outgoing`] responses.
+#[derive(Clone)]
+pub struct WatchServer {
+    svc: Arc<WatchService>,
+    max_request_bytes: usize,
+}
+
+impl WatchServer {
+    /// Serve `svc`, taking requests of up to `max_request_bytes`.
+    pub fn new(svc: Arc<WatchService>, max_request_bytes: usize) -> Self {
+        Self { svc, max_request_bytes }
+    }
+}
+
+impl NamedService for WatchServer {
+    const NAME: &'static str = "etcdserverpb.Watch";
+}
+
+impl StreamingService<WatchRequest> for WatchServer {
+    type Response = Outgoing;
+    type ResponseStream = BoxStream<Outgoing>;
+    type Future = BoxFuture<Response<BoxStream<Outgoing>>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<WatchRequest>>) -> Self::Future {
+        let svc = self.svc.clone();
+        Box::pin(async move {
+            let require_leader = super::requires_leader(request.metadata().as_ref());
+            Ok(Response::new(svc.open_encoded(Credentials::of(&request), require_leader, request.into_inner())))
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for WatchServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != "/etcdserverpb.Watch/Watch" {
+                return Ok(Status::unimplemented("").into_http());
+            }
+            let mut grpc =
+                Grpc::new(WatchCodec).apply_max_message_size_config(Some(method.max_request_bytes), Some(usize::MAX));
+            Ok(grpc.streaming(method, req).await)
+        })
+    }
+}
+
+/// Decodes `WatchRequest`s as tonic's prost codec does; encodes [`Outgoing`] responses.
+#[derive(Clone, Copy, Default)]
+struct WatchCodec;
+
+impl Codec for WatchCodec {
+    type Encode = Outgoing;
+    type Decode = WatchRequest;
+    type Encoder = OutgoingEncoder;
+    type Decoder = <ProstCodec<WatchResponse, WatchRequest> as Codec>::Decoder;
+
+    fn encoder(&mut self) -> OutgoingEncoder {
+        OutgoingEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<WatchResponse, WatchRequest>::default().decoder()
+    }
+}
+
+struct OutgoingEncoder;
+
+impl Encoder for OutgoingEncoder {
+    type Item = Outgoing;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst);
+        Ok(())
     }
 }
 
@@ -44,8 +135,19 @@ impl WatchService {
     ///
     /// With `require_leader` (the client's `hasleader` metadata) the stream ends with
     /// `etcdserver: no leader` once this member has been without a leader for three
-    /// election timeouts.
-    pub fn open<S>(&self, credentials: Credentials, require_leader: bool, mut inbound: S) -> BoxStream<WatchResponse>
+    /// election timeouts. Responses are decoded into `WatchResponse`s (the JSON gateway's
+    /// side; gRPC takes them encoded, [`WatchService::open_encoded`]).
+    pub fn open<S>(&self, credentials: Credentials, require_leader: bool, inbound: S) -> BoxStream<WatchResponse>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
+        let decode = |r: Result<Outgoing, Status>| r?.decode().map_err(|e| Status::internal(e.to_string()));
+        Box::pin(self.open_encoded(credentials, require_leader, inbound).map(decode))
+    }
+
+    /// Serve one watch stream as [`WatchService::open`] does, with responses as they go out
+    /// on gRPC.
+    pub fn open_encoded<S>(&self, credentials: Credentials, require_leader: bool, mut inbound: S) -> BoxStream<Outgoing>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
@@ -89,7 +191,7 @@ impl WatchService {
                                     cancel_reason: crate::error::msg::WATCH_DENIED.to_string(),
                                     ..Default::default()
                                 };
-                                if tx.send(Ok(denied)).await.is_err() {
+                                if tx.send(Ok(Outgoing::control(denied))).await.is_err() {
                                     break;
                                 }
                             }
@@ -113,6 +215,7 @@ impl WatchService {
             }
             hub.close_stream(sid);
         });
-        Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))
+        let max_bytes = self.ctx.replica.hub().max_response_bytes();
+        Box::pin(Coalesced::new(rx, max_bytes).map(|r| r.map_err(Status::from)))
     }
 }

@@ -15,13 +15,18 @@
 //! writers and other watchers never wait for it, and its memory stays bounded by the
 //! stream's channel plus one history batch.
 
+pub mod coalesce;
+pub mod outgoing;
+
 use crate::error::Error;
 use crate::state::{Headers, SmState};
+use bytes::Bytes;
 use cairn_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchCreateRequest, WatchResponse};
 use cairn_api::mvccpb::{event::EventType, Event};
-use prost::Message;
+use outgoing::{encode_event, event_field_len, Outgoing};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -36,7 +41,7 @@ const HISTORY_BATCH: usize = 1000;
 const HISTORY_BYTES: usize = 4 << 20;
 
 /// What a stream's sender carries.
-pub type StreamTx = mpsc::Sender<Result<WatchResponse, Error>>;
+pub type StreamTx = mpsc::Sender<Result<Outgoing, Error>>;
 type WKey = (u64, i64);
 
 /// Counters exposed as metrics.
@@ -155,6 +160,26 @@ fn canceled(header: ResponseHeader, id: i64, reason: &str) -> WatchResponse {
     }
 }
 
+/// A response of `header` without events: a progress notification for `id` (`-1`: the
+/// whole stream).
+fn progress_of(header: ResponseHeader, id: i64) -> Outgoing {
+    Outgoing::control(WatchResponse { header: Some(header), watch_id: id, ..Default::default() })
+}
+
+/// One published event and its encodings, made the first time a watcher needs one.
+struct Shared<'a> {
+    ev: &'a Event,
+    with_prev: OnceLock<Bytes>,
+    without_prev: OnceLock<Bytes>,
+}
+
+impl Shared<'_> {
+    fn bytes(&self, prev_kv: bool) -> Bytes {
+        let cell = if prev_kv || self.ev.prev_kv.is_none() { &self.with_prev } else { &self.without_prev };
+        cell.get_or_init(|| encode_event(self.ev, prev_kv)).clone()
+    }
+}
+
 impl WatchHub {
     /// A hub reading history from `sm`, whose revision at start is `revision`.
     pub fn new(sm: Arc<RwLock<SmState>>, revision: i64, max_response_bytes: usize, headers: Headers) -> Arc<WatchHub> {
@@ -173,6 +198,11 @@ impl WatchHub {
     /// Limit the watchers of one stream (`--max-watchers-per-stream`).
     pub fn set_max_watchers_per_stream(&self, n: usize) {
         self.max_watchers.store(n, Ordering::Relaxed);
+    }
+
+    /// The encoded size a watch response is kept under when it can be split or merged.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
     }
 
     fn header(&self, rev: i64) -> ResponseHeader {
@@ -271,7 +301,7 @@ impl WatchHub {
             Err((id, reason)) => {
                 let mut r = canceled(self.header(current), id, reason);
                 r.created = true;
-                let _ = tx.send(Ok(r)).await;
+                let _ = tx.send(Ok(Outgoing::control(r))).await;
             }
             Ok(id) => {
                 let created = WatchResponse {
@@ -280,7 +310,7 @@ impl WatchHub {
                     created: true,
                     ..Default::default()
                 };
-                if tx.send(Ok(created)).await.is_err() {
+                if tx.send(Ok(Outgoing::control(created))).await.is_err() {
                     return;
                 }
                 if start < compacted {
@@ -297,7 +327,7 @@ impl WatchHub {
         self.remove(sid, id);
         let mut r = canceled(self.header(compacted), id, crate::error::msg::COMPACTED);
         r.compact_revision = compacted;
-        let _ = tx.send(Ok(r)).await;
+        let _ = tx.send(Ok(Outgoing::control(r))).await;
     }
 
     fn remove(&self, sid: u64, id: i64) -> bool {
@@ -348,7 +378,7 @@ impl WatchHub {
         tracing::info!(watchers = denied.len(), "canceled watchers their users may no longer read");
         let rev = self.lock().notified;
         for (tx, id) in denied {
-            let r = canceled(self.header(rev), id, crate::error::msg::WATCH_DENIED);
+            let r = Outgoing::control(canceled(self.header(rev), id, crate::error::msg::WATCH_DENIED));
             self.tasks.spawn(async move {
                 let _ = tx.send(Ok(r)).await;
             });
@@ -359,7 +389,7 @@ impl WatchHub {
     pub async fn cancel(&self, sid: u64, id: i64, tx: &StreamTx) {
         if self.remove(sid, id) {
             let rev = self.lock().notified;
-            let _ = tx.send(Ok(canceled(self.header(rev), id, ""))).await;
+            let _ = tx.send(Ok(Outgoing::control(canceled(self.header(rev), id, "")))).await;
         }
     }
 
@@ -378,22 +408,22 @@ impl WatchHub {
             }
         };
         if let Some(rev) = rev {
-            let _ =
-                tx.send(Ok(WatchResponse { header: Some(self.header(rev)), watch_id: -1, ..Default::default() })).await;
+            let _ = tx.send(Ok(progress_of(self.header(rev), -1))).await;
         }
     }
 
     /// Split a response's events so each part fits the response limit (`fragment`).
-    fn responses(&self, header: ResponseHeader, id: i64, events: Vec<Event>, fragment: bool) -> Vec<WatchResponse> {
-        let whole = WatchResponse { header: Some(header), watch_id: id, events, ..Default::default() };
+    fn responses(&self, header: ResponseHeader, id: i64, events: Vec<Bytes>, fragment: bool) -> Vec<Outgoing> {
+        let head = WatchResponse { header: Some(header), watch_id: id, ..Default::default() };
+        let whole = Outgoing { head, events };
         if !fragment || whole.encoded_len() <= self.max_response_bytes {
             return vec![whole];
         }
         let mut parts = Vec::new();
-        let mut cur: Vec<Event> = Vec::new();
+        let mut cur: Vec<Bytes> = Vec::new();
         let mut size = 0;
         for ev in whole.events {
-            let n = ev.encoded_len() + 8;
+            let n = event_field_len(&ev) + 8;
             if !cur.is_empty() && size + n > self.max_response_bytes {
                 parts.push(std::mem::take(&mut cur));
                 size = 0;
@@ -406,27 +436,16 @@ impl WatchHub {
         parts
             .into_iter()
             .enumerate()
-            .map(|(i, events)| WatchResponse {
-                header: Some(header),
-                watch_id: id,
+            .map(|(i, events)| Outgoing {
+                head: WatchResponse { header: Some(header), watch_id: id, fragment: i != last, ..Default::default() },
                 events,
-                fragment: i != last,
-                ..Default::default()
             })
             .collect()
     }
 
-    fn shape(w: &Watcher, events: impl IntoIterator<Item = Event>) -> Vec<Event> {
-        events
-            .into_iter()
-            .filter(|e| w.wants(e))
-            .map(|mut e| {
-                if !w.prev_kv {
-                    e.prev_kv = None;
-                }
-                e
-            })
-            .collect()
+    /// The events of `events` that `w` wants, encoded for it.
+    fn shape(w: &Watcher, events: &[Event]) -> Vec<Bytes> {
+        events.iter().filter(|e| w.wants(e)).map(|e| encode_event(e, w.prev_kv)).collect()
     }
 
     /// Publish the events of an applied batch (in revision order, up to `rev`).
@@ -439,33 +458,40 @@ impl WatchHub {
             if events.is_empty() || h.streams.is_empty() {
                 return;
             }
-            let mut per: HashMap<WKey, Vec<&Event>> = HashMap::new();
-            for ev in &events {
+            // Each event is encoded at most twice (with and without its previous value),
+            // however many watchers receive it.
+            let shared: Vec<Shared<'_>> = events
+                .iter()
+                .map(|ev| Shared { ev, with_prev: OnceLock::new(), without_prev: OnceLock::new() })
+                .collect();
+            let mut per: HashMap<WKey, Vec<usize>> = HashMap::new();
+            for (i, ev) in events.iter().enumerate() {
                 let Some(kv) = &ev.kv else { continue };
                 if let Some(ws) = h.by_key.get(&kv.key) {
                     for wk in ws {
-                        per.entry(*wk).or_default().push(ev);
+                        per.entry(*wk).or_default().push(i);
                     }
                 }
                 for ((k, e), ws) in &h.by_range {
                     let inside = if e.as_slice() == [0] { kv.key >= *k } else { kv.key >= *k && kv.key < *e };
                     if inside {
                         for wk in ws {
-                            per.entry(*wk).or_default().push(ev);
+                            per.entry(*wk).or_default().push(i);
                         }
                     }
                 }
             }
+            let rev_of = |i: usize| events[i].kv.as_ref().map_or(0, |kv| kv.mod_revision);
             for (wk, evs) in per {
                 let Some(stream) = h.streams.get_mut(&wk.0) else { continue };
                 let tx = stream.tx.clone();
                 let Some(w) = stream.watchers.get_mut(&wk.1) else { continue };
-                let first_rev = evs.first().and_then(|e| e.kv.as_ref()).map_or(rev, |kv| kv.mod_revision);
-                let min_rev = w.min_rev;
-                let shaped = Self::shape(
-                    w,
-                    evs.into_iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= min_rev)).cloned(),
-                );
+                let first_rev = evs.first().map_or(rev, |i| rev_of(*i));
+                let shaped: Vec<Bytes> = evs
+                    .into_iter()
+                    .filter(|i| rev_of(*i) >= w.min_rev && w.wants(&events[*i]))
+                    .map(|i| shared[i].bytes(w.prev_kv))
+                    .collect();
                 if shaped.is_empty() {
                     continue;
                 }
@@ -567,7 +593,9 @@ impl WatchHub {
                 Err(e) => {
                     tracing::error!("watch catch-up failed: {e}");
                     self.remove(wk.0, wk.1);
-                    let _ = tx.send(Ok(canceled(self.header(cur), wk.1, &format!("etcdserver: {e}")))).await;
+                    let _ = tx
+                        .send(Ok(Outgoing::control(canceled(self.header(cur), wk.1, &format!("etcdserver: {e}")))))
+                        .await;
                     return;
                 }
             };
@@ -584,7 +612,7 @@ impl WatchHub {
             let (shaped, fragment) = {
                 let h = self.lock();
                 match h.streams.get(&wk.0).and_then(|s| s.watchers.get(&wk.1)) {
-                    Some(w) if w.epoch == epoch => (Self::shape(w, events), w.fragment),
+                    Some(w) if w.epoch == epoch => (Self::shape(w, &events), w.fragment),
                     _ => return,
                 }
             };
@@ -639,11 +667,7 @@ impl WatchHub {
             match progress {
                 None => continue,
                 Some(Some(rev)) => {
-                    let _ = tx.try_send(Ok(WatchResponse {
-                        header: Some(self.header(rev)),
-                        watch_id: -1,
-                        ..Default::default()
-                    }));
+                    let _ = tx.try_send(Ok(progress_of(self.header(rev), -1)));
                     return;
                 }
                 Some(None) => return,
@@ -658,8 +682,7 @@ impl WatchHub {
         for s in h.streams.values() {
             for (id, w) in &s.watchers {
                 if w.synced && w.progress_notify {
-                    let _ =
-                        s.tx.try_send(Ok(WatchResponse { header: Some(header), watch_id: *id, ..Default::default() }));
+                    let _ = s.tx.try_send(Ok(progress_of(header, *id)));
                 }
             }
         }
@@ -733,8 +756,9 @@ mod tests {
         sm.hub.notify(rev, events);
     }
 
-    async fn recv(rx: &mut mpsc::Receiver<Result<WatchResponse, Error>>) -> WatchResponse {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("in time").expect("open").expect("ok")
+    async fn recv(rx: &mut mpsc::Receiver<Result<Outgoing, Error>>) -> WatchResponse {
+        let out = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("in time").expect("open");
+        out.expect("ok").decode().expect("decodes")
     }
 
     async fn wait_synced(hub: &WatchHub) {
