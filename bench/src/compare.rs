@@ -40,6 +40,10 @@ pub struct CompareArgs {
     /// Where data directories go (default: a new temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Run only the workloads whose name contains this text (e.g. `fan-out`), to tune one
+    /// row; the memory and restart rows run only with `--memory-keys`.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -390,7 +394,8 @@ pub async fn run(args: CompareArgs, base: Opts) -> anyhow::Result<()> {
 
 async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    for case in cases(base, args.quick, args.topology) {
+    let chosen = |c: &Case| args.only.as_ref().is_none_or(|o| c.name.contains(o.as_str()));
+    for case in cases(base, args.quick, args.topology).into_iter().filter(chosen) {
         let (mut e_tp, mut c_tp, mut e_p99, mut c_p99) = (vec![], vec![], vec![], vec![]);
         let (mut e_extra, mut c_extra) = (vec![], vec![]);
         for _ in 0..args.rounds.max(1) {
