@@ -77,7 +77,14 @@ pub struct Flags {
     /// Log level: debug, info, warn, error (or a tracing filter such as `info,cairn_server=debug`).
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Log format on stderr: `text` (human-readable) or `json` (one object per line).
+    /// etcd's logger choice; Cairn has one logger and accepts both names.
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap", value_parser = ["zap", "capnslog"])]
+    pub logger: String,
+    /// Where logs go (comma-separated): `default` or `stderr`, `stdout`, `systemd/journal`
+    /// (stderr, which systemd keeps in its journal), or file paths (appended to).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+    /// Log format: `text` (human-readable) or `json` (one object per line).
     #[arg(long, env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
     /// Extra URLs to serve /metrics, /health, /livez, /readyz and /version on (comma-separated).
@@ -117,7 +124,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
     /// Require a client certificate signed by --trusted-ca-file.
-    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
     /// Peer port certificate (PEM), also presented to other members; for https:// peer URLs.
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
@@ -129,7 +136,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Require peers to present a certificate signed by --peer-trusted-ca-file.
-    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
     /// Refuse writes that add data (NOSPACE) while the data directory's file system has
     /// less free space than this (Cairn's; a full disk must not stop the member).
@@ -137,16 +144,16 @@ pub struct Flags {
     pub min_free_disk_bytes: u64,
     /// Start even when other users may read the data directory (Cairn's; by default a data
     /// directory with any group or other permission bits is refused).
-    #[arg(long, env = "CAIRN_ALLOW_SHARED_DATA_DIR")]
+    #[arg(long, env = "CAIRN_ALLOW_SHARED_DATA_DIR", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub allow_shared_data_dir: bool,
     /// Promote a learner to a voter by itself once it has caught up (Cairn's; etcd has none).
-    #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE")]
+    #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub experimental_learner_auto_promote: bool,
     /// Serve linearizable reads on the leader under a leader lease (one heartbeat round per
     /// election timeout instead of one per read; Cairn's, etcd always asks a quorum).
     /// Assumes clocks that run at about the same rate and do not stand still while a
     /// machine is paused; docs/OPERATIONS.md, "Lease reads".
-    #[arg(long, env = "CAIRN_EXPERIMENTAL_LEASE_READS")]
+    #[arg(long, env = "CAIRN_EXPERIMENTAL_LEASE_READS", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub experimental_lease_reads: bool,
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
@@ -199,6 +206,8 @@ pub struct Config {
     pub log_level: String,
     /// `true` for JSON logs.
     pub log_json: bool,
+    /// Where logs go.
+    pub log_outputs: Vec<crate::logging::Output>,
     /// Metrics-only listen URLs.
     pub listen_metrics_urls: Vec<String>,
     /// Storage engine.
@@ -231,6 +240,11 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// bcrypt cost of new password hashes.
     pub bcrypt_cost: u32,
+}
+
+/// A boolean flag's value: `--flag`, `--flag=true`, `--flag=false` (Go's spellings).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    crate::etcd_flags::go_bool(s)
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -312,6 +326,7 @@ impl Config {
             quota_backend_bytes: if f.quota_backend_bytes == 0 { 2 << 30 } else { f.quota_backend_bytes },
             log_level: f.log_level,
             log_json: f.log_format == "json",
+            log_outputs: crate::logging::Output::parse_list(&f.log_outputs)?,
             listen_metrics_urls: split(&f.listen_metrics_urls),
             engine: f.storage_engine,
             watch_progress_notify_interval: f.watch_progress_notify_interval.max(Duration::from_millis(10)),
@@ -365,7 +380,9 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let prepared = crate::etcd_flags::prepare(args, &[])?;
+        let flags = Flags::try_parse_from(prepared.args).map_err(|e| e.to_string())?;
         Config::from_flags(flags)
     }
 

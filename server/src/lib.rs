@@ -2,7 +2,7 @@
 //!
 //! Layers, each importing only those below it (docs/ARCHITECTURE.md draws the graph):
 //!
-//! 1. foundations: [`error`], [`config`], [`tls`], [`conn`], [`data_dir`], [`version`];
+//! 1. foundations: [`error`], [`config`] (with [`etcd_flags`], [`logging`]), [`tls`], [`conn`], [`data_dir`], [`version`];
 //! 2. replicated state: [`state`], [`auth`] (state, apply), [`lease`] (the lessor),
 //!    [`watch`] (the hub), [`apply`];
 //! 3. consensus: [`raft`] (log store, state machine, network), [`batch`];
@@ -25,10 +25,12 @@ pub mod config;
 pub(crate) mod conn;
 pub(crate) mod data_dir;
 pub(crate) mod error;
+pub mod etcd_flags;
 pub mod fuzz;
 pub(crate) mod gateway;
 pub(crate) mod grpc;
 pub(crate) mod lease;
+pub mod logging;
 pub mod member;
 pub(crate) mod membership;
 pub(crate) mod metrics;

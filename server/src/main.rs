@@ -2,14 +2,30 @@
 
 use anyhow::Context;
 use cairn_server::config::{Config, Flags};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Every file and directory the member creates is private to its user: the data
     // directory holds values, auth tokens and password hashes.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let flags = Flags::parse();
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let prepared = match cairn_server::etcd_flags::prepare(std::env::args_os().collect(), &vars) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut command = Flags::command();
+    if prepared.from_file {
+        // As etcd: with --config-file, the environment is not read.
+        command = command.mut_args(|a| a.env(None));
+    }
+    let flags = match command.try_get_matches_from(&prepared.args).and_then(|m| Flags::from_arg_matches(&m)) {
+        Ok(f) => f,
+        Err(e) => e.exit(),
+    };
     let config = match Config::from_flags(flags) {
         Ok(c) => c,
         Err(e) => {
@@ -17,13 +33,12 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},openraft=warn", config.log_level)));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
+    if let Err(e) = cairn_server::logging::init(&config.log_level, config.log_json, &config.log_outputs) {
+        eprintln!("cairn: {e}");
+        std::process::exit(2);
+    }
+    if let Some(w) = prepared.warning {
+        tracing::warn!("{w}");
     }
 
     let handle = cairn_server::start(config).await.context("starting cairn")?;

@@ -5,6 +5,7 @@
 mod auth;
 mod cluster;
 mod crash;
+mod etcd_flags;
 mod etcdctl;
 mod gateway;
 mod harness;
