@@ -242,9 +242,14 @@ pub struct Config {
     pub bcrypt_cost: u32,
 }
 
-/// A boolean flag's value: `--flag`, `--flag=true`, `--flag=false` (Go's spellings).
-fn parse_bool(s: &str) -> Result<bool, String> {
-    crate::etcd_flags::go_bool(s)
+/// A boolean flag's value: `--flag`, `--flag=true`, `--flag=false`, in the spellings of
+/// Go's `strconv.ParseBool`, which etcd's boolean flags use.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (true or false)")),
+    }
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -374,15 +379,14 @@ impl Config {
         Ok(c)
     }
 
-    /// Parse from an argument list (first item is the program name).
+    /// Parse from an argument list in clap's syntax (first item is the program name); the
+    /// `cairn` binary first brings etcd's syntax to it ([`crate::etcd_flags::prepare`]).
     pub fn parse_from<I, T>(args: I) -> Result<Config, String>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        let prepared = crate::etcd_flags::prepare(args, &[])?;
-        let flags = Flags::try_parse_from(prepared.args).map_err(|e| e.to_string())?;
+        let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
         Config::from_flags(flags)
     }
 

@@ -18,7 +18,7 @@
 //!
 //! Unknown flags are then clap's to refuse, with a short error.
 
-use crate::config::Flags;
+use crate::config::{parse_bool as go_bool, Flags};
 use clap::CommandFactory;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -174,15 +174,6 @@ fn cairn_flags() -> BTreeMap<String, bool> {
 
 fn etcd_only(name: &str) -> Option<&'static EtcdOnly> {
     ETCD_ONLY.iter().find(|f| f.name == name)
-}
-
-/// Go's `strconv.ParseBool`, which etcd's boolean flags use.
-pub fn go_bool(s: &str) -> Result<bool, String> {
-    match s {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        other => Err(format!("{other:?} is not a boolean (true or false)")),
-    }
 }
 
 /// Whether `value` of `f` behaves as etcd's default.
