@@ -470,6 +470,11 @@ impl Cluster {
         KvClient::new(self.channel(&self.members[i].client_url).await.expect("connecting to cairn"))
             .max_decoding_message_size(64 << 20)
     }
+
+    /// A Maintenance client to member `i`.
+    pub async fn maintenance(&self, i: usize) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel(&self.members[i].client_url).await.expect("connecting to cairn"))
+    }
 }
 
 /// A TCP proxy on 127.0.0.1 in front of `target`, which a test can cut (every connection

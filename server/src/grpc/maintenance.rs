@@ -112,7 +112,8 @@ impl Maintenance for MaintenanceService {
         self.ctx.gate.require_admin(&req).await?;
         self.ctx.replica.defragment().await?;
         self.ctx.writer.clear_no_space().await?;
-        Ok(Response::new(DefragmentResponse { header: Some(self.ctx.replica.current_header()) }))
+        // As etcd: no response header (clients, such as the etcd-client crate's tests, check).
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
@@ -158,6 +159,7 @@ impl Maintenance for MaintenanceService {
         use cairn_api::cairnpb::cluster_change_request::Change;
         self.ctx.gate.require_admin(&req).await?;
         self.ctx.membership.change(Change::MoveLeader(req.into_inner())).await?;
-        Ok(Response::new(MoveLeaderResponse { header: Some(self.ctx.replica.current_header()) }))
+        // As etcd: no response header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 }

@@ -2,7 +2,10 @@
 //! the real etcdctl against real `cairn` processes.
 
 use super::harness::{etcdctl, etcdctl_ok, json, Cluster};
-use cairn_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
+use cairn_api::etcdserverpb::{
+    CompactionRequest, DefragmentRequest, DeleteRangeRequest, MoveLeaderRequest, PutRequest, RangeRequest,
+    StatusRequest,
+};
 
 /// HashKV of every member at `rev`, as `etcdctl endpoint hashkv` prints them.
 fn hashes(c: &Cluster, rev: i64) -> Vec<(u64, i64)> {
@@ -53,6 +56,22 @@ async fn hashkv_agrees_across_members_and_tracks_history() {
     let out = etcdctl(&c.endpoints(), &["endpoint", "hashkv", "--rev=5"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("required revision has been compacted"), "{err}");
+}
+
+/// etcd answers Defragment and MoveLeader with an empty message, no header (the
+/// `etcd-client` crate's own tests assert it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_and_move_leader_answer_without_a_header() {
+    let c = Cluster::start(3, &[]).await;
+    let defrag = c.maintenance(0).await.defragment(DefragmentRequest {}).await.expect("defragment");
+    assert_eq!(defrag.get_ref().header, None);
+    let leader = c.leader().await;
+    let target = (leader + 1) % 3;
+    let status = c.maintenance(target).await.status(StatusRequest {}).await.expect("status");
+    let target_id = status.get_ref().header.as_ref().map_or(0, |h| h.member_id);
+    let moved = c.maintenance(leader).await.move_leader(MoveLeaderRequest { target_id }).await.expect("move leader");
+    assert_eq!(moved.get_ref().header, None);
+    assert_eq!(c.leader().await, target, "the leadership moved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
