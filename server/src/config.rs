@@ -146,6 +146,10 @@ pub struct Flags {
     /// directory with any group or other permission bits is refused).
     #[arg(long, env = "CAIRN_ALLOW_SHARED_DATA_DIR", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub allow_shared_data_dir: bool,
+    /// Restart this member from its data as a one-member cluster, keeping every key: the way
+    /// out of a lost quorum. The other members must be wiped before they are added again.
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
     /// Promote a learner to a voter by itself once it has caught up (Cairn's; etcd has none).
     #[arg(long, env = "CAIRN_EXPERIMENTAL_LEARNER_AUTO_PROMOTE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub experimental_learner_auto_promote: bool,
@@ -226,6 +230,8 @@ pub struct Config {
     pub corrupt_check_interval: Duration,
     /// Promote caught-up learners automatically.
     pub learner_auto_promote: bool,
+    /// Start as a one-member cluster from this member's data.
+    pub force_new_cluster: bool,
     /// Serve linearizable reads under a leader lease.
     pub lease_reads: bool,
     /// Least free disk space before writes that add data are refused.
@@ -341,6 +347,7 @@ impl Config {
             auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
             corrupt_check_interval: f.experimental_corrupt_check_time,
             learner_auto_promote: f.experimental_learner_auto_promote,
+            force_new_cluster: f.force_new_cluster,
             lease_reads: f.experimental_lease_reads,
             min_free_disk_bytes: f.min_free_disk_bytes,
             client_tls: crate::tls::TlsFiles {

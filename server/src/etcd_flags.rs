@@ -13,7 +13,7 @@
 //!   changes nothing and passes quietly; one that only tunes etcd's internals (bbolt, v2,
 //!   pprof, log rotation) is accepted and named on one warning line; one whose absence would
 //!   leave the member less safe or unable to do what it asks (narrower client certificates,
-//!   revocation lists, discovery, a forced new cluster) stops the start with a short error;
+//!   revocation lists, discovery) stops the start with a short error;
 //! - names `ETCD_*` environment variables that match no flag, as etcd does.
 //!
 //! Unknown flags are then clap's to refuse, with a short error.
@@ -94,7 +94,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("experimental-stop-grpc-service-on-defrag", true, "false"),
     ignore("experimental-txn-mode-write-with-shared-buffer", true, "true"),
     ignore("experimental-warning-apply-duration", false, "100ms"),
-    refuse("force-new-cluster", true, "false"),
     refuse("host-whitelist", false, "*"),
     ignore("initial-election-tick-advance", true, "true"),
     refuse("listen-client-http-urls", false, ""),
@@ -521,13 +520,13 @@ mod tests {
 
     #[test]
     fn defaults_pass_quietly_and_unsafe_ones_are_refused() {
-        let p = prep(&["--force-new-cluster=false", "--wal-dir=", "--cors=*", "--pre-vote"], &[]).expect("ok");
+        let p = prep(&["--auto-tls=false", "--wal-dir=", "--cors=*", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
         let e = prep(&["--peer-cert-allowed-cn=etcd-peer"], &[]).unwrap_err();
         assert!(e.contains("--peer-cert-allowed-cn=etcd-peer is not supported"), "{e}");
-        let e = prep(&["--force-new-cluster"], &[]).unwrap_err();
-        assert!(e.contains("--force-new-cluster=true"), "{e}");
+        let e = prep(&["--auto-tls"], &[]).unwrap_err();
+        assert!(e.contains("--auto-tls=true"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
     }

@@ -193,6 +193,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let contacts = Contacts::default();
     let peer_dial = PeerDial::of(&config)?;
     let network = Network { cluster_id, contacts: contacts.clone(), dial: peer_dial.clone() };
+    if config.force_new_cluster {
+        let mut peer_urls = config.advertise_peer_urls.clone();
+        peer_urls.sort();
+        let me = Member { name: config.name.clone(), peer_urls };
+        crate::raft::force::force_new_cluster(id, me, &mut log.clone(), &mut sm.clone()).await?;
+    }
     let floor = read_floor(id, &mut log.clone()).await?;
     let raft = Raft::new(id, Arc::new(raft_config(&config)?), network, log, sm.clone()).await?;
 

@@ -186,6 +186,11 @@ impl Member {
         Ok(())
     }
 
+    /// Add `args` to the member's flags (from its next start on).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// The member's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

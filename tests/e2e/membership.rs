@@ -494,6 +494,53 @@ async fn a_diverged_member_raises_corrupt() {
 
 /// A follower that missed many large writes catches up (openraft gives an append one
 /// heartbeat interval; appends are capped in bytes so none takes longer forever).
+/// Two of three members are lost for good: the survivor, restarted with
+/// `--force-new-cluster`, serves alone with every key, revision and lease, takes writes,
+/// and grows again by `member add`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_brings_back_a_member_after_quorum_loss() {
+    let mut c = Cluster::start(3, &[]).await;
+    let lease = etcdctl_ok(&c.endpoints(), &["lease", "grant", "600"]);
+    let lease_id = lease.split_whitespace().nth(1).expect("lease id").to_string();
+    for n in 0..30 {
+        etcdctl_ok(&c.endpoints(), &["put", &format!("k{n:02}"), &format!("v{n}")]);
+    }
+    etcdctl_ok(&c.endpoints(), &["put", "leased", "x", "--lease", &lease_id]);
+    let survivor = (c.leader().await + 1) % 3;
+    // Everything is applied on the survivor before the others go.
+    wait_caught_up(&c, survivor).await;
+    let before = etcdctl_ok(&c.members[survivor].endpoint(), &["get", "", "--from-key", "-w", "json"]);
+    let kvs = |out: &str| json(out)["kvs"].clone();
+    for i in 0..3 {
+        c.members[i].kill();
+    }
+    c.members[survivor].add_args(&["--force-new-cluster"]);
+    c.members[survivor].start();
+    c.wait_ready(survivor).await;
+    let ep = c.members[survivor].endpoint();
+    let after = etcdctl_ok(&ep, &["get", "", "--from-key", "-w", "json"]);
+    assert_eq!(kvs(&after), kvs(&before), "every key with its revisions");
+    assert_eq!(members_json(&c).len(), 1, "one member: {:?}", members_json(&c));
+    assert!(c.members[survivor].log().contains("--force-new-cluster: this member is now a one-member cluster"));
+    let ttl = etcdctl_ok(&ep, &["lease", "timetolive", &lease_id, "--keys"]);
+    assert!(ttl.contains("leased"), "the lease and its key survive: {ttl}");
+    etcdctl_ok(&ep, &["put", "after", "recovery"]);
+    // Restarting with the flag again changes nothing (already alone).
+    c.members[survivor].kill();
+    c.members[survivor].start();
+    c.wait_ready(survivor).await;
+    assert_eq!(etcdctl_ok(&ep, &["get", "after", "--print-value-only"]).trim(), "recovery");
+    // The cluster grows again: as etcd, a lone member takes a learner first, then promotes it.
+    let joined = add_and_start(&mut c, "fresh", true).await;
+    let got = etcdctl_ok(&c.members[joined].endpoint(), &["get", "k07", "--print-value-only", "--consistency=s"]);
+    assert_eq!(got.trim(), "v7");
+    let id = id_of(&c, &c.members[joined].peer_url.clone());
+    etcdctl_ok(&ep, &["member", "promote", &id]);
+    let voters = members_until(&c, |ms| ms.len() == 2 && ms.iter().all(|m| m["isLearner"].as_bool() != Some(true)));
+    assert_eq!(voters.len(), 2);
+    etcdctl_ok(&c.endpoints(), &["put", "two", "members"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_catches_up_over_large_values() {
     let mut c = Cluster::start(3, &[]).await;

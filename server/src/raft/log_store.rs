@@ -61,6 +61,21 @@ impl LogStore {
         Ok(Self { engine, wal: Arc::new(Mutex::new(wal)), fsync })
     }
 
+    /// Append `entries` and make them durable at once — for changes made before Raft
+    /// starts (`--force-new-cluster`); Raft itself appends through [`RaftLogStorage`].
+    pub fn append_now(&self, entries: &[Entry<TypeConfig>]) -> anyhow::Result<()> {
+        let records: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
+        let files = {
+            let mut wal = self.wal();
+            wal.append(&records)?;
+            wal.sync_handles()
+        };
+        for f in files {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
     fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
         // Only bookkeeping happens under the lock; a poisoned lock still holds a usable log.
         self.wal.lock().unwrap_or_else(|p| p.into_inner())

@@ -4,6 +4,7 @@
 //! - [`log_store`]: the Raft log and vote in the storage engine, with group commit.
 //! - [`state_machine`]: applies committed entries to the MVCC store ([`crate::apply`]),
 //!   builds and installs snapshots.
+//! - [`force`]: `--force-new-cluster`, a one-member membership appended before Raft starts.
 //! - [`network`]: openraft's RPCs to other members over tonic (client side); the
 //!   peer-port service that receives them is [`crate::peer`].
 
@@ -11,6 +12,7 @@
 // the same type so that `?` needs no boxing and unboxing around every call.
 #![allow(clippy::result_large_err)]
 
+pub mod force;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
