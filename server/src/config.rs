@@ -17,6 +17,10 @@ pub struct Flags {
     /// Path to the data directory [default: ${name}.cairn].
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Dedicated directory for the write-ahead log (another disk, say) [default:
+    /// ${data-dir}/member/wal].
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic (comma-separated).
     #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
@@ -174,6 +178,8 @@ pub struct Config {
     pub name: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Write-ahead log directory, when not inside the data directory.
+    pub wal_dir: Option<PathBuf>,
     /// Start on a data directory other users may read.
     pub allow_shared_data_dir: bool,
     /// HTTP/2 limits of the client and peer listeners.
@@ -313,6 +319,7 @@ impl Config {
         }
         let c = Config {
             data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.cairn", f.name))),
+            wal_dir: f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty()),
             allow_shared_data_dir: f.allow_shared_data_dir,
             http2: crate::tls::Http2Limits {
                 max_concurrent_streams: f.max_concurrent_streams.max(1),

@@ -124,7 +124,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     refuse("tls-min-version", false, ""),
     ignore("unsafe-no-fsync", true, "false"),
     ignore("v2-deprecation", false, "not-yet"),
-    refuse("wal-dir", false, ""),
     // Flags of etcd's v2 era that etcd 3.5 accepts and ignores.
     ignore("cluster-active-size", false, ""),
     ignore("cluster-remove-delay", false, ""),
@@ -520,7 +519,7 @@ mod tests {
 
     #[test]
     fn defaults_pass_quietly_and_unsafe_ones_are_refused() {
-        let p = prep(&["--auto-tls=false", "--wal-dir=", "--cors=*", "--pre-vote"], &[]).expect("ok");
+        let p = prep(&["--auto-tls=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
         let e = prep(&["--peer-cert-allowed-cn=etcd-peer"], &[]).unwrap_err();

@@ -184,7 +184,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let engine = cairn_store::engine::open(config.engine, &config.data_dir.join("member"))?;
     let (id, cluster_id) = member_ids(&config, engine.as_ref(), &initial).await?;
     let metrics = Metrics::new(id);
-    let log = LogStore::open(engine.clone(), &config.data_dir.join("member").join("wal"), metrics.wal_fsync.clone())?;
+    let wal_dir = match &config.wal_dir {
+        Some(dir) => {
+            crate::data_dir::prepare(dir, config.allow_shared_data_dir)?;
+            dir.clone()
+        }
+        None => config.data_dir.join("member").join("wal"),
+    };
+    let log = LogStore::open_for(engine.clone(), &wal_dir, id, metrics.wal_fsync.clone())?;
     let lessor = Arc::new(Lessor::new(config.election_timeout));
     let headers = Headers::new(cluster_id, id);
     let snap_dir = config.data_dir.join("snap");

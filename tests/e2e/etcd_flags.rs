@@ -2,7 +2,7 @@
 //! (issue 25): Go's flag syntax, etcd-only flags named on one warning line or refused when
 //! ignoring them would be unsafe, etcd's YAML config file, `--log-outputs`.
 
-use cairn_testing::{cairn_binary, etcdctl_ok, Cluster};
+use cairn_testing::{cairn_binary, etcdctl_ok, free_port, Cluster};
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,4 +107,44 @@ fn flags_cairn_cannot_honour_or_does_not_know_stop_the_start_with_a_short_error(
     let (code, err) = run(&["--client-cert-auth=maybe"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is not a boolean"), "{err}");
+}
+
+/// `--wal-dir` puts the write-ahead log elsewhere; a member started without it (its log
+/// not where it looks) refuses to start instead of coming up without its unapplied entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_dir_holds_the_log_and_a_missing_log_stops_the_start() {
+    let wal = tempfile::tempdir().expect("tempdir");
+    let wal_dir = wal.path().join("wal");
+    let flag = format!("--wal-dir={}", wal_dir.display());
+    let mut c = Cluster::start(1, &[flag.as_str()]).await;
+    for n in 0..10 {
+        etcdctl_ok(&c.endpoints(), &["put", &format!("k{n}"), "v"]);
+    }
+    let segments = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "wal")).count())
+            .unwrap_or(0)
+    };
+    let data_dir = c.members[0].data_dir.clone();
+    assert!(segments(&wal_dir) > 0, "the log is in --wal-dir");
+    assert_eq!(segments(&data_dir.join("member").join("wal")), 0, "and not in the data directory");
+    c.members[0].kill();
+    c.members[0].start();
+    c.wait_ready(0).await;
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "k9", "--print-value-only"]).trim(), "v");
+    c.members[0].kill();
+
+    // The same data directory without --wal-dir: the log is not where the member looks.
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let (client, peer) = (url(free_port().expect("port")), url(free_port().expect("port")));
+    let name = c.members[0].name.clone();
+    let data = data_dir.display().to_string();
+    let out = Command::new(cairn_binary())
+        .args(["--name", &name, "--data-dir", &data, "--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client, "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .output()
+        .expect("run cairn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("its write-ahead log is not in"), "{err}");
 }

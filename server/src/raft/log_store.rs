@@ -22,6 +22,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const KEY_VOTE: &[u8] = b"vote";
+/// The file in the WAL directory naming the member whose log it is.
+const WAL_OWNER: &str = "member.id";
 const KEY_PURGED: &[u8] = b"last_purged";
 
 /// Log storage. Cheap to clone (readers are clones).
@@ -44,6 +46,49 @@ impl LogStore {
         fsync: prometheus::Histogram,
     ) -> Result<Self, cairn_store::StoreError> {
         Self::open_with_segments(engine, wal_dir, fsync, cairn_store::wal::SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] for member `id`, after checking that `wal_dir` holds this
+    /// member's log (`--wal-dir` may put it anywhere). A marker file names the member; a
+    /// directory without one is adopted if it holds segments or the member has no Raft
+    /// state yet. A member with Raft state whose log is not there refuses to start: its
+    /// log was moved or lost, and starting would silently drop entries not yet applied.
+    pub fn open_for(
+        engine: Arc<dyn Engine>,
+        wal_dir: &Path,
+        id: u64,
+        fsync: prometheus::Histogram,
+    ) -> anyhow::Result<Self> {
+        let marker = wal_dir.join(WAL_OWNER);
+        let me = format!("{id:x}");
+        match std::fs::read_to_string(&marker) {
+            Ok(owner) if owner.trim() == me => {}
+            Ok(owner) => anyhow::bail!(
+                "the write-ahead log in {} belongs to member {}, not to this member ({me}); check --wal-dir",
+                wal_dir.display(),
+                owner.trim()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let has_segments = std::fs::read_dir(wal_dir)
+                    .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "wal")))
+                    .unwrap_or(false);
+                let has_state = engine.get(Table::RaftState, KEY_VOTE)?.is_some();
+                if has_state && !has_segments {
+                    anyhow::bail!(
+                        "this member has Raft state but its write-ahead log is not in {}: if the log was moved, \
+                         start with --wal-dir set to where it is now",
+                        wal_dir.display()
+                    );
+                }
+                cairn_store::fsutil::create_private_dir(wal_dir)?;
+                let mut f = std::fs::File::create(&marker)?;
+                std::io::Write::write_all(&mut f, format!("{me}\n").as_bytes())?;
+                f.sync_all()?;
+                cairn_store::fsutil::sync_dir(wal_dir)?;
+            }
+            Err(e) => anyhow::bail!("reading {}: {e}", marker.display()),
+        }
+        Ok(Self::open(engine, wal_dir, fsync)?)
     }
 
     /// [`LogStore::open`] with WAL segments of `segment_bytes` (small ones for tests).
