@@ -118,6 +118,10 @@ pub struct Flags {
     /// How often the leader compares every member's HashKV (0 = never); a mismatch raises CORRUPT.
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", alias = "corrupt-check-time", default_value = "0s", value_parser = humantime::parse_duration)]
     pub experimental_corrupt_check_time: Duration,
+    /// Before serving clients, compare this member's HashKV with its peers'; a mismatch stops
+    /// the start ("found data inconsistency with peers").
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", alias = "initial-corrupt-check", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub experimental_initial_corrupt_check: bool,
     /// Client port certificate (PEM); serves TLS on https:// client URLs.
     #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -234,6 +238,8 @@ pub struct Config {
     pub auto_compaction_interval: Duration,
     /// Interval of the corruption check (zero: off).
     pub corrupt_check_interval: Duration,
+    /// Compare HashKV with the peers before serving clients.
+    pub initial_corrupt_check: bool,
     /// Promote caught-up learners automatically.
     pub learner_auto_promote: bool,
     /// Start as a one-member cluster from this member's data.
@@ -353,6 +359,7 @@ impl Config {
             auto_compaction: Retention::parse(&f.auto_compaction_mode, &f.auto_compaction_retention)?,
             auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
             corrupt_check_interval: f.experimental_corrupt_check_time,
+            initial_corrupt_check: f.experimental_initial_corrupt_check,
             learner_auto_promote: f.experimental_learner_auto_promote,
             force_new_cluster: f.force_new_cluster,
             lease_reads: f.experimental_lease_reads,

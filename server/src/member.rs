@@ -235,6 +235,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
                 tracing::info!("initialize: {e}");
             }
         }
+        if config.initial_corrupt_check {
+            layers.upkeep.initial_check().await?;
+        }
         for (b, tls) in client_ports.into_iter().zip(client_tls) {
             warn_if_exposed(&b.url, tls.is_some(), "client");
             let port = crate::serve::client_port(

@@ -1,6 +1,7 @@
 //! Background upkeep run by the leader: auto-compaction (`--auto-compaction-mode`,
 //! `--auto-compaction-retention`) and the periodic cross-member corruption check
-//! (`--experimental-corrupt-check-time`), learner auto-promotion
+//! (`--experimental-corrupt-check-time`) and its start-up form
+//! (`--experimental-initial-corrupt-check`), learner auto-promotion
 //! (`--experimental-learner-auto-promote`), plus clearing a NOSPACE alarm once the store
 //! fits its quota again.
 
@@ -111,17 +112,62 @@ impl Upkeep {
         }
     }
 
-    async fn check_once(&self) -> crate::error::Result<()> {
-        let (hash, compacted, rev) = self.replica.hash_kv(0)?;
+    /// Each peer's `(hash, compact revision)` of its store at revision `rev`, or why it
+    /// could not tell (down, not there yet, compacted past it).
+    async fn peer_hashes(&self, rev: i64) -> Vec<(u64, Result<(u32, i64), String>)> {
+        let mut out = Vec::new();
         for (id, mut c) in self.router.peers() {
             let mut req =
                 tonic::Request::new(HashKvPeerRequest { cluster_id: self.replica.cluster_id(), revision: rev });
             req.set_timeout(Duration::from_secs(5));
-            let Ok(theirs) = c.hash_kv(req).await else { continue };
-            let theirs = theirs.into_inner();
-            if theirs.compact_revision == compacted && theirs.hash != hash {
+            let got = c.hash_kv(req).await.map(|r| r.into_inner()).map(|r| (r.hash, r.compact_revision));
+            out.push((id, got.map_err(|e| e.message().to_string())));
+        }
+        out
+    }
+
+    /// `--experimental-initial-corrupt-check`: before this member serves clients, compare
+    /// its HashKV with every peer's at its own revision. A peer with the same compact
+    /// revision and another hash means the data diverged, and the start stops (as etcd:
+    /// "found data inconsistency with peers"); peers that cannot tell are skipped with a
+    /// warning, so a member can still start while others are down.
+    pub async fn initial_check(&self) -> anyhow::Result<()> {
+        let (hash, compacted, rev) = self.replica.hash_kv(0)?;
+        let mut diverged = Vec::new();
+        let mut agreed = 0;
+        let hashes = self.peer_hashes(rev).await;
+        let peers = hashes.len();
+        for (id, theirs) in hashes {
+            let peer = format!("{id:x}");
+            match theirs {
+                Ok((h, c)) if c == compacted && h != hash => {
+                    tracing::error!(%peer, revision = rev, ours = hash, theirs = h, "initial corruption check: HashKV differs");
+                    diverged.push(peer);
+                }
+                Ok((_, c)) if c != compacted => {
+                    tracing::warn!(%peer, ours = compacted, theirs = c, "initial corruption check: compacted differently, skipped")
+                }
+                Ok(_) => agreed += 1,
+                Err(e) => tracing::warn!(%peer, "initial corruption check: cannot compare: {e}"),
+            }
+        }
+        if !diverged.is_empty() {
+            anyhow::bail!(
+                "found data inconsistency with peers {} at revision {rev} (--experimental-initial-corrupt-check)",
+                diverged.join(", ")
+            );
+        }
+        tracing::info!("initial corruption check passed: {agreed} of {peers} peers agree at revision {rev}");
+        Ok(())
+    }
+
+    async fn check_once(&self) -> crate::error::Result<()> {
+        let (hash, compacted, rev) = self.replica.hash_kv(0)?;
+        for (id, theirs) in self.peer_hashes(rev).await {
+            let Ok((their_hash, their_compacted)) = theirs else { continue };
+            if their_compacted == compacted && their_hash != hash {
                 tracing::error!(
-                    member = %format!("{id:x}"), revision = rev, ours = hash, theirs = theirs.hash,
+                    member = %format!("{id:x}"), revision = rev, ours = hash, theirs = their_hash,
                     "HashKV mismatch: raising CORRUPT"
                 );
                 let alarm = AlarmRequest {

@@ -435,6 +435,52 @@ async fn auto_compaction_in_both_modes() {
     }
 }
 
+/// Change the newest value in a (stopped) member's store behind Raft's back, as a disk
+/// fault would.
+fn rot_the_newest_value(data_dir: &std::path::Path) {
+    use cairn_store::{Table, WriteBatch};
+    let engine = cairn_store::engine::open(cairn_store::EngineKind::Redb, &data_dir.join("member"))
+        .expect("open the victim's store");
+    let (k, v) = engine.last(Table::Kv).expect("read").expect("a revision");
+    let mut kv = <cairn_api::mvccpb::KeyValue as prost::Message>::decode(&v[1..]).expect("decode");
+    kv.value = b"rotten".to_vec();
+    let mut bad = vec![v[0]];
+    bad.extend(prost::Message::encode_to_vec(&kv));
+    let mut b = WriteBatch::new();
+    b.put(Table::Kv, k, bad);
+    engine.write(b, true).expect("write");
+}
+
+/// `--experimental-initial-corrupt-check`: a member whose data diverged from its peers'
+/// does not start; a healthy one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_corruption_check_keeps_a_diverged_member_from_starting() {
+    let mut c = Cluster::start(3, &[]).await;
+    for n in 0..20 {
+        etcdctl_ok(&c.endpoints(), &["put", &format!("k{n}"), "original"]);
+    }
+    // Every member checkpoints its applied state (once a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = (c.leader().await + 1) % 3;
+    let healthy = (victim + 1) % 3;
+    for i in [victim, healthy] {
+        c.members[i].kill();
+        c.members[i].add_args(&["--experimental-initial-corrupt-check"]);
+    }
+    rot_the_newest_value(&c.members[victim].data_dir);
+    c.members[healthy].start();
+    c.wait_ready(healthy).await;
+    // Compared with the leader (the victim is down).
+    let log = c.members[healthy].log();
+    assert!(log.lines().any(|l| l.contains("initial corruption check passed: 1 of 2 peers agree")), "{log}");
+    c.members[victim].start();
+    assert!(c.members[victim].wait_exit(Duration::from_secs(30)).await, "the diverged member kept running");
+    let log = c.members[victim].log();
+    assert!(log.contains("found data inconsistency with peers"), "{log}");
+    // The others never took the rotten value.
+    assert!(etcdctl_ok(&c.endpoints(), &["get", "k19", "--print-value-only"]).contains("original"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_member_raises_corrupt() {
     let mut c = Cluster::start(3, &["--experimental-corrupt-check-time", "300ms"]).await;
@@ -446,20 +492,7 @@ async fn a_diverged_member_raises_corrupt() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let victim = (c.leader().await + 1) % 3;
     c.members[victim].kill();
-    {
-        use cairn_store::{Table, WriteBatch};
-        let engine =
-            cairn_store::engine::open(cairn_store::EngineKind::Redb, &c.members[victim].data_dir.join("member"))
-                .expect("open the victim's store");
-        let (k, v) = engine.last(Table::Kv).expect("read").expect("a revision");
-        let mut kv = <cairn_api::mvccpb::KeyValue as prost::Message>::decode(&v[1..]).expect("decode");
-        kv.value = b"rotten".to_vec();
-        let mut bad = vec![v[0]];
-        bad.extend(prost::Message::encode_to_vec(&kv));
-        let mut b = WriteBatch::new();
-        b.put(Table::Kv, k, bad);
-        engine.write(b, true).expect("write");
-    }
+    rot_the_newest_value(&c.members[victim].data_dir);
     c.members[victim].start();
     let victim_id = id_of(&c, &c.members[victim].peer_url.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
