@@ -134,6 +134,16 @@ pub struct Flags {
     /// Require a client certificate signed by --trusted-ca-file.
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
+    /// Lowest TLS version the ports accept: TLS1.2 or TLS1.3 (empty: TLS1.2).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "")]
+    pub tls_min_version: String,
+    /// Highest TLS version the ports accept: TLS1.2 or TLS1.3 (empty: TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
+    /// TLS 1.2 cipher suites the ports accept (comma-separated IANA names, as Go's); TLS 1.3's
+    /// are always on. Empty: rustls' defaults.
+    #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
     /// Peer port certificate (PEM), also presented to other members; for https:// peer URLs.
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
@@ -323,6 +333,7 @@ impl Config {
         if f.heartbeat_interval == 0 || f.election_timeout < 5 * f.heartbeat_interval {
             return Err("--election-timeout must be at least 5 times --heartbeat-interval".into());
         }
+        let tls_policy = crate::tls::Policy::parse(&f.tls_min_version, &f.tls_max_version, &f.cipher_suites)?;
         let c = Config {
             data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.cairn", f.name))),
             wal_dir: f.wal_dir.clone().filter(|d| !d.as_os_str().is_empty()),
@@ -369,12 +380,14 @@ impl Config {
                 key: f.key_file,
                 trusted_ca: f.trusted_ca_file,
                 client_cert_auth: f.client_cert_auth,
+                policy: tls_policy.clone(),
             },
             peer_tls: crate::tls::TlsFiles {
                 cert: f.peer_cert_file,
                 key: f.peer_key_file,
                 trusted_ca: f.peer_trusted_ca_file,
                 client_cert_auth: f.peer_client_cert_auth,
+                policy: tls_policy,
             },
             auth_token: crate::auth::token::TokenKind::parse(&f.auth_token)?,
             auth_token_ttl: Duration::from_secs(f.auth_token_ttl.max(1)),

@@ -58,7 +58,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("backend-batch-interval", false, ""),
     ignore("backend-batch-limit", false, "0"),
     ignore("backend-bbolt-freelist-type", false, "map"),
-    refuse("cipher-suites", false, ""),
     refuse("client-cert-allowed-hostname", false, ""),
     refuse("client-cert-file", false, ""),
     refuse("client-crl-file", false, ""),
@@ -119,8 +118,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("socket-reuse-address", true, "false"),
     ignore("socket-reuse-port", true, "false"),
     ignore("strict-reconfig-check", true, "true"),
-    refuse("tls-max-version", false, ""),
-    refuse("tls-min-version", false, ""),
     ignore("unsafe-no-fsync", true, "false"),
     ignore("v2-deprecation", false, "not-yet"),
     // Flags of etcd's v2 era that etcd 3.5 accepts and ignores.

@@ -2,7 +2,8 @@
 //! etcd's flags: `--cert-file`/`--key-file`/`--trusted-ca-file`/`--client-cert-auth` for
 //! clients, `--peer-*` for members. A port serves TLS when its listen URL is `https://`.
 //! With client-certificate auth a client must present a certificate signed by the trusted
-//! CA; without it, a trusted CA makes certificates optional.
+//! CA; without it, a trusted CA makes certificates optional. `--tls-min-version`,
+//! `--tls-max-version` and `--cipher-suites` ([`Policy`]) narrow what both ports accept.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct TlsFiles {
     pub trusted_ca: Option<PathBuf>,
     /// Require a trusted client certificate.
     pub client_cert_auth: bool,
+    /// Protocol versions and cipher suites accepted.
+    pub policy: Policy,
 }
 
 fn read(flag: &str, p: &Path) -> Result<Vec<u8>, String> {
@@ -54,10 +57,10 @@ impl TlsFiles {
             .map_err(|e| bad("cert-file", &e))?;
         let key = PrivateKeyDer::from_pem_slice(&read(&format!("{prefix}key-file"), key)?)
             .map_err(|e| bad("key-file", &e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(self.policy.provider()?);
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad("cert-file", &e))?;
+            .with_protocol_versions(&self.policy.versions())
+            .map_err(|e| format!("--tls-min-version / --tls-max-version / --cipher-suites: {e}"))?;
         let builder = match &self.trusted_ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -86,6 +89,107 @@ impl TlsFiles {
             self.trusted_ca.as_ref().ok_or_else(|| format!("https:// peer URLs need --{prefix}trusted-ca-file"))?;
         let ca = read(&format!("{prefix}trusted-ca-file"), ca)?;
         Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(self.identity(prefix)?))
+    }
+}
+
+/// `--tls-min-version`, `--tls-max-version` and `--cipher-suites`: what both ports accept
+/// (etcd applies them to the client and peer ports alike).
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Lowest protocol version (`None`: TLS 1.2, the lowest rustls speaks).
+    pub min: Option<Version>,
+    /// Highest protocol version (`None`: TLS 1.3).
+    pub max: Option<Version>,
+    /// TLS 1.2 cipher suites to offer, by their IANA (Go) names; empty: rustls' defaults.
+    /// As in Go, TLS 1.3's suites are not configurable and stay on.
+    pub cipher_suites: Vec<String>,
+}
+
+/// A TLS protocol version, as etcd names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    /// `TLS1.2`.
+    Tls12,
+    /// `TLS1.3`.
+    Tls13,
+}
+
+fn version(flag: &str, v: &str) -> Result<Option<Version>, String> {
+    match v.trim() {
+        "" => Ok(None),
+        "TLS1.2" => Ok(Some(Version::Tls12)),
+        "TLS1.3" => Ok(Some(Version::Tls13)),
+        other => Err(format!("--{flag}: unexpected TLS version {other:?} (must be one of: TLS1.2, TLS1.3)")),
+    }
+}
+
+/// Go's short names for the ChaCha20 suites, which etcd also accepts.
+fn canonical(name: &str) -> String {
+    match name {
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => format!("{name}_SHA256"),
+        other => other.to_string(),
+    }
+}
+
+impl Policy {
+    /// Parse and check the three flags as etcd does.
+    pub fn parse(min: &str, max: &str, cipher_suites: &str) -> Result<Policy, String> {
+        let p = Policy {
+            min: version("tls-min-version", min)?,
+            max: version("tls-max-version", max)?,
+            cipher_suites: cipher_suites.split(',').map(str::trim).filter(|s| !s.is_empty()).map(canonical).collect(),
+        };
+        if let (Some(lo), Some(hi)) = (p.min, p.max) {
+            if lo > hi {
+                return Err(format!("min version ({min}) is greater than max version ({max})"));
+            }
+        }
+        if p.min == Some(Version::Tls13) && !p.cipher_suites.is_empty() {
+            return Err("cipher suites cannot be configured when only TLS1.3 is enabled".into());
+        }
+        p.provider()?;
+        Ok(p)
+    }
+
+    /// rustls' ring provider with only the chosen TLS 1.2 suites (and every TLS 1.3 one).
+    fn provider(&self) -> Result<rustls::crypto::CryptoProvider, String> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if self.cipher_suites.is_empty() {
+            return Ok(provider);
+        }
+        let name = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+        let all = provider.cipher_suites.clone();
+        let mut chosen: Vec<rustls::SupportedCipherSuite> =
+            all.iter().filter(|s| s.version() == &rustls::version::TLS13).copied().collect();
+        // TLS 1.3's suites, by Go's names: accepted, and on anyway (as in Go).
+        const TLS13: [&str; 3] = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
+        for wanted in self.cipher_suites.iter().filter(|w| !TLS13.contains(&w.as_str())) {
+            match all.iter().find(|s| name(s) == *wanted) {
+                Some(s) if !chosen.contains(s) => chosen.push(*s),
+                Some(_) => {}
+                None => {
+                    let known: Vec<String> =
+                        all.iter().filter(|s| s.version() == &rustls::version::TLS12).map(name).collect();
+                    return Err(format!(
+                        "--cipher-suites: {wanted:?} is not available (Cairn's TLS, rustls, offers only AEAD \
+                         suites with forward secrecy: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        provider.cipher_suites = chosen;
+        Ok(provider)
+    }
+
+    fn versions(&self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        let lo = self.min.unwrap_or(Version::Tls12);
+        let hi = self.max.unwrap_or(Version::Tls13);
+        [(Version::Tls12, &rustls::version::TLS12), (Version::Tls13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| *v >= lo && *v <= hi)
+            .map(|(_, p)| p)
+            .collect()
     }
 }
 
@@ -133,5 +237,30 @@ pub fn is_loopback(url: &str) -> bool {
             h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_suites_as_etcd_checks_them() {
+        let p = Policy::parse("TLS1.2", "TLS1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305").expect("valid");
+        assert_eq!(p.versions(), vec![&rustls::version::TLS12]);
+        let suites: Vec<String> =
+            p.provider().expect("provider").cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+        assert!(suites.contains(&"TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256".to_string()), "{suites:?}");
+        assert!(!suites.contains(&"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_string()), "{suites:?}");
+        assert!(suites.contains(&"TLS13_AES_128_GCM_SHA256".to_string()), "TLS 1.3 suites stay: {suites:?}");
+        assert_eq!(Policy::parse("", "", "").expect("defaults").versions().len(), 2);
+        let e = Policy::parse("TLS1.3", "TLS1.2", "").unwrap_err();
+        assert_eq!(e, "min version (TLS1.3) is greater than max version (TLS1.2)");
+        let e = Policy::parse("TLS1.3", "", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256").unwrap_err();
+        assert_eq!(e, "cipher suites cannot be configured when only TLS1.3 is enabled");
+        assert!(Policy::parse("TLS1.1", "", "").unwrap_err().contains("must be one of: TLS1.2, TLS1.3"));
+        assert!(Policy::parse("", "", "TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256").is_ok());
+        let e = Policy::parse("", "", "TLS_RSA_WITH_AES_128_CBC_SHA").unwrap_err();
+        assert!(e.contains("is not available"), "{e}");
     }
 }

@@ -81,6 +81,11 @@ pub(super) fn run(endpoints: &str, tls: &[String], args: &[&str]) -> (bool, Stri
 
 /// Members serving https:// client URLs with client-certificate auth.
 pub(super) async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster {
+    tls_cluster_with(pki, n, peer_tls, &[]).await
+}
+
+/// [`tls_cluster`] with `extra` flags.
+async fn tls_cluster_with(pki: &Pki, n: usize, peer_tls: bool, extra: &[&str]) -> Cluster {
     let mut flags: Vec<String> = vec![
         format!("--cert-file={}", pki.s("server.pem")),
         format!("--key-file={}", pki.s("server-key.pem")),
@@ -95,6 +100,7 @@ pub(super) async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster 
             "--peer-client-cert-auth".into(),
         ]);
     }
+    flags.extend(extra.iter().map(|f| f.to_string()));
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut c = Cluster::prepare_tls(n, &refs, peer_tls);
     c.start_all_with_tls(&pki.path("ca.pem"), &pki.path("client.pem"), &pki.path("client-key.pem")).await;
@@ -223,4 +229,33 @@ async fn peer_refuses(endpoint: tonic::transport::Endpoint) -> bool {
             .await
             .is_err(),
     }
+}
+
+/// `--tls-min-version`, `--tls-max-version` and `--cipher-suites` narrow what a port
+/// accepts, checked with curl (OpenSSL) offering one version or one suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_versions_and_cipher_suites_are_enforced() {
+    let pki = Pki::new();
+    let curl = |ep: &str, opts: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--cacert", &pki.s("ca.pem")])
+            .args(["--cert", &pki.s("client.pem"), "--key", &pki.s("client-key.pem")])
+            .args(opts)
+            .arg(format!("https://{ep}/health"))
+            .status()
+            .expect("curl (./scripts/test installs it)")
+            .success()
+    };
+    let c = tls_cluster_with(&pki, 1, false, &["--tls-min-version=TLS1.3"]).await;
+    let ep = c.members[0].endpoint();
+    assert!(curl(&ep, &["--tlsv1.3"]), "TLS 1.3 is accepted");
+    assert!(!curl(&ep, &["--tls-max", "1.2"]), "TLS 1.2 is refused with --tls-min-version=TLS1.3");
+    drop(c);
+
+    let only = ["--tls-max-version=TLS1.2", "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"];
+    let c = tls_cluster_with(&pki, 1, false, &only).await;
+    let ep = c.members[0].endpoint();
+    assert!(!curl(&ep, &["--tlsv1.3"]), "TLS 1.3 is refused with --tls-max-version=TLS1.2");
+    assert!(curl(&ep, &["--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"]), "the listed suite");
+    assert!(!curl(&ep, &["--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"]), "another suite");
 }
