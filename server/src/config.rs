@@ -134,6 +134,13 @@ pub struct Flags {
     /// Require a client certificate signed by --trusted-ca-file.
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
+    /// Serve https:// client URLs with a self-signed certificate made at first start (kept in
+    /// ${data-dir}/fixtures/client) when no --cert-file/--key-file are given.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Years an --auto-tls certificate is valid.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
     /// Lowest TLS version the ports accept: TLS1.2 or TLS1.3 (empty: TLS1.2).
     #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "")]
     pub tls_min_version: String,
@@ -260,6 +267,9 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     /// Client port TLS.
     pub client_tls: crate::tls::TlsFiles,
+    /// `--auto-tls`: years of validity of a self-signed client certificate to make when
+    /// https:// client URLs have no certificate files.
+    pub auto_tls: Option<u32>,
     /// Peer port TLS.
     pub peer_tls: crate::tls::TlsFiles,
     /// Auth token kind (`--auth-token`).
@@ -375,6 +385,8 @@ impl Config {
             force_new_cluster: f.force_new_cluster,
             lease_reads: f.experimental_lease_reads,
             min_free_disk_bytes: f.min_free_disk_bytes,
+            auto_tls: (f.auto_tls && f.cert_file.is_none() && f.key_file.is_none())
+                .then_some(f.self_signed_cert_validity),
             client_tls: crate::tls::TlsFiles {
                 cert: f.cert_file,
                 key: f.key_file,
@@ -403,7 +415,7 @@ impl Config {
             check_urls("initial-cluster", urls)?;
         }
         // TLS files are read now, so a bad one stops the start with a clear message.
-        if c.listen_client_urls.iter().any(|u| crate::tls::is_https(u)) {
+        if c.listen_client_urls.iter().any(|u| crate::tls::is_https(u)) && c.auto_tls.is_none() {
             c.client_tls.server("")?;
         }
         if crate::tls::peer_tls_needed(&c) {

@@ -54,7 +54,6 @@ const fn refuse(name: &'static str, boolean: bool, default: &'static str) -> Etc
 /// Every flag of etcd 3.5 (3.5.1 to 3.5.33) that Cairn's [`Flags`] lacks, plus the v2-era
 /// flags etcd itself still accepts and ignores.
 const ETCD_ONLY: &[EtcdOnly] = &[
-    refuse("auto-tls", true, "false"),
     ignore("backend-batch-interval", false, ""),
     ignore("backend-batch-limit", false, "0"),
     ignore("backend-bbolt-freelist-type", false, "map"),
@@ -114,7 +113,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("proxy-write-timeout", false, "5000"),
     ignore("raft-read-timeout", false, "5s"),
     ignore("raft-write-timeout", false, "5s"),
-    ignore("self-signed-cert-validity", false, "1"),
     ignore("socket-reuse-address", true, "false"),
     ignore("socket-reuse-port", true, "false"),
     ignore("strict-reconfig-check", true, "true"),
@@ -515,13 +513,13 @@ mod tests {
 
     #[test]
     fn defaults_pass_quietly_and_unsafe_ones_are_refused() {
-        let p = prep(&["--auto-tls=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
+        let p = prep(&["--peer-auto-tls=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
         let e = prep(&["--peer-cert-allowed-cn=etcd-peer"], &[]).unwrap_err();
         assert!(e.contains("--peer-cert-allowed-cn=etcd-peer is not supported"), "{e}");
-        let e = prep(&["--auto-tls"], &[]).unwrap_err();
-        assert!(e.contains("--auto-tls=true"), "{e}");
+        let e = prep(&["--peer-auto-tls"], &[]).unwrap_err();
+        assert!(e.contains("--peer-auto-tls=true"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
     }
@@ -568,6 +566,7 @@ mod tests {
                 "--log-outputs=stderr",
                 "--logger=zap",
                 "--client-cert-auth=false",
+                "--auto-tls=false",
                 "--peer-trusted-ca-file=/ca.pem",
             ]
         );

@@ -167,6 +167,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let client_ports = bind_all(&config.listen_client_urls, &mut client_addrs).await?;
     let metrics_ports = bind_all(&config.listen_metrics_urls, &mut metrics_addrs).await?;
     fill_bound_ports(&mut config, &client_ports, &peer_ports);
+    if let Some(years) = config.auto_tls {
+        if client_ports.iter().any(|b| crate::tls::is_https(&b.url)) {
+            let hosts = url_hosts(&config.listen_client_urls);
+            let dir = config.data_dir.join("fixtures").join("client");
+            crate::data_dir::prepare(&config.data_dir, config.allow_shared_data_dir)?;
+            let (cert, key) = crate::tls::self_signed(&dir, &hosts, years).map_err(anyhow::Error::msg)?;
+            config.client_tls.cert = Some(cert);
+            config.client_tls.key = Some(key);
+        }
+    }
     let peer_tls: Vec<_> =
         peer_ports.iter().map(|b| tls_for(&b.url, &config.peer_tls, "peer-")).collect::<anyhow::Result<_>>()?;
     let client_tls: Vec<_> =
@@ -486,6 +496,19 @@ fn tls_for(url: &str, files: &crate::tls::TlsFiles, prefix: &str) -> anyhow::Res
         return Ok(None);
     }
     files.server(prefix).map(Some).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The hosts of `urls` (for a self-signed certificate's names), `localhost` always among them.
+fn url_hosts(urls: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = urls
+        .iter()
+        .filter_map(|u| u.parse::<tonic::codegen::http::Uri>().ok())
+        .filter_map(|u| u.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()))
+        .collect();
+    hosts.push("localhost".into());
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// Warn loudly about a port open beyond this machine without TLS.

@@ -193,6 +193,46 @@ impl Policy {
     }
 }
 
+/// `--auto-tls`: a self-signed certificate and key for `hosts` (the client URLs' hosts)
+/// in `dir` (etcd's `<data-dir>/fixtures/client`), valid for `years`; kept and reused on
+/// later starts, as etcd does. Returns the certificate and key paths.
+pub fn self_signed(dir: &Path, hosts: &[String], years: u32) -> Result<(PathBuf, PathBuf), String> {
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let fail = |e: &dyn std::fmt::Display| format!("--auto-tls: {e}");
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| fail(&e))?;
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "cairn");
+    let (y, m, d) = today();
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    params.not_after = rcgen::date_time_ymd(y + years.max(1) as i32, m, d.min(28));
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
+    cairn_store::fsutil::create_private_dir(dir).map_err(|e| fail(&e))?;
+    std::fs::write(&key_path, key.serialize_pem()).map_err(|e| fail(&e))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(|e| fail(&e))?;
+    tracing::info!(cert = %cert_path.display(), ?hosts, "--auto-tls: made a self-signed certificate");
+    Ok((cert_path, key_path))
+}
+
+/// Today's UTC date (the civil-from-days calculation of Howard Hinnant's date algorithms).
+fn today() -> (i32, u8, u8) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
 /// HTTP/2 limits of a listener (etcd's `--max-concurrent-streams`, `--grpc-keepalive-*`).
 #[derive(Debug, Clone, Copy)]
 pub struct Http2Limits {
@@ -243,6 +283,12 @@ pub fn is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn today_is_a_plausible_date() {
+        let (y, m, d) = today();
+        assert!((2024..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d), "{y}-{m}-{d}");
+    }
 
     #[test]
     fn versions_and_suites_as_etcd_checks_them() {

@@ -259,3 +259,34 @@ async fn tls_versions_and_cipher_suites_are_enforced() {
     assert!(curl(&ep, &["--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"]), "the listed suite");
     assert!(!curl(&ep, &["--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"]), "another suite");
 }
+
+/// `--auto-tls`: an https:// client URL without certificate files is served with a
+/// self-signed certificate made at the first start and kept for the next ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_tls_serves_a_self_signed_certificate_it_keeps() {
+    let mut c = Cluster::prepare_tls(1, &["--auto-tls"], false);
+    c.members[0].start();
+    let ep = c.members[0].endpoint();
+    let insecure = ["--insecure-skip-tls-verify".to_string(), "--insecure-transport=false".to_string()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !run(&ep, &insecure, &["put", "k", "auto"]).0 {
+        assert!(std::time::Instant::now() < deadline, "not serving:\n{}", c.members[0].log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cert = c.members[0].data_dir.join("fixtures").join("client").join("cert.pem");
+    let first = std::fs::read(&cert).expect("the certificate is kept in the data directory");
+    // The certificate is its own CA: trusting it works without skipping verification.
+    let trust = [format!("--cacert={}", cert.display())];
+    let (ok, out, err) = run(&ep, &trust, &["get", "k", "--print-value-only"]);
+    assert!(ok && out.trim() == "auto", "{out} {err}");
+    // Plaintext to the TLS port is refused.
+    assert!(!run(&ep, &[], &["get", "k"]).0);
+    c.members[0].kill();
+    c.members[0].start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !run(&ep, &trust, &["get", "k"]).0 {
+        assert!(std::time::Instant::now() < deadline, "not serving after restart:\n{}", c.members[0].log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read(&cert).expect("cert"), first, "the same certificate after a restart");
+}
