@@ -44,20 +44,17 @@ impl TlsFiles {
     }
 
     /// The server side; `prefix` is `""` or `"peer-"` (for messages). Terminated by
-    /// [`crate::conn::tls`] (rustls, ring).
+    /// [`crate::conn::tls`] (rustls, ring). The certificate and key are read again when
+    /// their files change ([`Reloading`]).
     pub fn server(&self, prefix: &str) -> Result<Arc<rustls::ServerConfig>, String> {
         use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use rustls::pki_types::CertificateDer;
         let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
             return Err(format!("an https:// URL needs --{prefix}cert-file and --{prefix}key-file"));
         };
         let bad = |flag: &str, e: &dyn std::fmt::Display| format!("--{prefix}{flag}: {e}");
-        let certs = CertificateDer::pem_slice_iter(&read(&format!("{prefix}cert-file"), cert)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("cert-file", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&format!("{prefix}key-file"), key)?)
-            .map_err(|e| bad("key-file", &e))?;
         let provider = Arc::new(self.policy.provider()?);
+        let resolver = Reloading::new(cert, key, prefix, provider.clone())?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&self.policy.versions())
             .map_err(|e| format!("--tls-min-version / --tls-max-version / --cipher-suites: {e}"))?;
@@ -77,7 +74,7 @@ impl TlsFiles {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut c = builder.with_single_cert(certs, key).map_err(|e| bad("key-file", &e))?;
+        let mut c = builder.with_cert_resolver(Arc::new(resolver));
         // gRPC and the JSON gateway over HTTP/2, the gateway over HTTP/1.1 too.
         c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(c))
@@ -89,6 +86,94 @@ impl TlsFiles {
             self.trusted_ca.as_ref().ok_or_else(|| format!("https:// peer URLs need --{prefix}trusted-ca-file"))?;
         let ca = read(&format!("{prefix}trusted-ca-file"), ca)?;
         Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(self.identity(prefix)?))
+    }
+}
+
+/// A port's certificate and key, read again from their files when they change, so a
+/// rotated certificate is served without a restart (as etcd reads them per handshake). The
+/// files are looked at (two `stat`s) at most once a second; a pair that does not load — a
+/// certificate written before its key, say — leaves the current one in use until it does.
+#[derive(Debug)]
+struct Reloading {
+    cert: PathBuf,
+    key: PathBuf,
+    prefix: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    stamps: Stamps,
+    checked: std::time::Instant,
+}
+
+/// How often the files are looked at, at most.
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Reloading {
+    fn new(
+        cert: &Path,
+        key: &Path,
+        prefix: &str,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, String> {
+        let (cert, key) = (cert.to_path_buf(), key.to_path_buf());
+        let stamps = stamps(&cert, &key);
+        let loaded = load_pair(&cert, &key, prefix, &provider)?;
+        let current = Loaded { key: Arc::new(loaded), stamps, checked: std::time::Instant::now() };
+        Ok(Reloading { cert, key, prefix: prefix.to_string(), provider, current: std::sync::Mutex::new(current) })
+    }
+}
+
+type Stamps = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
+
+/// When the certificate and key files last changed.
+fn stamps(cert: &Path, key: &Path) -> Stamps {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(cert), m(key))
+}
+
+/// A certificate chain and its key from PEM files, checked to belong together.
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+    prefix: &str,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |flag: &str, e: &dyn std::fmt::Display| format!("--{prefix}{flag}: {e}");
+    let certs = CertificateDer::pem_slice_iter(&read(&format!("{prefix}cert-file"), cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("cert-file", &e))?;
+    if certs.is_empty() {
+        return Err(bad("cert-file", &"no certificate in the file"));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(&read(&format!("{prefix}key-file"), key)?).map_err(|e| bad("key-file", &e))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, provider).map_err(|e| bad("key-file", &e))
+}
+
+impl rustls::server::ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.checked.elapsed() >= RELOAD_CHECK {
+            cur.checked = std::time::Instant::now();
+            let stamps = stamps(&self.cert, &self.key);
+            if stamps != cur.stamps {
+                match load_pair(&self.cert, &self.key, &self.prefix, &self.provider) {
+                    Ok(k) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate changed on disk: serving the new one");
+                        cur.key = Arc::new(k);
+                        cur.stamps = stamps;
+                    }
+                    Err(e) => tracing::warn!("TLS certificate changed on disk but does not load yet: {e}"),
+                }
+            }
+        }
+        Some(cur.key.clone())
     }
 }
 

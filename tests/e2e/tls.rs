@@ -22,6 +22,7 @@ impl Pki {
         // One certificate for servers and members (SANs 127.0.0.1 and localhost) and
         // clients (CN = the user name, as etcd maps it).
         p.leaf(&ca, "server", "cairn-member");
+        p.leaf(&ca, "server2", "cairn-member-rotated");
         p.leaf(&ca, "client", "root");
         p.leaf(&ca, "alice", "alice");
         p.leaf(&rogue, "rogue", "root");
@@ -280,7 +281,7 @@ async fn auto_tls_serves_a_self_signed_certificate_it_keeps() {
     let (ok, out, err) = run(&ep, &trust, &["get", "k", "--print-value-only"]);
     assert!(ok && out.trim() == "auto", "{out} {err}");
     // Plaintext to the TLS port is refused.
-    assert!(!run(&ep, &[], &["get", "k"]).0);
+    assert!(!run(&ep, &["--command-timeout=1s".to_string()], &["get", "k"]).0);
     c.members[0].kill();
     c.members[0].start();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -289,4 +290,37 @@ async fn auto_tls_serves_a_self_signed_certificate_it_keeps() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(std::fs::read(&cert).expect("cert"), first, "the same certificate after a restart");
+}
+
+/// A certificate rotated on disk (key and certificate replaced, one after the other) is
+/// served to new connections without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let pki = Pki::new();
+    let c = tls_cluster(&pki, 1, false).await;
+    let ep = c.members[0].endpoint();
+    let served = || {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &ep, "-CAfile", &pki.s("ca.pem")])
+            .args(["-cert", &pki.s("client.pem"), "-key", &pki.s("client-key.pem")])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl (./scripts/test installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = served();
+    assert!(before.contains("cairn-member") && !before.contains("cairn-member-rotated"), "{before}");
+    std::fs::copy(pki.path("server2-key.pem"), pki.path("server-key.pem")).expect("new key");
+    std::fs::copy(pki.path("server2.pem"), pki.path("server.pem")).expect("new certificate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if served().contains("cairn-member-rotated") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still the old certificate:\n{}", c.members[0].log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (ok, _, err) = run(&ep, &pki.etcdctl_flags(Some("client")), &["put", "after", "rotation"]);
+    assert!(ok, "{err}");
+    assert!(c.members[0].log().contains("TLS certificate changed on disk: serving the new one"));
 }
