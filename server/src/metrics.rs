@@ -93,6 +93,11 @@ pub struct Metrics {
     pub sent_bytes: IntCounter,
     has_leader: IntGauge,
     is_leader: IntGauge,
+    is_learner: IntGauge,
+    /// `--quota-backend-bytes` (set once at start).
+    pub quota_backend_bytes: IntGauge,
+    /// Peer traffic (failures and heartbeat round trips), recorded by the Raft network.
+    pub peer: crate::raft::network::PeerMetrics,
     /// Leader changes seen by this member.
     pub leader_changes: IntCounter,
     term: IntGauge,
@@ -202,6 +207,20 @@ impl Metrics {
             ),
             has_leader: gauge!("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
             is_leader: gauge!("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
+            is_learner: gauge!(
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise."
+            ),
+            quota_backend_bytes: gauge!(
+                "etcd_server_quota_backend_bytes",
+                "Current backend storage quota size in bytes."
+            ),
+            peer: {
+                let p = must(crate::raft::network::PeerMetrics::new());
+                reg(Box::new(p.sent_failures.clone()));
+                reg(Box::new(p.round_trip.clone()));
+                p
+            },
             leader_changes: counter!("etcd_server_leader_changes_seen_total", "The number of leader changes seen."),
             term: gauge!("cairn_raft_term", "The current Raft term."),
             last_index: gauge!("cairn_raft_last_log_index", "The index of the last entry in this member's Raft log."),
@@ -299,6 +318,7 @@ impl Metrics {
         let m = replica.raft().metrics().borrow().clone();
         self.has_leader.set(m.current_leader.is_some() as i64);
         self.is_leader.set((m.current_leader == Some(replica.id())) as i64);
+        self.is_learner.set(m.membership_config.membership().learner_ids().any(|l| l == replica.id()) as i64);
         self.term.set(m.current_term as i64);
         self.last_index.set(m.last_log_index.unwrap_or(0) as i64);
         // openraft does not publish the commit index; an entry is applied right after

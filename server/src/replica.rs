@@ -288,6 +288,7 @@ impl Replica {
         // change with every write, and waking this task per write costs the write path.
         let mut m = self.raft.server_metrics();
         let mut leader = None;
+        let mut leaderless = true;
         loop {
             let (term, now) = {
                 let m = m.borrow();
@@ -297,8 +298,15 @@ impl Replica {
             // A new leader id counts (the first one too), a lost one does not.
             if now.is_some() && now != leader {
                 leader_changes.inc();
+                let fmt = |l: Option<u64>| l.map_or_else(|| "none".to_string(), |l| format!("{l:x}"));
+                tracing::info!("leader changed from {} to {} at term {term}", fmt(leader), fmt(now));
                 leader = now;
+            } else if now.is_none() && !leaderless {
+                if let Some(l) = leader {
+                    tracing::warn!("lost the leader {l:x} at term {term}");
+                }
             }
+            leaderless = now.is_none();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = m.changed() => if changed.is_err() { return },

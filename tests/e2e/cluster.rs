@@ -119,3 +119,54 @@ async fn lagging_member_catches_up_by_snapshot() {
     ));
     assert_eq!(v["count"], 10);
 }
+
+/// The value of the series `name{To="<to>"}` in `member`'s /metrics, if it has it.
+async fn labelled(member: &cairn_testing::Member, name: &str, to: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", member.client_url)).await.ok()?.text().await.ok()?;
+    let prefix = format!("{name}{{To=\"{to}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// The series etcd's alert rules read (etcd-mixin: etcdMembersDown,
+/// etcdMemberCommunicationSlow, etcdDatabaseQuotaLowSpace) move as on etcd, and a leader
+/// change is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_etcd_alert_rules_read() {
+    use cairn_api::etcdserverpb::StatusRequest;
+    let mut c = Cluster::start(3, &["--quota-backend-bytes", "3000000"]).await;
+    etcdctl_ok(&c.endpoints(), &["put", "k", "v"]);
+    let l = c.leader().await;
+    let leader = &c.members[l];
+    assert_eq!(leader.metric("etcd_server_quota_backend_bytes").await, Some(3_000_000.0));
+    assert_eq!(leader.metric("etcd_server_is_learner").await, Some(0.0));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let s = c.maintenance(i).await.status(StatusRequest {}).await.expect("status");
+        ids.push(format!("{:x}", s.get_ref().header.as_ref().map_or(0, |h| h.member_id)));
+    }
+    // Heartbeats to both followers are timed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for f in (0..3).filter(|i| *i != l) {
+        loop {
+            let n = labelled(leader, "etcd_network_peer_round_trip_time_seconds_count", &ids[f]).await;
+            if n.is_some_and(|n| n > 0.0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no round trips to {} timed", ids[f]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(leader.log().contains("leader changed from none to"), "{}", leader.log());
+    // A follower dies: the leader counts what it fails to send it.
+    let f = (l + 1) % 3;
+    c.members[f].kill();
+    let leader = &c.members[l];
+    loop {
+        let n = labelled(leader, "etcd_network_peer_sent_failures_total", &ids[f]).await;
+        if n.is_some_and(|n| n > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(10), "no send failures to {} counted", ids[f]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

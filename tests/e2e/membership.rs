@@ -241,6 +241,7 @@ async fn learners_bad_requests_and_move_leader() {
     wait_caught_up(&c, m3).await;
     let st = json(&etcdctl_ok(&c.members[m3].endpoint(), &["endpoint", "status", "-w", "json"]));
     assert_eq!(st[0]["Status"]["isLearner"], true, "{st}");
+    c.members[m3].wait_metric("etcd_server_is_learner", Duration::from_secs(10), |v| v == 1.0).await;
     // A learner serves serializable reads of replicated data.
     etcdctl_ok(&ep, &["put", "seen-by-learner", "yes"]);
     let deadline = Instant::now() + Duration::from_secs(10);

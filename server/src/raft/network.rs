@@ -35,6 +35,40 @@ pub struct Network {
     pub dial: PeerDial,
     /// Last successful exchange with each member.
     pub contacts: Contacts,
+    /// Peer traffic series.
+    pub metrics: PeerMetrics,
+}
+
+/// The peer traffic series etcd's alert rules read (`etcdMembersDown`,
+/// `etcdMemberCommunicationSlow`), labelled with the other member's id in hex as etcd does.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    /// `etcd_network_peer_sent_failures_total{To}`: RPCs to a member that failed.
+    pub sent_failures: prometheus::IntCounterVec,
+    /// `etcd_network_peer_round_trip_time_seconds{To}`: heartbeat round trips (appends
+    /// without entries, so the figure is the network and the peer's scheduling, not disk).
+    pub round_trip: prometheus::HistogramVec,
+}
+
+impl PeerMetrics {
+    /// The series, not registered yet (a member's metrics register them).
+    pub fn new() -> prometheus::Result<Self> {
+        use prometheus::{exponential_buckets, HistogramOpts, Opts};
+        Ok(PeerMetrics {
+            sent_failures: prometheus::IntCounterVec::new(
+                Opts::new("etcd_network_peer_sent_failures_total", "The total number of send failures from peers."),
+                &["To"],
+            )?,
+            round_trip: prometheus::HistogramVec::new(
+                HistogramOpts::new(
+                    "etcd_network_peer_round_trip_time_seconds",
+                    "Round-Trip-Time histogram between peers",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 16)?),
+                &["To"],
+            )?,
+        })
+    }
 }
 
 /// A lazily connected client to one member's peer port.
@@ -43,6 +77,8 @@ pub struct PeerConnection {
     contacts: Contacts,
     target: u64,
     client: Option<PeerClient<Channel>>,
+    sent_failures: prometheus::IntCounter,
+    round_trip: prometheus::Histogram,
 }
 
 /// How this member dials the others.
@@ -92,11 +128,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
+        let to = format!("{target:x}");
         PeerConnection {
             cluster_id: self.cluster_id,
             contacts: self.contacts.clone(),
             target,
             client: peer_channel(node, &self.dial).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
+            sent_failures: self.metrics.sent_failures.with_label_values(&[&to]),
+            round_trip: self.metrics.round_trip.with_label_values(&[&to]),
         }
     }
 }
@@ -105,6 +144,43 @@ type RpcResult<T, E> = Result<T, RPCError<u64, Member, RaftError<u64, E>>>;
 
 impl PeerConnection {
     async fn call<Req, Resp, E>(&mut self, method: &'static str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        self.timed(method, false, req, option).await
+    }
+
+    /// [`PeerConnection::call`], counting a failure and, for a `heartbeat`, the round trip.
+    async fn timed<Req, Resp, E>(
+        &mut self,
+        method: &'static str,
+        heartbeat: bool,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let started = Instant::now();
+        let r = self.exchange(method, req, option).await;
+        match &r {
+            Ok(_) if heartbeat => self.round_trip.observe(started.elapsed().as_secs_f64()),
+            Ok(_) | Err(RPCError::RemoteError(_)) => {}
+            Err(_) => self.sent_failures.inc(),
+        }
+        r
+    }
+
+    async fn exchange<Req, Resp, E>(
+        &mut self,
+        method: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -159,7 +235,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             })
             .map_or(rpc.entries.len(), |i| i.max(1));
         if keep == rpc.entries.len() {
-            return self.call("append", &rpc, &option).await;
+            let heartbeat = rpc.entries.is_empty();
+            return self.timed("append", heartbeat, &rpc, &option).await;
         }
         rpc.entries.truncate(keep);
         let last = rpc.entries.last().map(|e| e.log_id);

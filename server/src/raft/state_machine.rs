@@ -36,6 +36,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
+/// An applied batch slower than this is logged (etcd: "apply request took too long").
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The newest snapshot file and its metadata.
 type CurrentSnapshot = (SnapshotMeta<u64, Member>, PathBuf);
 
@@ -259,6 +262,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let started = std::time::Instant::now();
         let (rev, events, lease_changes, auth_changed) = {
             let mut st = self.write();
             let auth_before = (st.auth.enabled, st.auth.revision);
@@ -287,6 +291,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.hub.revoke(&|user, key, end| st.auth.check(user, key, end, crate::auth::Need::Read).is_ok())
             };
             self.hub.tell_denied(denied);
+        }
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            // etcd's warning (and its --experimental-warning-apply-duration default).
+            tracing::warn!(?took, expected = ?SLOW_APPLY, entries = out.len(), revision = rev, "apply request took too long");
         }
         self.lessor.apply(lease_changes);
         self.hub.notify(rev, events);
