@@ -2,6 +2,7 @@
 //! real `etcdctl` (etcd 3.4, Debian's etcd-client), HTTP clients and the generated gRPC
 //! client. One binary, a module per topic.
 
+mod alerts;
 mod auth;
 mod cluster;
 mod crash;
