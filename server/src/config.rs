@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// The `cairn` server's flags.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cairn", version, about = "Cairn: a distributed, reliable key-value store that speaks etcd's v3 API")]
+#[command(name = "cairn", version = crate::version::describe(), about = "Cairn: a distributed, reliable key-value store that speaks etcd's v3 API")]
 pub struct Flags {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]

@@ -11,4 +11,5 @@ mod etcdctl;
 mod gateway;
 mod harness;
 mod membership;
+mod packaging;
 mod tls;
