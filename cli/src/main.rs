@@ -6,6 +6,7 @@
 
 mod auth;
 mod coord;
+mod mirror;
 mod ops;
 mod output;
 mod txn;
@@ -69,6 +70,15 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How to reach and log in to a cluster.
+struct Creds<'a> {
+    cacert: Option<&'a std::path::Path>,
+    cert: Option<&'a std::path::Path>,
+    key: Option<&'a std::path::Path>,
+    user: Option<&'a str>,
+    password: Option<&'a str>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Get a key or a range of keys.
@@ -107,6 +117,9 @@ enum Cmd {
         #[arg(long)]
         cluster: bool,
     },
+    /// Copy a prefix to another cluster and keep it in sync (etcdctl's make-mirror): every
+    /// key first, then every change as it happens, until interrupted.
+    MakeMirror(mirror::MirrorArgs),
     /// Backup commands: save, status, restore.
     #[command(subcommand)]
     Snapshot(ops::SnapshotCmd),
@@ -508,24 +521,43 @@ impl Cli {
     }
 
     async fn client_to(&self, endpoints: &[String]) -> anyhow::Result<Client> {
+        let creds = Creds {
+            cacert: self.cacert.as_deref(),
+            cert: self.cert.as_deref(),
+            key: self.key.as_deref(),
+            user: self.user.as_deref(),
+            password: self.password.as_deref(),
+        };
+        self.connect(endpoints, &creds, "").await
+    }
+
+    /// A client to `endpoints` with `creds`; `flag` prefixes the flag names in messages
+    /// (`dest-` for make-mirror's destination).
+    async fn connect(&self, endpoints: &[String], creds: &Creds<'_>, flag: &str) -> anyhow::Result<Client> {
         let mut opts = ConnectOptions::default()
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(Some(self.command_timeout));
-        if let Some(ca) = &self.cacert {
-            let pair = self.cert.as_deref().zip(self.key.as_deref());
+        if let Some(ca) = creds.cacert {
+            let pair = creds.cert.zip(creds.key);
             opts = opts.with_tls_files(ca, pair)?;
-        } else if self.cert.is_some() {
-            return Err(BadArgs("--cert needs --cacert (the CA that signed the server's certificate)".into()).into());
+        } else if creds.cert.is_some() {
+            return Err(BadArgs(format!(
+                "--{flag}cert needs --{flag}cacert (the CA that signed the server's certificate)"
+            ))
+            .into());
         }
-        if let Some(user) = &self.user {
-            let (name, password) = match (user.split_once(':'), &self.password) {
+        if let Some(user) = creds.user {
+            let (name, password) = match (user.split_once(':'), creds.password) {
                 (Some((name, password)), None) => (name.to_string(), password.to_string()),
-                (None, Some(password)) => (user.clone(), password.clone()),
+                (None, Some(password)) => (user.to_string(), password.to_string()),
                 (Some(_), Some(_)) => {
-                    return Err(BadArgs("--user has a password and --password is given too".into()).into())
+                    return Err(BadArgs(format!("--{flag}user has a password and --{flag}password is given too")).into())
                 }
                 (None, None) => {
-                    return Err(BadArgs("--user needs a password: --user name:password or --password".into()).into())
+                    return Err(BadArgs(format!(
+                        "--{flag}user needs a password: --{flag}user name:password or --{flag}password"
+                    ))
+                    .into())
                 }
             };
             opts = opts.with_user(name, password);
@@ -597,6 +629,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::MoveLeader { target } => ops::move_leader(&cli, target).await?,
         Cmd::Defrag { cluster } => ops::defrag(&cli, *cluster).await?,
         Cmd::Snapshot(s) => ops::snapshot(&cli, s).await?,
+        Cmd::MakeMirror(m) => mirror::make_mirror(&cli, m).await?,
         Cmd::Endpoint(EndpointCmd::Status { cluster }) => {
             let mut rows = Vec::new();
             let mut failed = Vec::new();

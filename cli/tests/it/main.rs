@@ -420,3 +420,56 @@ async fn auth_user_and_role_commands_match_etcdctl() {
     assert_eq!(ok(&ep, &with_root(&["auth", "disable"])), "Authentication Disabled\n");
     assert_eq!(ok(&ep, &["get", "/app/x", "--print-value-only"]), "1\n");
 }
+
+/// `make-mirror` moves a live prefix from etcd to Cairn and from Cairn to etcd: the keys
+/// there first, then every change as it happens, renamed under `--dest-prefix`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_mirror_moves_a_live_prefix_between_etcd_and_cairn_both_ways() {
+    use cairn_sdk::proto::etcdserverpb::PutRequest;
+    let etcd = Cluster::start_bin(&cairn_testing::etcd_binary(), 1, &[]).await;
+    let cairn = Cluster::start(1, &[]).await;
+    let keys = |ep: &str, prefix: &str| -> Vec<String> {
+        ok(ep, &["get", prefix, "--prefix", "--keys-only"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "make-mirror: {what} did not happen in 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for (dir, src, dst) in [("a", &etcd, &cairn), ("b", &cairn, &etcd)] {
+        // Each direction has its own prefixes (the first one leaves keys on both sides).
+        let (app, copy, other) = (format!("/{dir}app/"), format!("/{dir}copy/"), format!("/{dir}other/"));
+        let (s, d) = (src.endpoints(), dst.endpoints());
+        let mut kv = src.kv(0).await;
+        for n in 0..150 {
+            let put =
+                PutRequest { key: format!("{app}k{n:03}").into(), value: format!("v{n}").into(), ..Default::default() };
+            kv.put(put).await.expect("put");
+        }
+        ok(&s, &["put", &format!("{other}x"), "not mirrored"]);
+        let _mirror = streaming(&s, &["make-mirror", &d, "--prefix", &app, "--dest-prefix", &copy]);
+        wait("the first copy", &|| keys(&d, &copy).len() == 150);
+        assert_eq!(ok(&d, &["get", &format!("{copy}k042"), "--print-value-only"]).trim(), "v42");
+        // Live changes follow: a new key, an update, a delete, a transaction.
+        ok(&s, &["put", &format!("{app}new"), "live"]);
+        ok(&s, &["put", &format!("{app}k001"), "updated"]);
+        ok(&s, &["del", &format!("{app}k000")]);
+        let txn = format!("\nput {app}t1 a\nput {app}t2 b\n\n");
+        let out = cairnctl(&s, &["txn"], Some(&txn));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        wait("the live changes", &|| {
+            let k = keys(&d, &copy);
+            k.contains(&format!("{copy}t2")) && !k.contains(&format!("{copy}k000"))
+        });
+        assert_eq!(ok(&d, &["get", &format!("{copy}new"), "--print-value-only"]).trim(), "live");
+        assert_eq!(ok(&d, &["get", &format!("{copy}k001"), "--print-value-only"]).trim(), "updated");
+        assert_eq!(keys(&d, &copy).len(), 152, "150 - 1 deleted + new + t1 + t2");
+        assert!(keys(&d, &other).is_empty() && keys(&d, &app).is_empty(), "only the prefix, renamed");
+    }
+}
