@@ -131,6 +131,9 @@ pub struct Flags {
     /// CA bundle (PEM) client certificates must chain to.
     #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
+    /// Certificate revocation list (PEM): client certificates it revokes are refused.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
     /// Require a client certificate signed by --trusted-ca-file.
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
@@ -160,6 +163,9 @@ pub struct Flags {
     /// CA bundle (PEM) members' certificates must chain to.
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Certificate revocation list (PEM): peer certificates it revokes are refused.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
     /// Require peers to present a certificate signed by --peer-trusted-ca-file.
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
@@ -392,6 +398,7 @@ impl Config {
                 key: f.key_file,
                 trusted_ca: f.trusted_ca_file,
                 client_cert_auth: f.client_cert_auth,
+                crl: f.client_crl_file.filter(|p| !p.as_os_str().is_empty()),
                 policy: tls_policy.clone(),
             },
             peer_tls: crate::tls::TlsFiles {
@@ -399,6 +406,7 @@ impl Config {
                 key: f.peer_key_file,
                 trusted_ca: f.peer_trusted_ca_file,
                 client_cert_auth: f.peer_client_cert_auth,
+                crl: f.peer_crl_file.filter(|p| !p.as_os_str().is_empty()),
                 policy: tls_policy,
             },
             auth_token: crate::auth::token::TokenKind::parse(&f.auth_token)?,

@@ -20,6 +20,8 @@ pub struct TlsFiles {
     pub trusted_ca: Option<PathBuf>,
     /// Require a trusted client certificate.
     pub client_cert_auth: bool,
+    /// PEM certificate revocation lists: client certificates they revoke are refused.
+    pub crl: Option<PathBuf>,
     /// Protocol versions and cipher suites accepted.
     pub policy: Policy,
 }
@@ -64,10 +66,24 @@ impl TlsFiles {
                 for c in CertificateDer::pem_slice_iter(&read(&format!("{prefix}trusted-ca-file"), ca)?) {
                     roots.add(c.map_err(|e| bad("trusted-ca-file", &e))?).map_err(|e| bad("trusted-ca-file", &e))?;
                 }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let mut verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                if let Some(crl) = &self.crl {
+                    use rustls::pki_types::CertificateRevocationListDer;
+                    let crls = CertificateRevocationListDer::pem_slice_iter(&read(&format!("{prefix}crl-file"), crl)?)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| bad("crl-file", &e))?;
+                    if crls.is_empty() {
+                        return Err(bad("crl-file", &"no certificate revocation list in the file"));
+                    }
+                    verifier = verifier.with_crls(crls);
+                }
                 // Without --client-cert-auth a trusted CA makes certificates optional.
                 let verifier = if self.client_cert_auth { verifier } else { verifier.allow_unauthenticated() };
                 builder.with_client_cert_verifier(verifier.build().map_err(|e| bad("trusted-ca-file", &e))?)
+            }
+            None if self.crl.is_some() => {
+                return Err(format!("--{prefix}crl-file needs --{prefix}trusted-ca-file"));
             }
             None if self.client_cert_auth => {
                 return Err(format!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file"));

@@ -23,6 +23,9 @@ impl Pki {
         // clients (CN = the user name, as etcd maps it).
         p.leaf(&ca, "server", "cairn-member");
         p.leaf(&ca, "server2", "cairn-member-rotated");
+        // A client certificate the CA has revoked (serial 4242), and the CA's CRL.
+        p.leaf_with_serial(&ca, "revoked", "root", Some(4242));
+        p.crl(&ca, 4242);
         p.leaf(&ca, "client", "root");
         p.leaf(&ca, "alice", "alice");
         p.leaf(&rogue, "rogue", "root");
@@ -48,14 +51,38 @@ impl Pki {
     }
 
     fn leaf(&self, ca: &CertifiedIssuer<'static, KeyPair>, name: &str, cn: &str) {
+        self.leaf_with_serial(ca, name, cn, None);
+    }
+
+    fn leaf_with_serial(&self, ca: &CertifiedIssuer<'static, KeyPair>, name: &str, cn: &str, serial: Option<u64>) {
         let key = KeyPair::generate().expect("key");
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, ca).expect("sign");
         std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write");
         std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+    }
+
+    /// `crl.pem`: the CA's revocation list, revoking the certificate with `serial`.
+    fn crl(&self, ca: &CertifiedIssuer<'static, KeyPair>, serial: u64) {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(ca).expect("sign the CRL");
+        std::fs::write(self.path("crl.pem"), crl.pem().expect("PEM")).expect("write");
     }
 
     /// etcdctl's TLS flags for certificate `who` (or none).
@@ -323,4 +350,25 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     let (ok, _, err) = run(&ep, &pki.etcdctl_flags(Some("client")), &["put", "after", "rotation"]);
     assert!(ok, "{err}");
     assert!(c.members[0].log().contains("TLS certificate changed on disk: serving the new one"));
+}
+
+/// `--client-crl-file`: a client certificate the CA revoked is refused; others still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let crl = format!("--client-crl-file={}", pki.s("crl.pem"));
+    let c = tls_cluster_with(&pki, 1, false, &[crl.as_str()]).await;
+    let ep = c.members[0].endpoint();
+    let (ok, _, err) = run(&ep, &pki.etcdctl_flags(Some("client")), &["put", "k", "v"]);
+    assert!(ok, "a valid certificate works: {err}");
+    let mut revoked = pki.etcdctl_flags(Some("revoked"));
+    revoked.push("--dial-timeout=2s".into());
+    revoked.push("--command-timeout=3s".into());
+    let (ok, _, _) = run(&ep, &revoked, &["get", "k"]);
+    assert!(!ok, "the revoked certificate is refused");
+    drop(c);
+    // The same certificate is accepted where no CRL is given: the CRL is what refused it.
+    let c = tls_cluster_with(&pki, 1, false, &[]).await;
+    let (ok, _, err) = run(&c.members[0].endpoint(), &revoked, &["put", "k", "v"]);
+    assert!(ok, "{err}");
 }
