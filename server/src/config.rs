@@ -134,6 +134,9 @@ pub struct Flags {
     /// Certificate revocation list (PEM): client certificates it revokes are refused.
     #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<PathBuf>,
+    /// Client certificates must name this host among their alternative names.
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
     /// Require a client certificate signed by --trusted-ca-file.
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
@@ -166,6 +169,12 @@ pub struct Flags {
     /// Certificate revocation list (PEM): peer certificates it revokes are refused.
     #[arg(long, env = "ETCD_PEER_CRL_FILE")]
     pub peer_crl_file: Option<PathBuf>,
+    /// Peer certificates must carry one of these common names (comma-separated).
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", default_value = "")]
+    pub peer_cert_allowed_cn: String,
+    /// Peer certificates must name this host among their alternative names.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// Require peers to present a certificate signed by --peer-trusted-ca-file.
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
@@ -399,6 +408,8 @@ impl Config {
                 trusted_ca: f.trusted_ca_file,
                 client_cert_auth: f.client_cert_auth,
                 crl: f.client_crl_file.filter(|p| !p.as_os_str().is_empty()),
+                allowed_cn: Vec::new(),
+                allowed_hostname: f.client_cert_allowed_hostname.filter(|h| !h.is_empty()),
                 policy: tls_policy.clone(),
             },
             peer_tls: crate::tls::TlsFiles {
@@ -407,6 +418,8 @@ impl Config {
                 trusted_ca: f.peer_trusted_ca_file,
                 client_cert_auth: f.peer_client_cert_auth,
                 crl: f.peer_crl_file.filter(|p| !p.as_os_str().is_empty()),
+                allowed_cn: split(&f.peer_cert_allowed_cn),
+                allowed_hostname: f.peer_cert_allowed_hostname.filter(|h| !h.is_empty()),
                 policy: tls_policy,
             },
             auth_token: crate::auth::token::TokenKind::parse(&f.auth_token)?,

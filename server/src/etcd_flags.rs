@@ -57,7 +57,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("backend-batch-interval", false, ""),
     ignore("backend-batch-limit", false, "0"),
     ignore("backend-bbolt-freelist-type", false, "map"),
-    refuse("client-cert-allowed-hostname", false, ""),
     refuse("client-cert-file", false, ""),
     refuse("client-key-file", false, ""),
     refuse("cors", false, "*"),
@@ -98,8 +97,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("max-wals", false, "5"),
     ignore("metrics", false, "basic"),
     refuse("peer-auto-tls", true, "false"),
-    refuse("peer-cert-allowed-cn", false, ""),
-    refuse("peer-cert-allowed-hostname", false, ""),
     refuse("peer-client-cert-file", false, ""),
     refuse("peer-client-key-file", false, ""),
     ignore("pre-vote", true, "true"),
@@ -514,8 +511,8 @@ mod tests {
         let p = prep(&["--peer-auto-tls=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
-        let e = prep(&["--peer-cert-allowed-cn=etcd-peer"], &[]).unwrap_err();
-        assert!(e.contains("--peer-cert-allowed-cn=etcd-peer is not supported"), "{e}");
+        let e = prep(&["--discovery-srv=example.com"], &[]).unwrap_err();
+        assert!(e.contains("--discovery-srv=example.com is not supported"), "{e}");
         let e = prep(&["--peer-auto-tls"], &[]).unwrap_err();
         assert!(e.contains("--peer-auto-tls=true"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();

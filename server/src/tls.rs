@@ -22,6 +22,11 @@ pub struct TlsFiles {
     pub client_cert_auth: bool,
     /// PEM certificate revocation lists: client certificates they revoke are refused.
     pub crl: Option<PathBuf>,
+    /// Client certificates must carry one of these common names (`--peer-cert-allowed-cn`).
+    pub allowed_cn: Vec<String>,
+    /// Client certificates must name this host among their DNS or IP subject alternative
+    /// names (`--client-cert-allowed-hostname`, `--peer-cert-allowed-hostname`).
+    pub allowed_hostname: Option<String>,
     /// Protocol versions and cipher suites accepted.
     pub policy: Policy,
 }
@@ -80,7 +85,20 @@ impl TlsFiles {
                 }
                 // Without --client-cert-auth a trusted CA makes certificates optional.
                 let verifier = if self.client_cert_auth { verifier } else { verifier.allow_unauthenticated() };
-                builder.with_client_cert_verifier(verifier.build().map_err(|e| bad("trusted-ca-file", &e))?)
+                let verifier = verifier.build().map_err(|e| bad("trusted-ca-file", &e))?;
+                if self.allowed_cn.is_empty() && self.allowed_hostname.is_none() {
+                    builder.with_client_cert_verifier(verifier)
+                } else {
+                    let allowed = Allowed {
+                        inner: verifier,
+                        cns: self.allowed_cn.clone(),
+                        hostname: self.allowed_hostname.clone(),
+                    };
+                    builder.with_client_cert_verifier(Arc::new(allowed))
+                }
+            }
+            None if !self.allowed_cn.is_empty() || self.allowed_hostname.is_some() => {
+                return Err(format!("--{prefix}cert-allowed-cn/-hostname need --{prefix}trusted-ca-file"));
             }
             None if self.crl.is_some() => {
                 return Err(format!("--{prefix}crl-file needs --{prefix}trusted-ca-file"));
@@ -190,6 +208,97 @@ impl rustls::server::ResolvesServerCert for Reloading {
             }
         }
         Some(cur.key.clone())
+    }
+}
+
+/// A client-certificate verifier that, past the usual chain checks, also wants an allowed
+/// common name or host name in the certificate (etcd's `--peer-cert-allowed-cn`,
+/// `--*-cert-allowed-hostname`).
+#[derive(Debug)]
+struct Allowed {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    cns: Vec<String>,
+    hostname: Option<String>,
+}
+
+/// Whether the DER certificate `der` carries one of `cns` as its common name (if any are
+/// given) and `hostname` among its DNS or IP alternative names (if given).
+fn names_allowed(der: &[u8], cns: &[String], hostname: Option<&str>) -> Result<(), String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    if !cns.is_empty() {
+        let cn = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or_default();
+        if !cns.iter().any(|a| a == cn) {
+            return Err(format!("certificate CN {cn:?} is not allowed"));
+        }
+    }
+    if let Some(host) = hostname {
+        let ip: Option<std::net::IpAddr> = host.parse().ok();
+        let named = cert.subject_alternative_name().ok().flatten().is_some_and(|san| {
+            san.value.general_names.iter().any(|n| match n {
+                GeneralName::DNSName(d) => d.eq_ignore_ascii_case(host),
+                GeneralName::IPAddress(b) => match (ip, b.len()) {
+                    (Some(std::net::IpAddr::V4(v4)), 4) => v4.octets() == **b,
+                    (Some(std::net::IpAddr::V6(v6)), 16) => v6.octets() == **b,
+                    _ => false,
+                },
+                _ => false,
+            })
+        });
+        if !named {
+            return Err(format!("certificate does not name the allowed host {host:?}"));
+        }
+    }
+    Ok(())
+}
+
+impl rustls::server::danger::ClientCertVerifier for Allowed {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        names_allowed(end_entity, &self.cns, self.hostname.as_deref()).map_err(|e| {
+            tracing::warn!("refused a client certificate: {e}");
+            rustls::Error::General(e)
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

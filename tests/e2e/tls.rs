@@ -114,7 +114,7 @@ pub(super) async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster 
 
 /// [`tls_cluster`] with `extra` flags.
 async fn tls_cluster_with(pki: &Pki, n: usize, peer_tls: bool, extra: &[&str]) -> Cluster {
-    let mut flags: Vec<String> = vec![
+    let flags: Vec<String> = vec![
         format!("--cert-file={}", pki.s("server.pem")),
         format!("--key-file={}", pki.s("server-key.pem")),
         format!("--trusted-ca-file={}", pki.s("ca.pem")),
@@ -371,4 +371,58 @@ async fn a_revoked_client_certificate_is_refused() {
     let c = tls_cluster_with(&pki, 1, false, &[]).await;
     let (ok, _, err) = run(&c.members[0].endpoint(), &revoked, &["put", "k", "v"]);
     assert!(ok, "{err}");
+}
+
+/// `--client-cert-allowed-hostname` and `--peer-cert-allowed-cn`: a certificate from the
+/// trusted CA must also carry the allowed name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_names_narrow_which_certificates_get_in() {
+    let pki = Pki::new();
+    let client = pki.etcdctl_flags(Some("client"));
+    // The test certificates name 127.0.0.1 and localhost.
+    let c = tls_cluster_with(&pki, 1, false, &["--client-cert-allowed-hostname=localhost"]).await;
+    let (ok, _, err) = run(&c.members[0].endpoint(), &client, &["put", "k", "v"]);
+    assert!(ok, "{err}");
+    drop(c);
+    let mut pc = Cluster::prepare_tls(1, &[], false);
+    let flags: Vec<String> = vec![
+        format!("--cert-file={}", pki.s("server.pem")),
+        format!("--key-file={}", pki.s("server-key.pem")),
+        format!("--trusted-ca-file={}", pki.s("ca.pem")),
+        "--client-cert-auth".into(),
+        "--client-cert-allowed-hostname=elsewhere.example".into(),
+    ];
+    pc.members[0].add_args(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    pc.members[0].start();
+    let mut refused = client.clone();
+    refused.extend(["--dial-timeout=2s".to_string(), "--command-timeout=3s".to_string()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Serving (the port answers TLS) but refusing this certificate.
+    while !c_log_has(&pc, "refused a client certificate") {
+        let (ok, _, _) = run(&pc.members[0].endpoint(), &refused, &["get", "k"]);
+        assert!(!ok, "a certificate without the allowed host name got in");
+        assert!(std::time::Instant::now() < deadline, "{}", pc.members[0].log());
+    }
+    drop(pc);
+
+    // Peers: the members' certificate has CN cairn-member.
+    let c = tls_cluster_with(&pki, 3, true, &["--peer-cert-allowed-cn=cairn-member"]).await;
+    let (ok, _, err) = run(&c.endpoints(), &client, &["put", "k", "v"]);
+    assert!(ok, "members with the allowed CN form a cluster: {err}");
+    // The client certificate (CN root), from the same CA, is not a peer.
+    let other = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).expect("ca")))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.path("client.pem")).expect("cert"),
+            std::fs::read(pki.path("client-key.pem")).expect("key"),
+        ));
+    let endpoint = tonic::transport::Endpoint::from_shared(c.members[0].peer_url.clone())
+        .expect("url")
+        .tls_config(other)
+        .expect("tls");
+    assert!(peer_refuses(endpoint).await, "a certificate with another CN is refused as a peer");
+}
+
+fn c_log_has(c: &Cluster, text: &str) -> bool {
+    c.members[0].log().contains(text)
 }
