@@ -114,7 +114,7 @@ pub(super) async fn tls_cluster(pki: &Pki, n: usize, peer_tls: bool) -> Cluster 
 
 /// [`tls_cluster`] with `extra` flags.
 async fn tls_cluster_with(pki: &Pki, n: usize, peer_tls: bool, extra: &[&str]) -> Cluster {
-    let flags: Vec<String> = vec![
+    let mut flags: Vec<String> = vec![
         format!("--cert-file={}", pki.s("server.pem")),
         format!("--key-file={}", pki.s("server-key.pem")),
         format!("--trusted-ca-file={}", pki.s("ca.pem")),
