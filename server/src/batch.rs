@@ -291,8 +291,12 @@ async fn read_loop<C: Consensus>(
         let now = raft.standing();
         if let Some(f) = floor {
             // The term before asking: if it is the restored term, so was the read's. Once
-            // the term moved on or the floor is applied, it is dropped for good.
-            if now.term != f.term || now.applied >= f.index {
+            // a newer term began or the floor is applied, it is dropped for good. A term
+            // *below* the floor's is not a newer one: Raft's metrics start at term 0 and
+            // catch up only once its core has read the storage, and a read can arrive
+            // first (found by the chaos suite: a restarted leader answered from its
+            // checkpoint with the floor already dropped).
+            if now.term > f.term || now.term == f.term && now.applied >= f.index {
                 floor = None;
             }
         }
@@ -540,6 +544,20 @@ mod tests {
         assert_eq!(b.read_index().await.unwrap(), 2);
         set(7, 10);
         assert_eq!(b.read_index().await.unwrap(), 3, "dropped for good");
+    }
+
+    #[tokio::test]
+    async fn the_read_floor_holds_before_raft_reports_its_term() {
+        let fake = Fake::default();
+        let set = |term, applied| *fake.standing.lock().unwrap() = Standing { term, applied, ..Default::default() };
+        // Just restarted: Raft's metrics still say term 0, nothing applied.
+        set(0, 0);
+        let (b, _tasks, _stop) = start(&fake, Some(ReadFloor { term: 7, index: 50 }));
+        assert_eq!(b.read_index().await.unwrap(), 50, "the floor holds while the term is unknown");
+        set(7, 10);
+        assert_eq!(b.read_index().await.unwrap(), 50, "and in the restored term");
+        set(7, 50);
+        assert_eq!(b.read_index().await.unwrap(), 3, "until applied");
     }
 
     #[tokio::test]
