@@ -115,6 +115,9 @@ pub struct Flags {
     /// How often revision-mode auto-compaction runs (etcd: 5 minutes).
     #[arg(long, env = "CAIRN_AUTO_COMPACTION_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub auto_compaction_interval: Duration,
+    /// An applied batch slower than this is logged ("apply request took too long").
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub experimental_warning_apply_duration: Duration,
     /// How often the leader compares every member's HashKV (0 = never); a mismatch raises CORRUPT.
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", alias = "corrupt-check-time", default_value = "0s", value_parser = humantime::parse_duration)]
     pub experimental_corrupt_check_time: Duration,
@@ -272,6 +275,8 @@ pub struct Config {
     pub corrupt_check_interval: Duration,
     /// Compare HashKV with the peers before serving clients.
     pub initial_corrupt_check: bool,
+    /// Applied batches slower than this are logged.
+    pub warning_apply_duration: Duration,
     /// Promote caught-up learners automatically.
     pub learner_auto_promote: bool,
     /// Start as a one-member cluster from this member's data.
@@ -396,6 +401,7 @@ impl Config {
             auto_compaction_interval: f.auto_compaction_interval.max(Duration::from_millis(10)),
             corrupt_check_interval: f.experimental_corrupt_check_time,
             initial_corrupt_check: f.experimental_initial_corrupt_check,
+            warning_apply_duration: f.experimental_warning_apply_duration,
             learner_auto_promote: f.experimental_learner_auto_promote,
             force_new_cluster: f.force_new_cluster,
             lease_reads: f.experimental_lease_reads,

@@ -88,7 +88,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("experimental-snapshot-catchup-entries", false, "5000"),
     ignore("experimental-stop-grpc-service-on-defrag", true, "false"),
     ignore("experimental-txn-mode-write-with-shared-buffer", true, "true"),
-    ignore("experimental-warning-apply-duration", false, "100ms"),
     refuse("host-whitelist", false, "*"),
     ignore("initial-election-tick-advance", true, "true"),
     refuse("listen-client-http-urls", false, ""),

@@ -205,7 +205,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let lessor = Arc::new(Lessor::new(config.election_timeout));
     let headers = Headers::new(cluster_id, id);
     let snap_dir = config.data_dir.join("snap");
-    let sm = StateMachine::open(engine.clone(), snap_dir.clone(), config.max_request_bytes, lessor, headers.clone())?;
+    let mut sm =
+        StateMachine::open(engine.clone(), snap_dir.clone(), config.max_request_bytes, lessor, headers.clone())?;
+    sm.slow_apply = config.warning_apply_duration;
     sm.hub.set_max_watchers_per_stream(config.max_watchers_per_stream);
     let contacts = Contacts::default();
     let peer_dial = PeerDial::of(&config)?;

@@ -170,3 +170,16 @@ async fn the_series_etcd_alert_rules_read() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `--experimental-warning-apply-duration`: applied batches slower than it are logged with
+/// etcd's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_applies_are_logged_past_the_configured_duration() {
+    let c = Cluster::start(1, &["--experimental-warning-apply-duration=1ns"]).await;
+    etcdctl_ok(&c.endpoints(), &["put", "k", "v"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.members[0].log().contains("apply request took too long") {
+        assert!(Instant::now() < deadline, "{}", c.members[0].log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -36,8 +36,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
-/// An applied batch slower than this is logged (etcd: "apply request took too long").
-const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+/// An applied batch slower than this is logged by default (etcd: "apply request took too
+/// long", and its default).
+pub const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The newest snapshot file and its metadata.
 type CurrentSnapshot = (SnapshotMeta<u64, Member>, PathBuf);
@@ -59,6 +60,8 @@ pub struct StateMachine {
     /// The newest snapshot openraft built (or installed): the position a dump it is sent
     /// must reach.
     marker: Arc<Mutex<Option<SnapshotMeta<u64, Member>>>>,
+    /// An applied batch slower than this is logged (`--experimental-warning-apply-duration`).
+    pub slow_apply: std::time::Duration,
 }
 
 /// Create the snapshot directory, or empty it of Raft snapshot files left by an earlier run:
@@ -115,6 +118,7 @@ impl StateMachine {
             snap_dir,
             current: Arc::new(Mutex::new(None)),
             marker: Arc::new(Mutex::new(None)),
+            slow_apply: SLOW_APPLY,
         })
     }
 
@@ -293,9 +297,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.hub.tell_denied(denied);
         }
         let took = started.elapsed();
-        if took > SLOW_APPLY {
-            // etcd's warning (and its --experimental-warning-apply-duration default).
-            tracing::warn!(?took, expected = ?SLOW_APPLY, entries = out.len(), revision = rev, "apply request took too long");
+        if took > self.slow_apply {
+            // etcd's warning.
+            tracing::warn!(?took, expected = ?self.slow_apply, entries = out.len(), revision = rev, "apply request took too long");
         }
         self.lessor.apply(lease_changes);
         self.hub.notify(rev, events);
