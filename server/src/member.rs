@@ -212,7 +212,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let contacts = Contacts::default();
     let peer_dial = PeerDial::of(&config)?;
     let network =
-        Network { cluster_id, contacts: contacts.clone(), dial: peer_dial.clone(), metrics: metrics.peer.clone() };
+        Network { cluster_id, contacts: contacts.clone(), dial: peer_dial.clone(), metrics: metrics.peer.clone(), id };
     metrics.quota_backend_bytes.set(config.quota_backend_bytes as i64);
     if config.force_new_cluster {
         let mut peer_urls = config.advertise_peer_urls.clone();
@@ -236,6 +236,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
         for (b, tls) in peer_ports.into_iter().zip(peer_tls) {
             warn_if_exposed(&b.url, tls.is_some(), "peer");
             let service = PeerService::new(replica.clone(), layers.leases.clone(), layers.membership.clone())
+                .received_failures(layers.metrics.peer.received_failures.clone())
                 .quiet_until(quiet_until);
             tasks.spawn(crate::peer::serve(service, b.listener, tls, config.http2, shutdown.clone()));
         }

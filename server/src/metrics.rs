@@ -219,6 +219,7 @@ impl Metrics {
                 let p = must(crate::raft::network::PeerMetrics::new());
                 reg(Box::new(p.sent_failures.clone()));
                 reg(Box::new(p.round_trip.clone()));
+                reg(Box::new(p.received_failures.clone()));
                 p
             },
             leader_changes: counter!("etcd_server_leader_changes_seen_total", "The number of leader changes seen."),

@@ -29,12 +29,19 @@ pub struct PeerService {
     membership: Arc<Membership>,
     /// Votes are refused until then (a restart with lease reads: `member::quiet_start`).
     quiet_until: Option<Instant>,
+    /// Counts Raft messages that could not be taken, by sender.
+    received_failures: Option<prometheus::IntCounterVec>,
 }
 
 impl PeerService {
     /// The peer service over these layers.
     pub fn new(replica: Arc<Replica>, leases: Arc<Leases>, membership: Arc<Membership>) -> PeerService {
-        PeerService { replica, leases, membership, quiet_until: None }
+        PeerService { replica, leases, membership, quiet_until: None, received_failures: None }
+    }
+
+    /// Count Raft messages that cannot be taken in `failures` (label `From`).
+    pub fn received_failures(self, failures: prometheus::IntCounterVec) -> PeerService {
+        PeerService { received_failures: Some(failures), ..self }
     }
 
     /// Refuse every vote until `until`.
@@ -89,12 +96,24 @@ impl PeerService {
     }
 
     fn payload<T: serde::de::DeserializeOwned>(&self, p: &RaftPayload) -> Result<T, Status> {
-        self.check(p.cluster_id, Some(p.target))?;
-        decode(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        let taken = self.check(p.cluster_id, Some(p.target)).and_then(|_| {
+            decode(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        });
+        if taken.is_err() {
+            if let Some(f) = &self.received_failures {
+                f.with_label_values(&[&format!("{:x}", p.from)]).inc();
+            }
+        }
+        taken
     }
 
     fn reply<T: serde::Serialize>(&self, v: &T) -> Response<RaftPayload> {
-        Response::new(RaftPayload { cluster_id: self.replica.cluster_id(), target: 0, data: encode(v) })
+        Response::new(RaftPayload {
+            cluster_id: self.replica.cluster_id(),
+            target: 0,
+            data: encode(v),
+            from: self.replica.id(),
+        })
     }
 }
 

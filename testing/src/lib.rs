@@ -80,6 +80,11 @@ impl Member {
         rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string()
     }
 
+    /// The member's whole `/metrics` text, if it is up.
+    pub async fn metrics_text(&self) -> Option<String> {
+        reqwest::get(format!("{}/metrics", self.client_url)).await.ok()?.text().await.ok()
+    }
+
     /// The value of a metric (without labels) from the member's `/metrics`, if it is up
     /// and has it.
     pub async fn metric(&self, name: &str) -> Option<f64> {

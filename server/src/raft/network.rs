@@ -37,6 +37,8 @@ pub struct Network {
     pub contacts: Contacts,
     /// Peer traffic series.
     pub metrics: PeerMetrics,
+    /// This member's id, stamped on every message as its sender.
+    pub id: u64,
 }
 
 /// The peer traffic series etcd's alert rules read (`etcdMembersDown`,
@@ -48,6 +50,9 @@ pub struct PeerMetrics {
     /// `etcd_network_peer_round_trip_time_seconds{To}`: heartbeat round trips (appends
     /// without entries, so the figure is the network and the peer's scheduling, not disk).
     pub round_trip: prometheus::HistogramVec,
+    /// `etcd_network_peer_received_failures_total{From}`: Raft messages from a member that
+    /// this one could not take (another cluster, another target, undecodable).
+    pub received_failures: prometheus::IntCounterVec,
 }
 
 impl PeerMetrics {
@@ -67,6 +72,13 @@ impl PeerMetrics {
                 .buckets(exponential_buckets(0.0001, 2.0, 16)?),
                 &["To"],
             )?,
+            received_failures: prometheus::IntCounterVec::new(
+                Opts::new(
+                    "etcd_network_peer_received_failures_total",
+                    "The total number of receive failures from peers.",
+                ),
+                &["From"],
+            )?,
         })
     }
 }
@@ -74,6 +86,7 @@ impl PeerMetrics {
 /// A lazily connected client to one member's peer port.
 pub struct PeerConnection {
     cluster_id: u64,
+    from: u64,
     contacts: Contacts,
     target: u64,
     client: Option<PeerClient<Channel>>,
@@ -131,6 +144,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let to = format!("{target:x}");
         PeerConnection {
             cluster_id: self.cluster_id,
+            from: self.id,
             contacts: self.contacts.clone(),
             target,
             client: peer_channel(node, &self.dial).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
@@ -191,8 +205,12 @@ impl PeerConnection {
                 "member has no usable peer URL",
             ))));
         };
-        let mut request =
-            tonic::Request::new(RaftPayload { cluster_id: self.cluster_id, target: self.target, data: encode(req) });
+        let mut request = tonic::Request::new(RaftPayload {
+            cluster_id: self.cluster_id,
+            target: self.target,
+            data: encode(req),
+            from: self.from,
+        });
         request.set_timeout(option.hard_ttl());
         let fut = match method {
             "append" => client.append_entries(request).await,

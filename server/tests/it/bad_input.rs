@@ -90,8 +90,10 @@ async fn garbage_bytes_and_foreign_peers_do_not_hurt() {
     }
     // A peer of another cluster (wrong cluster id) is refused without touching Raft.
     let mut peer = PeerClient::connect(c.members[0].peer_url.clone()).await.expect("peer connect");
-    let e =
-        peer.append_entries(RaftPayload { cluster_id: 42, target: 1, data: vec![1, 2, 3] }).await.expect_err("foreign");
+    let e = peer
+        .append_entries(RaftPayload { cluster_id: 42, target: 1, data: vec![1, 2, 3], from: 7 })
+        .await
+        .expect_err("foreign");
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("cluster ID mismatch"), "{}", e.message());
     let e = peer
@@ -110,8 +112,15 @@ async fn garbage_bytes_and_foreign_peers_do_not_hurt() {
             .into_inner();
     let cluster_id = status.header.as_ref().map_or(0, |h| h.cluster_id);
     let member_id = status.header.as_ref().map_or(0, |h| h.member_id);
-    let e = peer.vote(RaftPayload { cluster_id, target: member_id, data: vec![0xff; 3] }).await.expect_err("garbage");
+    let garbage = RaftPayload { cluster_id, target: member_id, data: vec![0xff; 3], from: 0x4d2 };
+    let e = peer.vote(garbage).await.expect_err("garbage");
     assert_eq!(e.code(), Code::InvalidArgument);
+    // Both counted as receive failures, by sender (etcd's series, labelled as etcd does).
+    let text = c.members[0].metrics_text().await.expect("metrics");
+    for from in ["7", "4d2"] {
+        let line = format!("etcd_network_peer_received_failures_total{{From=\"{from}\"}} 1");
+        assert!(text.contains(&line), "no {line} in:\n{text}");
+    }
     // Still serving, nothing lost.
     assert_eq!(etcdctl_ok(&ep, &["get", "before", "--print-value-only"]), "1\n");
     etcdctl_ok(&ep, &["put", "after", "2"]);
