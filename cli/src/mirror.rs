@@ -10,7 +10,7 @@
 //! compaction that overtakes the watch ends the command with an error.
 
 use crate::{get_paged, BadArgs, Cli, Creds};
-use cairn_sdk::{GetOptions, Txn, TxnOp, WatchOptions};
+use cairn_sdk::{prefix_end, GetOptions, Txn, TxnOp, WatchOptions};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,18 +50,6 @@ pub struct MirrorArgs {
     /// Password for --dest-user.
     #[arg(long)]
     dest_password: Option<String>,
-}
-
-/// The first key after every key that starts with `prefix` (etcd's prefix range end).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 pub async fn make_mirror(cli: &Cli, a: &MirrorArgs) -> anyhow::Result<()> {
@@ -145,17 +133,4 @@ pub async fn make_mirror(cli: &Cli, a: &MirrorArgs) -> anyhow::Result<()> {
     .await;
     ticker.abort();
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_ends_as_etcd() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b""), vec![0]);
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-    }
 }

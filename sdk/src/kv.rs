@@ -573,6 +573,8 @@ mod tests {
         assert_eq!(prefix_end(b"abc"), b"abd");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b"a/"), b"a0");
+        assert_eq!(prefix_end(b""), vec![0]);
         let all = GetOptions::new().with_prefix().request(Vec::new());
         assert_eq!((all.key, all.range_end), (vec![0], vec![0]));
     }

@@ -461,37 +461,20 @@ mod tests {
 
     #[test]
     fn a_kubeadm_command_line_comes_through() {
-        let p = prep(
-            &[
-                "--advertise-client-urls=https://127.0.0.1:2379",
-                "--client-cert-auth=true",
-                "--data-dir=/var/lib/etcd",
-                "--experimental-initial-corrupt-check=true",
-                "--experimental-watch-progress-notify-interval=5s",
-                "--logger=zap",
-                "--log-outputs=stderr",
-                "--name=node-1",
-                "--peer-client-cert-auth=true",
-                "--snapshot-count=10000",
-            ],
-            &[],
-        )
-        .expect("prepared");
-        assert_eq!(
-            args(&p),
-            [
-                "--advertise-client-urls=https://127.0.0.1:2379",
-                "--client-cert-auth=true",
-                "--data-dir=/var/lib/etcd",
-                "--experimental-initial-corrupt-check=true",
-                "--experimental-watch-progress-notify-interval=5s",
-                "--logger=zap",
-                "--log-outputs=stderr",
-                "--name=node-1",
-                "--peer-client-cert-auth=true",
-                "--snapshot-count=10000",
-            ]
-        );
+        let line = [
+            "--advertise-client-urls=https://127.0.0.1:2379",
+            "--client-cert-auth=true",
+            "--data-dir=/var/lib/etcd",
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-watch-progress-notify-interval=5s",
+            "--logger=zap",
+            "--log-outputs=stderr",
+            "--name=node-1",
+            "--peer-client-cert-auth=true",
+            "--snapshot-count=10000",
+        ];
+        let p = prep(&line, &[]).expect("prepared");
+        assert_eq!(args(&p), line);
         assert_eq!(p.warning, None, "every flag kubeadm passes is Cairn's");
     }
 

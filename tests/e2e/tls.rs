@@ -229,22 +229,24 @@ async fn three_members_over_peer_tls_refuse_a_rogue_peer() {
     assert!(c.members.iter().all(|m| m.peer_url.starts_with("https://")));
 
     // A peer with a certificate from another CA cannot talk to a member's peer port.
-    let rogue = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).expect("ca")))
-        .identity(tonic::transport::Identity::from_pem(
-            std::fs::read(pki.path("rogue.pem")).expect("cert"),
-            std::fs::read(pki.path("rogue-key.pem")).expect("key"),
-        ));
-    let endpoint = tonic::transport::Endpoint::from_shared(c.members[0].peer_url.clone())
-        .expect("url")
-        .tls_config(rogue)
-        .expect("tls");
+    let endpoint = peer_endpoint_as(&pki, &c.members[0].peer_url, "rogue");
     assert!(peer_refuses(endpoint).await, "a rogue peer certificate is refused");
     // Plaintext to the TLS peer port, too.
     let plain = c.members[0].peer_url.replace("https://", "http://");
     assert!(peer_refuses(tonic::transport::Endpoint::from_shared(plain).expect("url")).await, "plaintext refused");
     let (ok, _, err) = run(&ep, &client, &["put", "after", "rogue"]);
     assert!(ok, "the cluster keeps serving: {err}");
+}
+
+/// A dial to the peer port at `url` that trusts the test CA and presents certificate `who`.
+fn peer_endpoint_as(pki: &Pki, url: &str, who: &str) -> tonic::transport::Endpoint {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).expect("ca")))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.path(&format!("{who}.pem"))).expect("cert"),
+            std::fs::read(pki.path(&format!("{who}-key.pem"))).expect("key"),
+        ));
+    tonic::transport::Endpoint::from_shared(url.to_string()).expect("url").tls_config(tls).expect("tls")
 }
 
 /// Whether a member's peer port refuses a caller dialling `endpoint` (at the handshake or
@@ -410,16 +412,7 @@ async fn allowed_names_narrow_which_certificates_get_in() {
     let (ok, _, err) = run(&c.endpoints(), &client, &["put", "k", "v"]);
     assert!(ok, "members with the allowed CN form a cluster: {err}");
     // The client certificate (CN root), from the same CA, is not a peer.
-    let other = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).expect("ca")))
-        .identity(tonic::transport::Identity::from_pem(
-            std::fs::read(pki.path("client.pem")).expect("cert"),
-            std::fs::read(pki.path("client-key.pem")).expect("key"),
-        ));
-    let endpoint = tonic::transport::Endpoint::from_shared(c.members[0].peer_url.clone())
-        .expect("url")
-        .tls_config(other)
-        .expect("tls");
+    let endpoint = peer_endpoint_as(&pki, &c.members[0].peer_url, "client");
     assert!(peer_refuses(endpoint).await, "a certificate with another CN is refused as a peer");
 }
 

@@ -109,16 +109,20 @@ impl LogStore {
     /// Append `entries` and make them durable at once — for changes made before Raft
     /// starts (`--force-new-cluster`); Raft itself appends through [`RaftLogStorage`].
     pub fn append_now(&self, entries: &[Entry<TypeConfig>]) -> anyhow::Result<()> {
-        let records: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
-        let files = {
-            let mut wal = self.wal();
-            wal.append(&records)?;
-            wal.sync_handles()
-        };
-        for f in files {
-            f.sync_data()?;
-        }
+        let files = self.write(entries.iter())?;
+        files.iter().try_for_each(|f| f.sync_data())?;
         Ok(())
+    }
+
+    /// Write `entries` to the WAL; the files to sync to make them durable.
+    fn write<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a Entry<TypeConfig>>,
+    ) -> Result<Vec<Arc<std::fs::File>>, cairn_store::StoreError> {
+        let records: Vec<(u64, Vec<u8>)> = entries.map(|e| (e.log_id.index, encode(e))).collect();
+        let mut wal = self.wal();
+        wal.append(&records)?;
+        Ok(wal.sync_handles())
     }
 
     fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
@@ -198,12 +202,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
-        let files = {
-            let mut wal = self.wal();
-            wal.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
-            wal.sync_handles()
-        };
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let files = self.write(entries.iter()).map_err(|e| log_err(ErrorVerb::Write, e))?;
         let timer = self.fsync.start_timer();
         let synced = files.iter().try_for_each(|f| f.sync_data());
         timer.observe_duration();

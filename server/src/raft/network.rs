@@ -157,17 +157,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 type RpcResult<T, E> = Result<T, RPCError<u64, Member, RaftError<u64, E>>>;
 
 impl PeerConnection {
-    async fn call<Req, Resp, E>(&mut self, method: &'static str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        self.timed(method, false, req, option).await
-    }
-
-    /// [`PeerConnection::call`], counting a failure and, for a `heartbeat`, the round trip.
-    async fn timed<Req, Resp, E>(
+    /// One Raft RPC to the target, counting a failure and, for a `heartbeat`, the round trip.
+    async fn call<Req, Resp, E>(
         &mut self,
         method: &'static str,
         heartbeat: bool,
@@ -254,11 +245,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             .map_or(rpc.entries.len(), |i| i.max(1));
         if keep == rpc.entries.len() {
             let heartbeat = rpc.entries.is_empty();
-            return self.timed("append", heartbeat, &rpc, &option).await;
+            return self.call("append", heartbeat, &rpc, &option).await;
         }
         rpc.entries.truncate(keep);
         let last = rpc.entries.last().map(|e| e.log_id);
-        match self.call("append", &rpc, &option).await? {
+        match self.call("append", false, &rpc, &option).await? {
             AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
             other => Ok(other),
         }
@@ -269,7 +260,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call("snapshot", &rpc, &option).await
+        self.call("snapshot", false, &rpc, &option).await
     }
 
     async fn vote(
@@ -277,6 +268,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.call("vote", &rpc, &option).await
+        self.call("vote", false, &rpc, &option).await
     }
 }
