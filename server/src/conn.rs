@@ -3,8 +3,10 @@
 //! the HTTP/2 frames after TLS. Knows nothing of what is served on them.
 //!
 //! The ping policy follows grpc-go's server: a PING from the client sooner than the minimum
-//! time after its previous one, with no request (HEADERS or DATA) in between, is a strike;
-//! the third strike closes the connection ("too many pings").
+//! time after its previous one, with no HEADERS or DATA frame in between in either direction,
+//! is a strike; the third strike closes the connection ("too many pings"). Frames the server
+//! sends count as grpc-go counts them: a Go client sends BDP pings while it receives a large
+//! response, and those must not cost it the connection.
 
 use std::io;
 use std::pin::Pin;
@@ -43,24 +45,15 @@ enum Scan {
     Off,
 }
 
-/// The client ping policy of one connection.
+/// Finds the frame boundaries in one direction of an HTTP/2 connection.
 #[derive(Debug)]
-struct PingPolicy {
-    min_time: Duration,
+struct Frames {
     scan: Scan,
-    last_ping: Option<Instant>,
-    /// A request frame arrived since the last ping.
-    active: bool,
-    strikes: u32,
 }
 
-impl PingPolicy {
-    fn new(min_time: Duration) -> Self {
-        PingPolicy { min_time, scan: Scan::Preface(0), last_ping: None, active: false, strikes: 0 }
-    }
-
-    /// Look at bytes the client sent; an error when it pinged too often.
-    fn feed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+impl Frames {
+    /// Scan `bytes`, calling `frame(type, flags)` at each frame header.
+    fn feed(&mut self, mut bytes: &[u8], frame: &mut dyn FnMut(u8, u8) -> io::Result<()>) -> io::Result<()> {
         while !bytes.is_empty() {
             match &mut self.scan {
                 Scan::Off => return Ok(()),
@@ -84,7 +77,7 @@ impl PingPolicy {
                     if *have == FRAME_HEADER {
                         let head = *head;
                         let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-                        self.frame(head[3], head[4])?;
+                        frame(head[3], head[4])?;
                         self.scan = if len == 0 { Scan::Header([0; FRAME_HEADER], 0) } else { Scan::Payload(len) };
                     }
                 }
@@ -100,31 +93,77 @@ impl PingPolicy {
         }
         Ok(())
     }
+}
 
-    fn frame(&mut self, kind: u8, flags: u8) -> io::Result<()> {
-        match kind {
-            DATA | HEADERS => {
-                self.active = true;
-                self.strikes = 0;
-            }
-            PING if flags & ACK == 0 => {
-                let now = Instant::now();
-                if self.last_ping.is_some_and(|last| now.duration_since(last) < self.min_time) && !self.active {
-                    self.strikes += 1;
-                    if self.strikes > MAX_STRIKES {
-                        tracing::warn!(
-                            min_time = ?self.min_time,
-                            "closing a connection whose client pings too often (--grpc-keepalive-min-time)"
-                        );
-                        return Err(io::Error::other("too_many_pings"));
-                    }
-                }
-                self.last_ping = Some(now);
-                self.active = false;
-            }
-            _ => {}
+/// The client ping policy of one connection.
+#[derive(Debug)]
+struct PingPolicy {
+    min_time: Duration,
+    /// What the client sends (from its preface on).
+    incoming: Frames,
+    /// What the server sends (frames from the first byte).
+    outgoing: Frames,
+    last_ping: Option<Instant>,
+    /// A HEADERS or DATA frame went either way since the last ping.
+    active: bool,
+    strikes: u32,
+}
+
+impl PingPolicy {
+    fn new(min_time: Duration) -> Self {
+        PingPolicy {
+            min_time,
+            incoming: Frames { scan: Scan::Preface(0) },
+            outgoing: Frames { scan: Scan::Header([0; FRAME_HEADER], 0) },
+            last_ping: None,
+            active: false,
+            strikes: 0,
         }
-        Ok(())
+    }
+
+    /// Look at bytes the client sent; an error when it pinged too often.
+    fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Self { incoming, min_time, last_ping, active, strikes, .. } = self;
+        incoming.feed(bytes, &mut |kind, flags| {
+            match kind {
+                DATA | HEADERS => {
+                    *active = true;
+                    *strikes = 0;
+                }
+                PING if flags & ACK == 0 => {
+                    let now = Instant::now();
+                    if last_ping.is_some_and(|last| now.duration_since(last) < *min_time) && !*active {
+                        *strikes += 1;
+                        if *strikes > MAX_STRIKES {
+                            tracing::warn!(
+                                min_time = ?min_time,
+                                "closing a connection whose client pings too often (--grpc-keepalive-min-time)"
+                            );
+                            return Err(io::Error::other("too_many_pings"));
+                        }
+                    }
+                    *last_ping = Some(now);
+                    *active = false;
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+
+    /// Look at bytes the server sent (a response's HEADERS or DATA excuses the next ping).
+    fn sent(&mut self, bytes: &[u8]) {
+        if matches!(self.incoming.scan, Scan::Off) {
+            return;
+        }
+        let Self { outgoing, active, strikes, .. } = self;
+        let _ = outgoing.feed(bytes, &mut |kind, _| {
+            if kind == DATA || kind == HEADERS {
+                *active = true;
+                *strikes = 0;
+            }
+            Ok(())
+        });
     }
 }
 
@@ -155,7 +194,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Accepted<IO> {
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Accepted<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.policy.sent(&buf[..n]);
+        }
+        written
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
@@ -168,7 +212,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Accepted<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = written {
+            for b in bufs {
+                let part = n.min(b.len());
+                this.policy.sent(&b[..part]);
+                n -= part;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        written
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -254,6 +310,28 @@ mod tests {
         p.feed(&ping).expect("strike 1");
         p.feed(&ping).expect("strike 2");
         assert!(p.feed(&ping).is_err(), "strike 3 closes the connection");
+    }
+
+    #[test]
+    fn pings_while_the_server_sends_a_response_are_no_strikes() {
+        // A Go client sends a BDP ping for each burst of a large response it receives.
+        let mut p = PingPolicy::new(Duration::from_secs(5));
+        p.feed(PREFACE).expect("preface");
+        p.feed(&frame(HEADERS, 0x4, &[0; 20])).expect("request");
+        let ping = frame(PING, 0, &[1; 8]);
+        p.sent(&frame(0x4, 0, &[])); // SETTINGS: not a response
+        for _ in 0..20 {
+            // The server's DATA frame, written in two pieces (its header split too).
+            let data = frame(DATA, 0, &[9; 100]);
+            p.sent(&data[..5]);
+            p.sent(&data[5..]);
+            p.feed(&ping).expect("a ping after response data");
+            p.sent(&frame(PING, ACK, &[1; 8])); // its ack excuses nothing
+        }
+        // Once the response is over, pinging too often is struck again.
+        p.feed(&ping).expect("strike 1");
+        p.feed(&ping).expect("strike 2");
+        assert!(p.feed(&ping).is_err(), "strike 3");
     }
 
     #[test]

@@ -256,15 +256,13 @@ impl Replica {
         // Unlinked at once: the open file is all that is needed, and nothing is left behind.
         let _ = std::fs::remove_file(&path);
         let (view, rev) = self.with_state(|st| (self.engine.frozen_view(), st.mvcc.current_revision()));
-        let mut out = std::io::BufWriter::new(&mut file);
         let size = match view? {
-            Some(v) => cairn_store::backup::write(v.as_ref(), &mut out)?,
+            Some(v) => cairn_store::backup::write(v.as_ref(), &mut file)?,
             // No frozen view (sled): hold applies back while the backup is written.
             None => self.with_state(|_| {
-                cairn_store::backup::write(&cairn_store::engine::Live(self.engine.as_ref()), &mut out)
+                cairn_store::backup::write(&cairn_store::engine::Live(self.engine.as_ref()), &mut file)
             })?,
         };
-        out.into_inner().map_err(|e| internal(e.into_error()))?;
         file.rewind().map_err(internal)?;
         Ok((file, size, rev))
     }

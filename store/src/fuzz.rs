@@ -51,6 +51,18 @@ pub fn backup_scan(data: &[u8]) {
     }
 }
 
+/// bbolt databases (etcd's backend): `data` opened, every bucket walked and imported.
+pub fn bbolt_read(data: &[u8]) {
+    let Ok(dir) = Scratch::new() else { return };
+    let path = dir.0.join("db");
+    if std::fs::write(&path, data).is_ok() {
+        if let Ok(r) = crate::bbolt::Reader::open(&path) {
+            let _ = crate::etcd_db::status(&r);
+            let _ = crate::etcd_db::import(&r, &mut |_, _, _| Ok(()));
+        }
+    }
+}
+
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 

@@ -12,8 +12,10 @@
 //! This crate is synchronous and knows nothing of Raft, tokio or gRPC.
 
 pub mod backup;
+pub mod bbolt;
 pub mod engine;
 pub mod error;
+pub mod etcd_db;
 pub mod fsutil;
 pub mod fuzz;
 pub mod ids;

@@ -23,8 +23,10 @@ use prost::Message;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-const KIND_PUT: u8 = 0;
-const KIND_DELETE: u8 = 1;
+/// The first byte of a `Kv` value: a put.
+pub(crate) const KIND_PUT: u8 = 0;
+/// The first byte of a `Kv` value: a delete (tombstone).
+pub(crate) const KIND_DELETE: u8 = 1;
 /// `Meta` key of the current revision.
 pub const META_CURRENT_REV: &[u8] = b"current_rev";
 /// `Meta` key of the compacted revision.
@@ -32,6 +34,14 @@ pub const META_COMPACT_REV: &[u8] = b"compact_rev";
 /// Meta-table keys under this prefix hold users, roles and auth settings (the server's
 /// auth state); they belong to the data, so a backup restore keeps them.
 pub const META_AUTH_PREFIX: &[u8] = b"auth/";
+/// Whether auth is on: one byte, 1 or 0.
+pub const META_AUTH_ENABLED: &[u8] = b"auth/enabled";
+/// The auth revision: a big-endian u64.
+pub const META_AUTH_REVISION: &[u8] = b"auth/revision";
+/// Users (`cairnpb.AuthUser`) by name after this prefix.
+pub const META_AUTH_USER_PREFIX: &[u8] = b"auth/user/";
+/// Roles (`authpb.Role`) by name after this prefix.
+pub const META_AUTH_ROLE_PREFIX: &[u8] = b"auth/role/";
 
 /// Tells the store whether a lease id exists (the lessor lives above the store).
 pub type LeaseCheck<'a> = &'a dyn Fn(i64) -> bool;

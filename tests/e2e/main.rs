@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod crash;
 mod etcd_flags;
+mod etcd_snapshots;
 mod etcdctl;
 mod gateway;
 mod harness;

@@ -10,11 +10,11 @@ use cairn_store::{Engine, StoreError, Table};
 use prost::Message;
 use std::collections::BTreeMap;
 
-// Every key starts with `cairn_store::mvcc::META_AUTH_PREFIX` (a backup restore keeps them).
-pub(super) const KEY_ENABLED: &[u8] = b"auth/enabled";
-pub(super) const KEY_REVISION: &[u8] = b"auth/revision";
-pub(super) const USER_PREFIX: &[u8] = b"auth/user/";
-pub(super) const ROLE_PREFIX: &[u8] = b"auth/role/";
+// The store defines the keys (a backup carries them to and from etcd's auth buckets).
+pub(super) use cairn_store::mvcc::{
+    META_AUTH_ENABLED as KEY_ENABLED, META_AUTH_REVISION as KEY_REVISION, META_AUTH_ROLE_PREFIX as ROLE_PREFIX,
+    META_AUTH_USER_PREFIX as USER_PREFIX,
+};
 
 /// Users, roles and whether auth is on: the replicated part of auth.
 #[derive(Debug, Default)]

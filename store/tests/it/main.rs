@@ -25,8 +25,12 @@ pub fn fresh_mvcc(kind: EngineKind) -> (tempfile::TempDir, Mvcc) {
 #[test]
 fn the_fuzz_corpus_and_past_crashes_replay_cleanly() {
     use cairn_store::fuzz;
-    let targets: [(&str, fuzz::Target); 3] =
-        [("wal_open", fuzz::wal_open), ("snapshot_read", fuzz::snapshot_read), ("backup_scan", fuzz::backup_scan)];
+    let targets: [(&str, fuzz::Target); 4] = [
+        ("wal_open", fuzz::wal_open),
+        ("snapshot_read", fuzz::snapshot_read),
+        ("backup_scan", fuzz::backup_scan),
+        ("bbolt_read", fuzz::bbolt_read),
+    ];
     for (name, run) in targets {
         let n = fuzz::replay(name, run);
         assert!(n >= 5, "fuzz/corpus/{name} holds {n} inputs: run scripts/fuzz to make it");
