@@ -181,6 +181,17 @@ pub struct Flags {
     /// Require peers to present a certificate signed by --peer-trusted-ca-file.
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
+    /// Certificate (PEM) presented when calling other members, if not --peer-cert-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_FILE", requires = "peer_client_key_file")]
+    pub peer_client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "ETCD_PEER_CLIENT_KEY_FILE", requires = "peer_client_cert_file")]
+    pub peer_client_key_file: Option<PathBuf>,
+    /// Serve https:// peer URLs with a self-signed certificate made at first start (kept in
+    /// ${data-dir}/fixtures/peer) when no --peer-cert-file/--peer-key-file are given; as
+    /// etcd, members then encrypt their links but do not verify each other's certificates.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
     /// Refuse writes that add data (NOSPACE) while the data directory's file system has
     /// less free space than this (Cairn's; a full disk must not stop the member).
     #[arg(long, env = "CAIRN_MIN_FREE_DISK_BYTES", default_value_t = 160 << 20)]
@@ -292,6 +303,9 @@ pub struct Config {
     pub auto_tls: Option<u32>,
     /// Peer port TLS.
     pub peer_tls: crate::tls::TlsFiles,
+    /// `--peer-auto-tls`: years of validity of a self-signed peer certificate to make when
+    /// https:// peer URLs have no certificate files.
+    pub peer_auto_tls: Option<u32>,
     /// Auth token kind (`--auth-token`).
     pub auth_token: crate::auth::token::TokenKind,
     /// How long an unused simple token lives.
@@ -408,6 +422,8 @@ impl Config {
             min_free_disk_bytes: f.min_free_disk_bytes,
             auto_tls: (f.auto_tls && f.cert_file.is_none() && f.key_file.is_none())
                 .then_some(f.self_signed_cert_validity),
+            peer_auto_tls: (f.peer_auto_tls && f.peer_cert_file.is_none() && f.peer_key_file.is_none())
+                .then_some(f.self_signed_cert_validity),
             client_tls: crate::tls::TlsFiles {
                 cert: f.cert_file,
                 key: f.key_file,
@@ -417,6 +433,8 @@ impl Config {
                 allowed_cn: Vec::new(),
                 allowed_hostname: f.client_cert_allowed_hostname.filter(|h| !h.is_empty()),
                 policy: tls_policy.clone(),
+                client_cert: None,
+                self_signed: false,
             },
             peer_tls: crate::tls::TlsFiles {
                 cert: f.peer_cert_file,
@@ -427,6 +445,8 @@ impl Config {
                 allowed_cn: split(&f.peer_cert_allowed_cn),
                 allowed_hostname: f.peer_cert_allowed_hostname.filter(|h| !h.is_empty()),
                 policy: tls_policy,
+                client_cert: f.peer_client_cert_file.zip(f.peer_client_key_file),
+                self_signed: false,
             },
             auth_token: crate::auth::token::TokenKind::parse(&f.auth_token)?,
             auth_token_ttl: Duration::from_secs(f.auth_token_ttl.max(1)),
@@ -445,7 +465,7 @@ impl Config {
         if c.listen_client_urls.iter().any(|u| crate::tls::is_https(u)) && c.auto_tls.is_none() {
             c.client_tls.server("")?;
         }
-        if crate::tls::peer_tls_needed(&c) {
+        if crate::tls::peer_tls_needed(&c) && c.peer_auto_tls.is_none() {
             c.peer_tls.server("peer-")?;
             c.peer_tls.client("peer-")?;
         }

@@ -95,9 +95,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("max-snapshots", false, "5"),
     ignore("max-wals", false, "5"),
     ignore("metrics", false, "basic"),
-    refuse("peer-auto-tls", true, "false"),
-    refuse("peer-client-cert-file", false, ""),
-    refuse("peer-client-key-file", false, ""),
     ignore("pre-vote", true, "true"),
     refuse("proxy", false, "off"),
     ignore("proxy-dial-timeout", false, "1000"),
@@ -490,13 +487,13 @@ mod tests {
 
     #[test]
     fn defaults_pass_quietly_and_unsafe_ones_are_refused() {
-        let p = prep(&["--peer-auto-tls=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
+        let p = prep(&["--unsafe-no-fsync=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
         let e = prep(&["--discovery-srv=example.com"], &[]).unwrap_err();
         assert!(e.contains("--discovery-srv=example.com is not supported"), "{e}");
-        let e = prep(&["--peer-auto-tls"], &[]).unwrap_err();
-        assert!(e.contains("--peer-auto-tls=true"), "{e}");
+        let e = prep(&["--cors=http://a.example"], &[]).unwrap_err();
+        assert!(e.contains("--cors=http://a.example"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
     }

@@ -177,6 +177,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
             config.client_tls.key = Some(key);
         }
     }
+    if let Some(years) = config.peer_auto_tls {
+        if crate::tls::peer_tls_needed(&config) {
+            let hosts = url_hosts(&config.listen_peer_urls);
+            let dir = config.data_dir.join("fixtures").join("peer");
+            crate::data_dir::prepare(&config.data_dir, config.allow_shared_data_dir)?;
+            let (cert, key) = crate::tls::self_signed(&dir, &hosts, years).map_err(anyhow::Error::msg)?;
+            config.peer_tls.cert = Some(cert);
+            config.peer_tls.key = Some(key);
+            config.peer_tls.self_signed = true;
+        }
+    }
     let peer_tls: Vec<_> =
         peer_ports.iter().map(|b| tls_for(&b.url, &config.peer_tls, "peer-")).collect::<anyhow::Result<_>>()?;
     let client_tls: Vec<_> =

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// One side's TLS files.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +28,12 @@ pub struct TlsFiles {
     pub allowed_hostname: Option<String>,
     /// Protocol versions and cipher suites accepted.
     pub policy: Policy,
+    /// The certificate the member presents when it calls others (`--peer-client-cert-file`,
+    /// `--peer-client-key-file`); `cert`/`key` when unset.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `cert`/`key` are self-signed (`--peer-auto-tls`): as etcd, the other side's
+    /// certificate is not verified when calling it — the link is encrypted, not authenticated.
+    pub self_signed: bool,
 }
 
 fn read(flag: &str, p: &Path) -> Result<Vec<u8>, String> {
@@ -39,15 +44,6 @@ impl TlsFiles {
     /// Whether a certificate and key are configured.
     pub fn is_set(&self) -> bool {
         self.cert.is_some() && self.key.is_some()
-    }
-
-    fn identity(&self, prefix: &str) -> Result<Identity, String> {
-        match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => {
-                Ok(Identity::from_pem(read(&format!("{prefix}cert-file"), c)?, read(&format!("{prefix}key-file"), k)?))
-            }
-            _ => Err(format!("an https:// URL needs --{prefix}cert-file and --{prefix}key-file")),
-        }
     }
 
     /// The server side; `prefix` is `""` or `"peer-"` (for messages). Terminated by
@@ -114,12 +110,77 @@ impl TlsFiles {
         Ok(Arc::new(c))
     }
 
-    /// The client side (members calling each other): trust the CA, present our certificate.
-    pub fn client(&self, prefix: &str) -> Result<ClientTlsConfig, String> {
-        let ca =
-            self.trusted_ca.as_ref().ok_or_else(|| format!("https:// peer URLs need --{prefix}trusted-ca-file"))?;
-        let ca = read(&format!("{prefix}trusted-ca-file"), ca)?;
-        Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(self.identity(prefix)?))
+    /// The client side (members calling each other): trust the CA (or, with self-signed
+    /// certificates, accept any: etcd's `--peer-auto-tls`), present our certificate — read
+    /// again when its files change, as the server side.
+    pub fn client(&self, prefix: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let (cert, key) = match (&self.client_cert, &self.cert, &self.key) {
+            (Some((c, k)), _, _) | (None, Some(c), Some(k)) => (c, k),
+            _ => return Err(format!("https:// peer URLs need --{prefix}cert-file and --{prefix}key-file")),
+        };
+        let provider = Arc::new(self.policy.provider()?);
+        let resolver = Reloading::new(cert, key, prefix, provider.clone())?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&self.policy.versions())
+            .map_err(|e| format!("--tls-min-version / --tls-max-version / --cipher-suites: {e}"))?;
+        let builder = if self.self_signed && self.trusted_ca.is_none() {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        } else {
+            let ca =
+                self.trusted_ca.as_ref().ok_or_else(|| format!("https:// peer URLs need --{prefix}trusted-ca-file"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&read(&format!("{prefix}trusted-ca-file"), ca)?) {
+                let bad = |e: &dyn std::fmt::Display| format!("--{prefix}trusted-ca-file: {e}");
+                roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            builder.with_root_certificates(roots)
+        };
+        let mut c = builder.with_client_cert_resolver(Arc::new(resolver));
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(c))
+    }
+}
+
+/// Accepts whatever certificate a peer presents, still checking that it signed the
+/// handshake with that certificate's key: `--peer-auto-tls`, where every member's
+/// certificate is self-signed (etcd does the same).
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -190,8 +251,9 @@ fn load_pair(
     rustls::sign::CertifiedKey::from_der(certs, key, provider).map_err(|e| bad("key-file", &e))
 }
 
-impl rustls::server::ResolvesServerCert for Reloading {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+impl Reloading {
+    /// The certificate and key, read again if their files changed (looked at once a second).
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if cur.checked.elapsed() >= RELOAD_CHECK {
             cur.checked = std::time::Instant::now();
@@ -199,7 +261,7 @@ impl rustls::server::ResolvesServerCert for Reloading {
             if stamps != cur.stamps {
                 match load_pair(&self.cert, &self.key, &self.prefix, &self.provider) {
                     Ok(k) => {
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate changed on disk: serving the new one");
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate changed on disk: using the new one");
                         cur.key = Arc::new(k);
                         cur.stamps = stamps;
                     }
@@ -207,7 +269,27 @@ impl rustls::server::ResolvesServerCert for Reloading {
                 }
             }
         }
-        Some(cur.key.clone())
+        cur.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Reloading {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -411,7 +493,7 @@ pub fn self_signed(dir: &Path, hosts: &[String], years: u32) -> Result<(PathBuf,
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    let fail = |e: &dyn std::fmt::Display| format!("--auto-tls: {e}");
+    let fail = |e: &dyn std::fmt::Display| format!("self-signed certificate in {}: {e}", dir.display());
     let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
     let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(|e| fail(&e))?;
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "cairn");
@@ -424,7 +506,7 @@ pub fn self_signed(dir: &Path, hosts: &[String], years: u32) -> Result<(PathBuf,
     cairn_store::fsutil::create_private_dir(dir).map_err(|e| fail(&e))?;
     std::fs::write(&key_path, key.serialize_pem()).map_err(|e| fail(&e))?;
     std::fs::write(&cert_path, cert.pem()).map_err(|e| fail(&e))?;
-    tracing::info!(cert = %cert_path.display(), ?hosts, "--auto-tls: made a self-signed certificate");
+    tracing::info!(cert = %cert_path.display(), ?hosts, "made a self-signed certificate (--auto-tls / --peer-auto-tls)");
     Ok((cert_path, key_path))
 }
 

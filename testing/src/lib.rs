@@ -337,6 +337,11 @@ impl Cluster {
         e.connect().await
     }
 
+    /// Like [`Cluster::prepare`], with https:// peer URLs (client URLs stay plain).
+    pub fn prepare_peer_tls(n: usize, extra: &[&str]) -> Cluster {
+        Self::prepare_schemes(&cairn_binary(), n, extra, "http", "https")
+    }
+
     fn prepare_schemes(bin: &Path, n: usize, extra: &[&str], client: &str, peer: &str) -> Cluster {
         Self::prepare_on(bin, n, extra, client, peer, &vec!["127.0.0.1".to_string(); n], &|u| u.to_string())
     }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 /// The most entry bytes sent in one AppendEntries (at least one entry is always sent).
 const MAX_APPEND_BYTES: usize = 1 << 20;
@@ -98,7 +98,7 @@ pub struct PeerConnection {
 #[derive(Debug, Clone, Default)]
 pub struct PeerDial {
     /// TLS for https:// peer URLs.
-    pub tls: Option<ClientTlsConfig>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The source address of outgoing peer connections: the member's own peer listen
     /// address when that is a loopback one, so members sharing a machine on 127.0.0.x
     /// addresses can be told apart by their packets (a test can then partition them with
@@ -127,13 +127,55 @@ impl PeerDial {
 /// Open a lazy channel to the first usable peer URL (over TLS with `tls` for https://).
 pub fn peer_channel(member: &Member, dial: &PeerDial) -> Option<Channel> {
     member.peer_urls.iter().find_map(|u| {
-        let e = Endpoint::from_shared(u.clone()).ok()?.local_address(dial.source);
-        let e = match (crate::tls::is_https(u), &dial.tls) {
-            (true, Some(t)) => e.tls_config(t.clone()).ok()?,
-            (true, None) => return None,
-            (false, _) => e,
-        };
-        Some(e.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
+        if !crate::tls::is_https(u) {
+            let e = Endpoint::from_shared(u.clone()).ok()?.local_address(dial.source);
+            return Some(e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy());
+        }
+        // TLS of our own making (rustls with the member's verifier and a client certificate
+        // read again when it changes), so tonic sees a plain connection to an http:// URI.
+        let tls = dial.tls.clone()?;
+        let plain = format!("http://{}", u.strip_prefix("https://")?);
+        let e = Endpoint::from_shared(plain).ok()?;
+        Some(e.connect_with_connector_lazy(tls_connector(tls, dial.source)))
+    })
+}
+
+/// How long a peer connection may take to open (TCP; the TLS handshake has as long again).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Connects to the URI's host and port from `source` (if set), with Nagle off, and runs
+/// the TLS handshake with `tls`.
+fn tls_connector(
+    tls: Arc<rustls::ClientConfig>,
+    source: Option<std::net::IpAddr>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let bad =
+                |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("peer URL {uri}: {why}"));
+            let host = uri.host().ok_or_else(|| bad("no host"))?.trim_matches(['[', ']']).to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let addr = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or_else(|| bad("no address"))?;
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {uri}"));
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await.map_err(|_| timed_out())??;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(host).map_err(|_| bad("not a host name"))?;
+            let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake).await.map_err(|_| timed_out())??;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
     })
 }
 
