@@ -37,6 +37,13 @@ pub struct Flags {
     /// [default: ${name}=${initial-advertise-peer-urls}].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Bootstrap from the DNS SRV records of this domain instead of --initial-cluster
+    /// (`_etcd-server-ssl._tcp.<domain>` for https://, `_etcd-server._tcp.<domain>` for http://).
+    #[arg(long, env = "ETCD_DISCOVERY_SRV", conflicts_with = "initial_cluster")]
+    pub discovery_srv: Option<String>,
+    /// Suffix of the SRV service names: `_etcd-server[-ssl]-<name>._tcp.<domain>`.
+    #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
+    pub discovery_srv_name: String,
     /// Initial cluster state: `new` (bootstrap) or `existing` (join a running cluster).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
@@ -250,6 +257,9 @@ pub struct Config {
     pub new_cluster: bool,
     /// Cluster token.
     pub cluster_token: String,
+    /// `--discovery-srv` and `--discovery-srv-name`: the initial cluster comes from DNS at
+    /// start ([`crate::discovery`]).
+    pub discovery_srv: Option<(String, String)>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout.
@@ -397,6 +407,7 @@ impl Config {
             initial_cluster,
             new_cluster,
             cluster_token: f.initial_cluster_token,
+            discovery_srv: f.discovery_srv.filter(|d| !d.is_empty()).map(|d| (d, f.discovery_srv_name)),
             heartbeat: Duration::from_millis(f.heartbeat_interval),
             election_timeout: Duration::from_millis(f.election_timeout),
             snapshot_count: f.snapshot_count.max(1),

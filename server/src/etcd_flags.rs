@@ -63,8 +63,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     refuse("discovery", false, ""),
     ignore("discovery-fallback", false, "proxy"),
     ignore("discovery-proxy", false, ""),
-    refuse("discovery-srv", false, ""),
-    ignore("discovery-srv-name", false, ""),
     ignore("enable-grpc-gateway", true, "true"),
     ignore("enable-log-rotation", true, "false"),
     ignore("enable-pprof", true, "false"),
@@ -490,8 +488,8 @@ mod tests {
         let p = prep(&["--unsafe-no-fsync=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
-        let e = prep(&["--discovery-srv=example.com"], &[]).unwrap_err();
-        assert!(e.contains("--discovery-srv=example.com is not supported"), "{e}");
+        let e = prep(&["--discovery=https://discovery.etcd.io/x"], &[]).unwrap_err();
+        assert!(e.contains("--discovery=https://discovery.etcd.io/x is not supported"), "{e}");
         let e = prep(&["--cors=http://a.example"], &[]).unwrap_err();
         assert!(e.contains("--cors=http://a.example"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();

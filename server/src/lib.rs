@@ -2,7 +2,8 @@
 //!
 //! Layers, each importing only those below it (docs/ARCHITECTURE.md draws the graph):
 //!
-//! 1. foundations: [`error`], [`config`] (with [`etcd_flags`], [`logging`]), [`tls`], [`conn`], [`data_dir`], [`version`];
+//! 1. foundations: [`error`], [`config`] (with [`etcd_flags`], [`logging`]), [`tls`], [`conn`], [`data_dir`],
+//!    [`discovery`] (the initial cluster from DNS SRV), [`version`];
 //! 2. replicated state: [`state`], [`auth`] (state, apply), [`lease`] (the lessor),
 //!    [`watch`] (the hub), [`apply`];
 //! 3. consensus: [`raft`] (log store, state machine, network), [`batch`];
@@ -24,6 +25,7 @@ pub(crate) mod batch;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod data_dir;
+pub(crate) mod discovery;
 pub(crate) mod error;
 pub mod etcd_flags;
 pub mod fuzz;

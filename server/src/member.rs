@@ -193,6 +193,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let client_tls: Vec<_> =
         client_ports.iter().map(|b| tls_for(&b.url, &config.client_tls, "")).collect::<anyhow::Result<_>>()?;
 
+    if let Some((domain, service)) = config.discovery_srv.clone() {
+        config.initial_cluster =
+            crate::discovery::srv_cluster(&domain, &service, &config.name, &config.advertise_peer_urls).await?;
+        // Every member knows this one by its URLs in DNS; its id comes from them too.
+        if let Some(mine) = config.initial_cluster.get(&config.name) {
+            config.advertise_peer_urls.clone_from(mine);
+        }
+    }
+
     // 2. Storage and Raft.
     let initial: BTreeMap<u64, Member> = config
         .initial_cluster

@@ -148,7 +148,7 @@ impl Membership {
                 }
                 let salt = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
+                    .map_or(1, |d| d.as_secs())
                     .max(1);
                 member_id = ids::member_id(&r.peer_ur_ls, &self.cluster_token, salt);
                 if nodes.contains_key(&member_id) {

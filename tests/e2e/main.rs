@@ -6,6 +6,7 @@ mod alerts;
 mod auth;
 mod cluster;
 mod crash;
+mod discovery;
 mod etcd_flags;
 mod etcd_snapshots;
 mod etcdctl;

@@ -1,0 +1,181 @@
+//! `--discovery-srv` against a real DNS server: dnsmasq serves `_etcd-server._tcp` SRV
+//! records inside a network namespace this test makes (with its own /etc/resolv.conf,
+//! through `ip netns exec`), and three Cairn members bootstrap from them. The member and
+//! cluster ids are the ones etcd 3.5.1 computes from the same records (the store's
+//! `ids::tests::the_ids_real_etcd_gives`).
+
+use super::harness::json;
+use cairn_testing::cairn_binary;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A network namespace with loopback up and a resolv.conf naming 127.0.0.1; removed (with
+/// everything started in it) on drop.
+struct Netns {
+    name: String,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("cairn-dns-{}-{n}", std::process::id());
+        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+        assert!(
+            ok(Command::new("ip").args(["netns", "add", &name])),
+            "cannot create a network namespace (needs root and iproute2; CI runs ./scripts/test as root)"
+        );
+        let ns = Netns { name, children: Vec::new(), dir: tempfile::tempdir().expect("tempdir") };
+        assert!(ok(ns.command("ip").args(["link", "set", "lo", "up"])), "loopback up in {}", ns.name);
+        let etc = format!("/etc/netns/{}", ns.name);
+        std::fs::create_dir_all(&etc).expect("/etc/netns");
+        std::fs::write(format!("{etc}/resolv.conf"), "nameserver 127.0.0.1\n").expect("resolv.conf");
+        ns
+    }
+
+    /// `program` run inside the namespace.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Start `cmd` (from [`Netns::command`]), its output in `<dir>/<log>`.
+    fn spawn(&mut self, mut cmd: Command, log: &str) {
+        let out = std::fs::File::create(self.dir.path().join(log)).expect("log");
+        let child = cmd.stdout(Stdio::null()).stderr(out).spawn().expect("spawn in the namespace");
+        self.children.push(child);
+    }
+
+    fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(log)).unwrap_or_default()
+    }
+
+    /// The real etcdctl inside the namespace.
+    fn etcdctl(&self, endpoint: &str, args: &[&str]) -> std::process::Output {
+        self.command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(["--dial-timeout=2s", "--command-timeout=5s"])
+            .args(args)
+            .output()
+            .expect("etcdctl")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+    }
+}
+
+/// Client and peer ports of member `i` (the namespace is the test's own, so fixed ports
+/// collide with nothing).
+fn ports(i: usize) -> (u16, u16) {
+    (2379 + 10_000 * i as u16, 2380 + 10_000 * i as u16)
+}
+
+fn start_member(ns: &mut Netns, i: usize, name: &str, advertise_host: &str) {
+    let (client, peer) = ports(i);
+    let data = ns.dir.path().join(name);
+    let mut cmd = ns.command(cairn_binary());
+    cmd.args(["--name", name, "--data-dir"]).arg(&data).args([
+        "--discovery-srv=cairn.test",
+        &format!("--initial-advertise-peer-urls=http://{advertise_host}:{peer}"),
+        &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        &format!("--listen-client-urls=http://127.0.0.1:{client}"),
+        &format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+    ]);
+    ns.spawn(cmd, &format!("{name}.log"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_bootstrap_from_dns_srv_records() {
+    let mut ns = Netns::new();
+    let mut dns = ns.command("dnsmasq");
+    dns.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--user=root"]);
+    dns.args(["--listen-address=127.0.0.1", "--bind-interfaces", "--port=53"]);
+    for i in 0..3 {
+        let host = format!("m{}.cairn.test", i + 1);
+        dns.arg(format!("--srv-host=_etcd-server._tcp.cairn.test,{host},{}", ports(i).1));
+        dns.arg(format!("--host-record={host},127.0.0.1"));
+    }
+    // A host in DNS but in no SRV record: a member advertising it is not in the cluster.
+    dns.arg("--host-record=stray.cairn.test,127.0.0.2");
+    ns.spawn(dns, "dnsmasq.log");
+    // m2 advertises its IP address rather than its DNS name: DNS names it all the same.
+    for (i, host) in ["m1.cairn.test", "127.0.0.1", "m3.cairn.test"].iter().enumerate() {
+        start_member(&mut ns, i, &format!("m{}", i + 1), host);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let out = ns.etcdctl("127.0.0.1:2379", &["member", "list", "-w", "json"]);
+        if out.status.success() {
+            let list = json(&String::from_utf8_lossy(&out.stdout));
+            // Until a member publishes its name, the others know it by its SRV record's number.
+            let named = list["members"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["name"].as_str().is_some_and(|n| n.starts_with('m'))).count());
+            if named == 3 {
+                break list;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 3-member cluster from DNS:\n{}\n{}",
+            ns.log("m1.log"),
+            ns.log("dnsmasq.log")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut members: Vec<(String, String, u64)> = list["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            let url = m["peerURLs"][0].as_str().unwrap_or_default().to_string();
+            (m["name"].as_str().unwrap_or_default().to_string(), url, m["ID"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    members.sort();
+    let want = [
+        ("m1", "http://m1.cairn.test:2380", 0x001a_c4d2_483e_be4e),
+        ("m2", "http://m2.cairn.test:12380", 0xe1b3_e5fa_7180_aaae),
+        ("m3", "http://m3.cairn.test:22380", 0xe56b_9a5a_9efc_2d89),
+    ];
+    let want: Vec<(String, String, u64)> = want.iter().map(|(n, u, id)| (n.to_string(), u.to_string(), *id)).collect();
+    assert_eq!(members, want, "names, peer URLs from DNS and etcd's member ids");
+    assert_eq!(list["header"]["cluster_id"].as_u64(), Some(0xe419_78f6_3b3b_4db8), "etcd's cluster id");
+
+    // The cluster works: a write on one member is read on another.
+    let put = ns.etcdctl("127.0.0.1:2379", &["put", "found", "by-dns"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let got = ns.etcdctl("127.0.0.1:22379", &["get", "found", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "by-dns");
+
+    // A member whose address is in no SRV record refuses to start, saying why.
+    let data = ns.dir.path().join("stray");
+    let out = ns
+        .command(cairn_binary())
+        .args(["--name", "stray", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--discovery-srv=cairn.test",
+            "--initial-advertise-peer-urls=http://stray.cairn.test:2380",
+            "--listen-peer-urls=http://127.0.0.2:2380",
+            "--listen-client-urls=http://127.0.0.2:2379",
+            "--advertise-client-urls=http://127.0.0.2:2379",
+        ])
+        .output()
+        .expect("cairn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot find local member \"stray\""), "{err}");
+}
