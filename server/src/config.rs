@@ -37,6 +37,12 @@ pub struct Flags {
     /// [default: ${name}=${initial-advertise-peer-urls}].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Origins that get CORS headers from the HTTP gateway (comma-separated; `*`: all).
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+    /// Host names plain-HTTP requests may name (comma-separated; `*`: all); others get 421.
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
     /// Bootstrap from the DNS SRV records of this domain instead of --initial-cluster
     /// (`_etcd-server-ssl._tcp.<domain>` for https://, `_etcd-server._tcp.<domain>` for http://).
     #[arg(long, env = "ETCD_DISCOVERY_SRV", conflicts_with = "initial_cluster")]
@@ -243,6 +249,10 @@ pub struct Config {
     pub http2: crate::tls::Http2Limits,
     /// Watchers one watch stream may hold.
     pub max_watchers_per_stream: usize,
+    /// `--cors` (the HTTP gateway's allowed origins, as given).
+    pub cors: String,
+    /// `--host-whitelist` (the Host names plain-HTTP requests may name, as given).
+    pub host_whitelist: String,
     /// Client listen URLs.
     pub listen_client_urls: Vec<String>,
     /// Advertised client URLs.
@@ -399,6 +409,8 @@ impl Config {
                 keepalive_min_time: f.grpc_keepalive_min_time,
             },
             max_watchers_per_stream: f.max_watchers_per_stream.max(1),
+            cors: f.cors.clone(),
+            host_whitelist: f.host_whitelist.clone(),
             name: f.name,
             listen_client_urls: split(&f.listen_client_urls),
             advertise_client_urls: split(&f.advertise_client_urls),

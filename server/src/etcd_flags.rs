@@ -57,9 +57,8 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("backend-batch-interval", false, ""),
     ignore("backend-batch-limit", false, "0"),
     ignore("backend-bbolt-freelist-type", false, "map"),
-    refuse("client-cert-file", false, ""),
-    refuse("client-key-file", false, ""),
-    refuse("cors", false, "*"),
+    ignore("client-cert-file", false, ""),
+    ignore("client-key-file", false, ""),
     refuse("discovery", false, ""),
     ignore("discovery-fallback", false, "proxy"),
     ignore("discovery-proxy", false, ""),
@@ -86,7 +85,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("experimental-snapshot-catchup-entries", false, "5000"),
     ignore("experimental-stop-grpc-service-on-defrag", true, "false"),
     ignore("experimental-txn-mode-write-with-shared-buffer", true, "true"),
-    refuse("host-whitelist", false, "*"),
     ignore("initial-election-tick-advance", true, "true"),
     refuse("listen-client-http-urls", false, ""),
     ignore("log-rotation-config-json", false, ""),
@@ -485,13 +483,13 @@ mod tests {
 
     #[test]
     fn defaults_pass_quietly_and_unsafe_ones_are_refused() {
-        let p = prep(&["--unsafe-no-fsync=false", "--cors=*", "--pre-vote"], &[]).expect("ok");
+        let p = prep(&["--unsafe-no-fsync=false", "--proxy=off", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
         let e = prep(&["--discovery=https://discovery.etcd.io/x"], &[]).unwrap_err();
         assert!(e.contains("--discovery=https://discovery.etcd.io/x is not supported"), "{e}");
-        let e = prep(&["--cors=http://a.example"], &[]).unwrap_err();
-        assert!(e.contains("--cors=http://a.example"), "{e}");
+        let e = prep(&["--proxy=on"], &[]).unwrap_err();
+        assert!(e.contains("--proxy=on"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
     }

@@ -281,6 +281,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
                 serving.clone(),
                 b.listener,
                 tls,
+                crate::gateway::access::Access::new(&config.cors, &config.host_whitelist),
             );
             tasks.spawn(port);
         }

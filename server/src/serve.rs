@@ -152,6 +152,7 @@ pub async fn client_port(
     serving: Serving,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    access: crate::gateway::access::Access,
 ) {
     use tower::ServiceExt;
     let services = Services::new(&ctx);
@@ -162,7 +163,7 @@ pub async fn client_port(
         metrics: metrics.clone(),
         shutdown: ctx.shutdown.clone(),
     };
-    let http = crate::gateway::router(gateway, &services, observed);
+    let http = crate::gateway::router(gateway, &services, observed, access);
     let replica = ctx.replica.clone();
     let by_content_type = tower::service_fn(move |req: HttpRequest| {
         let (grpc, http, metrics, replica) = (grpc.clone(), http.clone(), metrics.clone(), replica.clone());

@@ -10,6 +10,7 @@
 //! grpc-gateway's HTTP status for the gRPC code. The `Authorization` header is passed
 //! on as the `token` the auth layer reads.
 
+pub mod access;
 pub mod frames;
 pub mod observe;
 
@@ -427,15 +428,6 @@ impl Gateway {
     }
 }
 
-/// CORS headers on every gateway response, as etcd sends them (browsers may call it).
-async fn cors(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
-    h.insert("access-control-allow-headers", HeaderValue::from_static("accept, content-type, authorization"));
-    r
-}
-
 /// A JSON 404 for paths nobody serves.
 pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, Code::NotFound, "Not Found")
@@ -461,7 +453,7 @@ struct Caller {
 }
 
 /// The gateway's routes over `services`, plus the observability endpoints.
-pub fn router(gw: Gateway, services: &Services, observed: Observed) -> Router {
+pub fn router(gw: Gateway, services: &Services, observed: Observed, access: access::Access) -> Router {
     let mut r = Router::new();
     // Each route: the service handle, its gRPC name, the trait method, the paths.
     macro_rules! routes {
@@ -564,5 +556,5 @@ pub fn router(gw: Gateway, services: &Services, observed: Observed) -> Router {
     };
     r = route(r, "lease/keepalive", post(keepalive_route));
 
-    r.merge(observe::router(observed)).fallback(not_found).layer(axum::middleware::map_response(cors))
+    access::layer(r.merge(observe::router(observed)).fallback(not_found), access)
 }
