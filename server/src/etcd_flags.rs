@@ -506,7 +506,9 @@ mod tests {
             .expect("ok");
         let w = p.warning.expect("warning");
         assert!(w.contains("--enable-pprof=true") && w.contains("unrecognized environment variable ETCD_NAMEE"), "{w}");
-        assert!(prep(&[], &[("ETCD_DISCOVERY_SRV", "example.com")]).unwrap_err().contains("ETCD_DISCOVERY_SRV"));
+        assert!(prep(&[], &[("ETCD_DISCOVERY", "https://discovery.example/x")])
+            .unwrap_err()
+            .contains("ETCD_DISCOVERY"));
     }
 
     #[test]
