@@ -165,6 +165,13 @@ enum Cmd {
     Role(auth::RoleCmd),
     /// Print cairnctl's version.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `source <(cairnctl completion bash)` or into /etc/bash_completion.d/cairnctl.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -581,6 +588,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Version => {
             println!("cairnctl version: {}", env!("CARGO_PKG_VERSION"));
             println!("API version: 3.5");
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "cairnctl", &mut std::io::stdout());
         }
         Cmd::Get(a) => {
             let (key, opts) = a.options()?;

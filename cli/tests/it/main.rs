@@ -476,3 +476,31 @@ async fn make_mirror_moves_a_live_prefix_between_etcd_and_cairn_both_ways() {
         assert!(keys(&d, &other).is_empty() && keys(&d, &app).is_empty(), "only the prefix, renamed");
     }
 }
+
+/// `cairnctl completion SHELL` prints a script the shell accepts: bash registers it (run in
+/// a real bash), zsh and fish get their own formats.
+#[test]
+fn completion_scripts_for_the_shells() {
+    let script = |shell: &str| ok("127.0.0.1:1", &["completion", shell]);
+    let bash = script("bash");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cairnctl.bash");
+    std::fs::write(&file, &bash).expect("write");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p cairnctl", file.display()))
+        .output()
+        .expect("bash");
+    let registered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && registered.contains("cairnctl"),
+        "{registered} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The subcommands are offered.
+    assert!(bash.contains("snapshot") && bash.contains("make-mirror") && bash.contains("member"), "bash script");
+    assert!(script("zsh").starts_with("#compdef cairnctl"));
+    assert!(script("fish").contains("complete -c cairnctl"));
+    let out = cairnctl("127.0.0.1:1", &["completion", "tcsh"], None);
+    assert!(!out.status.success(), "an unknown shell is refused");
+}
