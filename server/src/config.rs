@@ -24,6 +24,10 @@ pub struct Flags {
     /// URLs to listen on for client traffic (comma-separated).
     #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
     pub listen_client_urls: String,
+    /// URLs to listen on for HTTP-only client traffic (the JSON gateway, /health, /metrics);
+    /// when set, --listen-client-urls serve gRPC only (as etcd).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_HTTP_URLS", default_value = "")]
+    pub listen_client_http_urls: String,
     /// Client URLs advertised to the rest of the cluster (comma-separated).
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
     pub advertise_client_urls: String,
@@ -255,6 +259,9 @@ pub struct Config {
     pub host_whitelist: String,
     /// Client listen URLs.
     pub listen_client_urls: Vec<String>,
+    /// HTTP-only client listen URLs (`--listen-client-http-urls`); when any, the client
+    /// listen URLs serve gRPC only.
+    pub listen_client_http_urls: Vec<String>,
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen URLs.
@@ -413,6 +420,7 @@ impl Config {
             host_whitelist: f.host_whitelist.clone(),
             name: f.name,
             listen_client_urls: split(&f.listen_client_urls),
+            listen_client_http_urls: split(&f.listen_client_http_urls),
             advertise_client_urls: split(&f.advertise_client_urls),
             listen_peer_urls: split(&f.listen_peer_urls),
             advertise_peer_urls,
@@ -476,6 +484,14 @@ impl Config {
             bcrypt_cost: f.bcrypt_cost,
         };
         check_urls("listen-client-urls", &c.listen_client_urls)?;
+        if !c.listen_client_http_urls.is_empty() {
+            check_urls("listen-client-http-urls", &c.listen_client_http_urls)?;
+        }
+        if let Some(both) = c.listen_client_http_urls.iter().find(|u| c.listen_client_urls.contains(u)) {
+            return Err(format!(
+                "cannot bind both --listen-client-urls and --listen-client-http-urls on the same url {both}"
+            ));
+        }
         check_urls("advertise-client-urls", &c.advertise_client_urls)?;
         check_urls("listen-peer-urls", &c.listen_peer_urls)?;
         if !c.listen_metrics_urls.is_empty() {
@@ -485,7 +501,8 @@ impl Config {
             check_urls("initial-cluster", urls)?;
         }
         // TLS files are read now, so a bad one stops the start with a clear message.
-        if c.listen_client_urls.iter().any(|u| crate::tls::is_https(u)) && c.auto_tls.is_none() {
+        let client_urls = c.listen_client_urls.iter().chain(&c.listen_client_http_urls);
+        if client_urls.clone().any(|u| crate::tls::is_https(u)) && c.auto_tls.is_none() {
             c.client_tls.server("")?;
         }
         if crate::tls::peer_tls_needed(&c) && c.peer_auto_tls.is_none() {

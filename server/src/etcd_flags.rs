@@ -86,7 +86,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("experimental-stop-grpc-service-on-defrag", true, "false"),
     ignore("experimental-txn-mode-write-with-shared-buffer", true, "true"),
     ignore("initial-election-tick-advance", true, "true"),
-    refuse("listen-client-http-urls", false, ""),
     ignore("log-rotation-config-json", false, ""),
     ignore("max-snapshots", false, "5"),
     ignore("max-wals", false, "5"),

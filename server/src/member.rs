@@ -165,11 +165,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let (mut client_addrs, mut peer_addrs, mut metrics_addrs) = (Vec::new(), Vec::new(), Vec::new());
     let peer_ports = bind_all(&config.listen_peer_urls, &mut peer_addrs).await?;
     let client_ports = bind_all(&config.listen_client_urls, &mut client_addrs).await?;
+    let http_ports = bind_all(&config.listen_client_http_urls, &mut Vec::new()).await?;
     let metrics_ports = bind_all(&config.listen_metrics_urls, &mut metrics_addrs).await?;
     fill_bound_ports(&mut config, &client_ports, &peer_ports);
     if let Some(years) = config.auto_tls {
-        if client_ports.iter().any(|b| crate::tls::is_https(&b.url)) {
-            let hosts = url_hosts(&config.listen_client_urls);
+        if client_ports.iter().chain(&http_ports).any(|b| crate::tls::is_https(&b.url)) {
+            let hosts =
+                url_hosts(&[config.listen_client_urls.clone(), config.listen_client_http_urls.clone()].concat());
             let dir = config.data_dir.join("fixtures").join("client");
             crate::data_dir::prepare(&config.data_dir, config.allow_shared_data_dir)?;
             let (cert, key) = crate::tls::self_signed(&dir, &hosts, years).map_err(anyhow::Error::msg)?;
@@ -192,6 +194,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
         peer_ports.iter().map(|b| tls_for(&b.url, &config.peer_tls, "peer-")).collect::<anyhow::Result<_>>()?;
     let client_tls: Vec<_> =
         client_ports.iter().map(|b| tls_for(&b.url, &config.client_tls, "")).collect::<anyhow::Result<_>>()?;
+    let http_tls: Vec<_> =
+        http_ports.iter().map(|b| tls_for(&b.url, &config.client_tls, "")).collect::<anyhow::Result<_>>()?;
 
     if let Some((domain, service)) = config.discovery_srv.clone() {
         config.initial_cluster =
@@ -273,7 +277,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
         if config.initial_corrupt_check {
             layers.upkeep.initial_check().await?;
         }
-        for (b, tls) in client_ports.into_iter().zip(client_tls) {
+        use crate::serve::ClientTraffic;
+        let grpc = if http_ports.is_empty() { ClientTraffic::All } else { ClientTraffic::Grpc };
+        let ports = client_ports.into_iter().zip(client_tls).map(|p| (p, grpc));
+        let http = http_ports.into_iter().zip(http_tls).map(|p| (p, ClientTraffic::Http));
+        for ((b, tls), traffic) in ports.chain(http) {
             warn_if_exposed(&b.url, tls.is_some(), "client");
             let port = crate::serve::client_port(
                 layers.ctx.clone(),
@@ -282,6 +290,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
                 b.listener,
                 tls,
                 crate::gateway::access::Access::new(&config.cors, &config.host_whitelist),
+                traffic,
             );
             tasks.spawn(port);
         }

@@ -144,8 +144,20 @@ async fn serve_http<S, F>(
     }
 }
 
+/// What a client port serves (`--listen-client-http-urls` splits gRPC from HTTP, as etcd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTraffic {
+    /// gRPC and the HTTP routes (the default).
+    All,
+    /// gRPC only (a client URL when HTTP-only URLs are given).
+    Grpc,
+    /// The JSON gateway and observability routes only (an HTTP-only URL).
+    Http,
+}
+
 /// Serve the client port on `listener` until the member shuts down: gRPC (by its
-/// content type) and, for everything else, the JSON gateway and observability routes.
+/// content type) and, for everything else, the JSON gateway and observability routes —
+/// or one of the two (`traffic`).
 pub async fn client_port(
     ctx: Ctx,
     observed: Observed,
@@ -153,6 +165,7 @@ pub async fn client_port(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     access: crate::gateway::access::Access,
+    traffic: ClientTraffic,
 ) {
     use tower::ServiceExt;
     let services = Services::new(&ctx);
@@ -168,6 +181,14 @@ pub async fn client_port(
     let by_content_type = tower::service_fn(move |req: HttpRequest| {
         let (grpc, http, metrics, replica) = (grpc.clone(), http.clone(), metrics.clone(), replica.clone());
         async move {
+            match (is_grpc(&req), traffic) {
+                (true, ClientTraffic::Http) => {
+                    let why = "this URL serves HTTP only (--listen-client-http-urls); gRPC is on --listen-client-urls";
+                    return Ok(tonic::Status::unimplemented(why).into_http::<axum::body::Body>());
+                }
+                (false, ClientTraffic::Grpc) => return Ok(crate::gateway::not_found().await),
+                _ => {}
+            }
             if is_grpc(&req) {
                 // A request that requires a leader is refused at once by a member without
                 // one (etcd's interceptors), unary or stream.

@@ -96,9 +96,9 @@ fn flags_cairn_cannot_honour_or_does_not_know_stop_the_start_with_a_short_error(
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     // Ignoring this would start a member that cannot find its cluster.
-    let (code, err) = run(&["--discovery-srv=example.com"]);
+    let (code, err) = run(&["--discovery=https://discovery.etcd.io/abc"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.starts_with("cairn: --discovery-srv=example.com is not supported by Cairn yet"), "{err}");
+    assert!(err.starts_with("cairn: --discovery=https://discovery.etcd.io/abc is not supported by Cairn yet"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     let (code, err) = run(&["--no-such-flag=1"]);
     assert_eq!(code, Some(2), "{err}");

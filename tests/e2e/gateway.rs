@@ -670,3 +670,24 @@ async fn cors_origins_and_host_whitelist() {
     // gRPC is not the gateway's: etcdctl works whatever it names.
     assert_eq!(super::harness::etcdctl_ok(&c.endpoints(), &["put", "k", "v"]).trim(), "OK");
 }
+
+/// `--listen-client-http-urls`: HTTP (gateway, /health, /metrics) moves to its own URL and
+/// the client URL serves gRPC only, as etcd splits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_only_urls_split_the_gateway_from_grpc() {
+    let port = cairn_testing::free_port().expect("a free port");
+    let http = format!("http://127.0.0.1:{port}");
+    let c = Cluster::start(1, &[&format!("--listen-client-http-urls={http}")]).await;
+    // gRPC on the client URL.
+    assert_eq!(super::harness::etcdctl_ok(&c.endpoints(), &["put", "k", "split"]).trim(), "OK");
+    // HTTP on the HTTP URL...
+    let (head, body) = curl_i(&["-X", "POST", "-d", r#"{"key":"aw=="}"#, &format!("{http}/v3/kv/range")]);
+    assert!(head.starts_with("http/1.1 200") && body.contains(&b64("split")), "{head}{body}");
+    let (head, _) = curl_i(&[&format!("{http}/health")]);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // ...and not on the client URL; gRPC not on the HTTP URL.
+    let (head, _) = curl_i(&[&format!("{}/health", c.members[0].client_url)]);
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    let out = super::harness::etcdctl(&format!("127.0.0.1:{port}"), &["get", "k", "--command-timeout=3s"], None);
+    assert!(!out.status.success(), "gRPC answered on the HTTP-only URL");
+}
