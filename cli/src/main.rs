@@ -66,6 +66,9 @@ struct Cli {
     /// Password for --user (when --user has none).
     #[arg(long, env = "CAIRNCTL_PASSWORD", global = true, hide_env_values = true)]
     password: Option<String>,
+    /// Print keys and values as hex-escaped bytes (`\x66\x6f\x6f`), as etcdctl's --hex.
+    #[arg(long, env = "CAIRNCTL_HEX", global = true)]
+    hex: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -471,9 +474,18 @@ enum AlarmCmd {
 
 /// Accept etcdctl's environment variables (ETCDCTL_ENDPOINTS, ...) where no CAIRNCTL_ one is set.
 fn adopt_etcdctl_env() {
-    for name in
-        ["ENDPOINTS", "DIAL_TIMEOUT", "COMMAND_TIMEOUT", "WRITE_OUT", "CACERT", "CERT", "KEY", "USER", "PASSWORD"]
-    {
+    for name in [
+        "ENDPOINTS",
+        "DIAL_TIMEOUT",
+        "COMMAND_TIMEOUT",
+        "WRITE_OUT",
+        "CACERT",
+        "CERT",
+        "KEY",
+        "USER",
+        "PASSWORD",
+        "HEX",
+    ] {
         let ours = format!("CAIRNCTL_{name}");
         if std::env::var_os(&ours).is_none() {
             if let Some(v) = std::env::var_os(format!("ETCDCTL_{name}")) {
@@ -584,6 +596,7 @@ impl Cli {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let w = cli.write_out;
+    output::set_hex(cli.hex);
     match &cli.cmd {
         Cmd::Version => {
             println!("cairnctl version: {}", env!("CARGO_PKG_VERSION"));

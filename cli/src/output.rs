@@ -135,13 +135,31 @@ pub fn status_json(endpoint: &str, s: &StatusResponse) -> Value {
     })
 }
 
+/// `--hex`: keys and values printed as `\xNN` escapes (set once, before any output).
+static HEX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Print byte strings hex-escaped from now on (etcdctl's `--hex`).
+pub fn set_hex(on: bool) {
+    HEX.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A key or value as the simple and table formats print it: text, or `\x..` per byte
+/// with `--hex`.
+pub fn bytes(b: &[u8]) -> String {
+    if HEX.load(std::sync::atomic::Ordering::Relaxed) {
+        b.iter().map(|x| format!("\\x{x:02x}")).collect()
+    } else {
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
 /// Print a pair the way etcdctl does: the key line, then the value line (empty with
 /// `--keys-only`); only the value line with `--print-value-only`.
 pub fn print_kv(kv: &KeyValue, value_only: bool) {
     if !value_only {
-        println!("{}", String::from_utf8_lossy(&kv.key));
+        println!("{}", bytes(&kv.key));
     }
-    println!("{}", String::from_utf8_lossy(&kv.value));
+    println!("{}", bytes(&kv.value));
 }
 
 pub fn print_get(r: &GetResponse, format: Format, value_only: bool, count_only: bool) {
@@ -151,8 +169,8 @@ pub fn print_get(r: &GetResponse, format: Format, value_only: bool, count_only: 
             let mut t = table(&["KEY", "VALUE", "CREATE REV", "MOD REV", "VERSION", "LEASE"]);
             for kv in &r.kvs {
                 t.add_row(vec![
-                    String::from_utf8_lossy(&kv.key).into_owned(),
-                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    bytes(&kv.key),
+                    bytes(&kv.value),
                     kv.create_revision.to_string(),
                     kv.mod_revision.to_string(),
                     kv.version.to_string(),

@@ -504,3 +504,24 @@ fn completion_scripts_for_the_shells() {
     let out = cairnctl("127.0.0.1:1", &["completion", "tcsh"], None);
     assert!(!out.status.success(), "an unknown shell is refused");
 }
+
+/// `--hex` (and `ETCDCTL_HEX`) prints keys and values byte by byte, exactly as etcdctl.
+#[tokio::test]
+async fn hex_output_matches_etcdctl() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    ok(&ep, &["put", "hex/ké y", "välue\n2"]);
+    ok(&ep, &["put", "hex/b", ""]);
+    for args in [&["--hex", "get", "hex/", "--prefix"][..], &["--hex", "get", "hex/b", "--print-value-only"]] {
+        let ours = ok(&ep, args);
+        let out = etcdctl_command(&ep).args(args).output().expect("etcdctl");
+        assert_eq!(ours, String::from_utf8_lossy(&out.stdout), "{args:?}");
+    }
+    assert!(ok(&ep, &["--hex", "get", "hex/b"]).starts_with("\\x68\\x65\\x78\\x2f\\x62\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args([&format!("--endpoints={ep}"), "get", "hex/b"])
+        .env("ETCDCTL_HEX", "true")
+        .output()
+        .expect("cairnctl");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("\\x68"), "ETCDCTL_HEX is honoured");
+}
