@@ -572,6 +572,11 @@ impl Cli {
                 (Some(_), Some(_)) => {
                     return Err(BadArgs(format!("--{flag}user has a password and --{flag}password is given too")).into())
                 }
+                // As etcdctl: ask on the terminal; without one, say how to give it.
+                (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    let password = rpassword::prompt_password("Password: ").context("reading the password")?;
+                    (user.to_string(), password)
+                }
                 (None, None) => {
                     return Err(BadArgs(format!(
                         "--{flag}user needs a password: --{flag}user name:password or --{flag}password"

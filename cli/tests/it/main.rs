@@ -525,3 +525,54 @@ async fn hex_output_matches_etcdctl() {
         .expect("cairnctl");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("\\x68"), "ETCDCTL_HEX is honoured");
 }
+
+/// `--user name` without a password asks for it on the terminal, as etcdctl does (a real pty
+/// from `script`); without a terminal it says how to give one.
+#[tokio::test]
+async fn a_user_without_a_password_is_asked_on_the_terminal() {
+    let c = Cluster::start(1, &["--bcrypt-cost=4"]).await;
+    let ep = c.endpoints();
+    for args in [&["user", "add", "root:rootpw"][..], &["role", "add", "root"], &["user", "grant-role", "root", "root"]]
+    {
+        ok(&ep, args);
+    }
+    ok(&ep, &["put", "k", "behind-auth"]);
+    ok(&ep, &["auth", "enable"]);
+    let line = format!("{} --endpoints={ep} --user root get k --print-value-only", env!("CARGO_BIN_EXE_cairnctl"));
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    // Type the password once the prompt is up (echo is off from then on).
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut shown = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&shown).contains("Password: ") {
+        assert!(Instant::now() < deadline, "no prompt: {}", String::from_utf8_lossy(&shown));
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+            shown.extend(chunk);
+        }
+    }
+    child.stdin.take().expect("stdin").write_all(b"rootpw\n").expect("typing the password");
+    let status = child.wait().expect("script");
+    reader.join().expect("reader");
+    shown.extend(rx.try_iter().flatten());
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(status.success() && shown.contains("behind-auth"), "{shown}");
+    assert!(!shown.contains("rootpw"), "the password was echoed: {shown}");
+    let out = cairnctl(&ep, &["--user", "root", "get", "k"], None);
+    assert_eq!(out.status.code(), Some(128));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--user needs a password"));
+}
