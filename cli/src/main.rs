@@ -413,6 +413,10 @@ struct WatchArgs {
     /// Ask for progress notifications.
     #[arg(long)]
     progress_notify: bool,
+    /// After `--`: a command to run for each event (etcdctl's exec-watch), with
+    /// ETCD_WATCH_REVISION, ETCD_WATCH_EVENT_TYPE, ETCD_WATCH_KEY and ETCD_WATCH_VALUE set.
+    #[arg(last = true, value_name = "COMMAND")]
+    exec: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -842,6 +846,28 @@ async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
             println!("progress notify: {}", r.header.revision);
         } else {
             output::print_events(&r.header, &r.events, cli.write_out);
+        }
+        if let Some((program, args)) = a.exec.split_first() {
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            for ev in &r.events {
+                let kv = ev.kv.clone().unwrap_or_default();
+                let kind = if ev.r#type == 1 { "DELETE" } else { "PUT" };
+                // As etcdctl: the type, key and value Go-quoted (%q).
+                let status = tokio::process::Command::new(program)
+                    .args(args)
+                    .env("ETCD_WATCH_REVISION", r.header.revision.to_string())
+                    .env("ETCD_WATCH_EVENT_TYPE", format!("\"{kind}\""))
+                    .env("ETCD_WATCH_KEY", output::go_quote(&kv.key))
+                    .env("ETCD_WATCH_VALUE", output::go_quote(&kv.value))
+                    .status()
+                    .await;
+                match status {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => anyhow::bail!("command {:?} error ({s})", a.exec),
+                    Err(e) => anyhow::bail!("command {:?} error ({e})", a.exec),
+                }
+            }
         }
     }
     Ok(())

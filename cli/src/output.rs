@@ -153,6 +153,36 @@ pub fn bytes(b: &[u8]) -> String {
     }
 }
 
+/// Bytes quoted as Go's `%q` quotes them (etcdctl's exec-watch environment): printable
+/// characters as they are, `"` and `\\` escaped, the usual `\n`-style escapes, `\xNN` for
+/// other bytes and for bytes that are not UTF-8.
+pub fn go_quote(b: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{b}' => out.push_str("\\v"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Print a pair the way etcdctl does: the key line, then the value line (empty with
 /// `--keys-only`); only the value line with `--print-value-only`.
 pub fn print_kv(kv: &KeyValue, value_only: bool) {
@@ -325,5 +355,15 @@ pub fn human_bytes(n: i64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.0} {}", units[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn go_quote_escapes_as_go_does() {
+        assert_eq!(super::go_quote(b"a\xffb\x01\x7f"), r#""a\xffb\x01\x7f""#);
+        assert_eq!(super::go_quote("\"é\"\n".as_bytes()), r#""\"é\"\n""#);
+        assert_eq!(super::go_quote(b""), r#""""#);
     }
 }

@@ -576,3 +576,24 @@ async fn a_user_without_a_password_is_asked_on_the_terminal() {
     assert_eq!(out.status.code(), Some(128));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--user needs a password"));
 }
+
+/// `watch KEY -- COMMAND`: the command runs for each event with etcdctl's environment
+/// (Go-quoted type, key and value); cairnctl and etcdctl watching the same events print the
+/// same lines.
+#[tokio::test]
+async fn exec_watch_runs_a_command_per_event_as_etcdctl() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let show = r#"printf '%s|%s|%s|%s\n' "$ETCD_WATCH_REVISION" "$ETCD_WATCH_EVENT_TYPE" "$ETCD_WATCH_KEY" "$ETCD_WATCH_VALUE""#;
+    let ours = streaming(&ep, &["watch", "x/", "--prefix", "--", "sh", "-c", show]);
+    let mut cmd = etcdctl_command(&ep);
+    cmd.args(["watch", "x/", "--prefix", "--", "sh", "-c", show]);
+    let theirs = Streaming::spawn(cmd);
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&ep, &["put", "x/a", "say \"hi\"\tnow \\ ünï"]);
+    ok(&ep, &["del", "x/a"]);
+    let (a, b) = (ours.take(8), theirs.take(8));
+    assert_eq!(a, b);
+    assert!(a[3].ends_with(r#"|"PUT"|"x/a"|"say \"hi\"\tnow \\ ünï""#), "{a:?}");
+    assert!(a[7].ends_with(r#"|"DELETE"|"x/a"|"""#), "{a:?}");
+}
