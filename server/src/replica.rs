@@ -255,12 +255,15 @@ impl Replica {
             .map_err(internal)?;
         // Unlinked at once: the open file is all that is needed, and nothing is left behind.
         let _ = std::fs::remove_file(&path);
-        let (view, rev) = self.with_state(|st| (self.engine.frozen_view(), st.mvcc.current_revision()));
+        let position = |st: &SmState| st.last_applied.map(|l| (l.index, l.leader_id.term));
+        let (view, rev, applied) =
+            self.with_state(|st| (self.engine.frozen_view(), st.mvcc.current_revision(), position(st)));
         let size = match view? {
-            Some(v) => cairn_store::backup::write(v.as_ref(), &mut file)?,
+            Some(v) => cairn_store::backup::write(v.as_ref(), &mut file, applied)?,
             // No frozen view (sled): hold applies back while the backup is written.
-            None => self.with_state(|_| {
-                cairn_store::backup::write(&cairn_store::engine::Live(self.engine.as_ref()), &mut file)
+            None => self.with_state(|st| {
+                let live = cairn_store::engine::Live(self.engine.as_ref());
+                cairn_store::backup::write(&live, &mut file, position(st))
             })?,
         };
         file.rewind().map_err(internal)?;

@@ -64,10 +64,11 @@ pub struct BackupStatus {
 }
 
 /// Write a backup of what `view` sees to `file` (from its start, in etcd's format: the
-/// database, then its SHA-256); returns the bytes written.
-pub fn write(view: &dyn ReadView, file: &mut std::fs::File) -> Result<u64> {
+/// database, then its SHA-256), with `position` (the applied Raft index and term) as etcd's
+/// consistent index and term; returns the bytes written.
+pub fn write(view: &dyn ReadView, file: &mut std::fs::File, position: Option<(u64, u64)>) -> Result<u64> {
     file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let (out, size) = etcd_db::export(view, std::io::BufWriter::new(&mut *file))?;
+    let (out, size) = etcd_db::export(view, std::io::BufWriter::new(&mut *file), position)?;
     out.into_inner().map_err(|e| io(e.into_error()))?;
     // The pages were not written in order (the metas come last): hash them as they lie.
     file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -374,9 +375,19 @@ mod tests {
         let file = dir.path().join("backup.db");
         let mut out = std::fs::File::create_new(&file).unwrap();
         let view = src.frozen_view().unwrap().unwrap();
-        let written = write(view.as_ref(), &mut out).unwrap();
+        let written = write(view.as_ref(), &mut out, Some((42, 7))).unwrap();
         drop(out);
         assert_eq!(std::fs::metadata(&file).unwrap().len(), written);
+        // etcd's Raft position in `meta`, as etcd writes it (big-endian u64s).
+        let r = Reader::open(&file).unwrap();
+        let mut meta = Vec::new();
+        r.for_each(&r.bucket(b"meta").unwrap().unwrap(), &mut |k, v| {
+            meta.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(meta.contains(&(b"consistent_index".to_vec(), 42u64.to_be_bytes().to_vec())), "{meta:?}");
+        assert!(meta.contains(&(b"term".to_vec(), 7u64.to_be_bytes().to_vec())), "{meta:?}");
         assert_eq!(written % 4096, 32, "etcd's shape: pages plus a SHA-256");
         let st = status(&file).unwrap();
         assert_eq!(st.format, BackupFormat::Etcd);

@@ -5,6 +5,7 @@
 //! | etcd bucket | key / value | Cairn |
 //! |---|---|---|
 //! | `key` | revision (`main` BE, `_`, `sub` BE, `t` on a tombstone) / `mvccpb.KeyValue` | `Kv` table (16-byte revision / kind byte + `KeyValue`) |
+//! | `meta` | `consistent_index`, `term` (u64 BE) | the member's applied Raft index and term (export only) |
 //! | `meta` | `finishedCompactRev`, `scheduledCompactRev` (a revision key) | `compact_rev` |
 //! | `lease` | lease id (i64 BE) / `leasepb.Lease` | `Lease` table (`LeaseRecord` has the same fields and numbers) |
 //! | `auth` | `authEnabled` (1 byte), `authRevision` (u64 BE) | `auth/enabled`, `auth/revision` |
@@ -12,9 +13,10 @@
 //! | `authRoles` | name / `authpb.Role` | `auth/role/<name>` |
 //! | `alarm`, `cluster`, `members`, `members_removed` | written empty; ignored on import | membership, alarms: the old cluster's |
 //!
-//! The Raft position (`consistent_index`, `term`) is not written: a restore starts a new
-//! cluster, and `etcdutl snapshot restore` sets both. The store's revision is the newest
-//! revision in `key` or the compacted revision, as etcd computes it.
+//! The Raft position (`consistent_index`, `term`) is written as the exporting member's
+//! applied index and term and ignored on import: a restore starts a new cluster (and
+//! `etcdutl snapshot restore` sets both anew). The store's revision is the newest revision in
+//! `key` or the compacted revision, as etcd computes it.
 
 use crate::bbolt::{EntryFn, Reader, Writer};
 use crate::engine::{ReadView, Table};
@@ -37,6 +39,8 @@ const AUTH: &[u8] = b"auth";
 const AUTH_USERS: &[u8] = b"authUsers";
 const AUTH_ROLES: &[u8] = b"authRoles";
 const EMPTY_BUCKETS: [&[u8]; 4] = [b"alarm", b"cluster", b"members", b"members_removed"];
+const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+const TERM: &[u8] = b"term";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const AUTH_ENABLED: &[u8] = b"authEnabled";
@@ -89,9 +93,10 @@ fn scan_prefix(view: &dyn ReadView, prefix: &[u8], f: &mut EntryFn<'_>) -> Resul
     })
 }
 
-/// Write what `view` sees as an etcd backend database into `out` (from its start); returns
+/// Write what `view` sees as an etcd backend database into `out` (from its start), with
+/// `position` (applied Raft index and term) as etcd's consistent index and term; returns
 /// `out` positioned at the end of the database and the database's size.
-pub fn export<W: Write + Seek>(view: &dyn ReadView, out: W) -> Result<(W, u64)> {
+pub fn export<W: Write + Seek>(view: &dyn ReadView, out: W, position: Option<(u64, u64)>) -> Result<(W, u64)> {
     let mut w = Writer::new(out)?;
     w.bucket(KEY, |put| {
         view.scan(Table::Kv, &[], None, &mut |k, v| {
@@ -106,10 +111,17 @@ pub fn export<W: Write + Seek>(view: &dyn ReadView, out: W) -> Result<(W, u64)> 
         None => 0,
     };
     w.bucket(META, |put| {
+        // In key order: consistent_index, finishedCompactRev, scheduledCompactRev, term.
+        if let Some((index, _)) = position {
+            put(CONSISTENT_INDEX, &index.to_be_bytes())?;
+        }
         if compact > 0 {
             let at = revision_key(Revision::new(compact, 0), false);
             put(FINISHED_COMPACT, &at)?;
             put(SCHEDULED_COMPACT, &at)?;
+        }
+        if let Some((_, term)) = position {
+            put(TERM, &term.to_be_bytes())?;
         }
         Ok(())
     })?;

@@ -110,6 +110,13 @@ async fn members_bootstrap_from_dns_srv_records() {
     // A host in DNS but in no SRV record: a member advertising it is not in the cluster.
     dns.arg("--host-record=stray.cairn.test,127.0.0.2");
     ns.spawn(dns, "dnsmasq.log");
+    // Members resolve their names at start (and stop, as etcd, if DNS does not answer):
+    // wait until dnsmasq serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns.command("getent").args(["hosts", "m1.cairn.test"]).output().is_ok_and(|o| o.status.success()) {
+        assert!(Instant::now() < deadline, "dnsmasq does not answer:\n{}", ns.log("dnsmasq.log"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // m2 advertises its IP address rather than its DNS name: DNS names it all the same.
     for (i, host) in ["m1.cairn.test", "127.0.0.1", "m3.cairn.test"].iter().enumerate() {
         start_member(&mut ns, i, &format!("m{}", i + 1), host);
