@@ -38,8 +38,12 @@ pub struct ConnectOptions {
     /// the client fails over (default 5 s).
     pub keep_alive_timeout: Duration,
     /// Connect to the current leader when (re)connecting, so writes and linearizable reads
-    /// skip the follower's forwarding hop (default off: connections spread over members).
+    /// skip the follower's forwarding hop (default off).
     pub prefer_leader: bool,
+    /// Start at a random endpoint of the list, so the clients of many processes spread over
+    /// the members instead of all loading the first one (default on). A client keeps its
+    /// member until a failure moves it to the next endpoint; off, it starts at the first.
+    pub spread: bool,
     /// TLS (rustls): endpoints without a scheme then use `https://` (default none).
     pub tls: Option<ClientTlsConfig>,
     /// User name and password for a cluster with auth enabled (default none).
@@ -54,6 +58,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("keep_alive_interval", &self.keep_alive_interval)
             .field("keep_alive_timeout", &self.keep_alive_timeout)
             .field("prefer_leader", &self.prefer_leader)
+            .field("spread", &self.spread)
             .field("tls", &self.tls.is_some())
             .field("user", &self.user.as_ref().map(|(name, _)| name))
             .finish()
@@ -68,6 +73,7 @@ impl Default for ConnectOptions {
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
             prefer_leader: false,
+            spread: true,
             tls: None,
             user: None,
         }
@@ -98,6 +104,11 @@ impl ConnectOptions {
     /// Set [`ConnectOptions::prefer_leader`].
     pub fn with_prefer_leader(mut self, on: bool) -> Self {
         self.prefer_leader = on;
+        self
+    }
+    /// Set [`ConnectOptions::spread`].
+    pub fn with_spread(mut self, on: bool) -> Self {
+        self.spread = on;
         self
     }
     /// Log in as `name` with `password` (etcdctl's `--user name:password`).
@@ -229,7 +240,8 @@ impl Client {
             return Err(Error::InvalidArgument("no endpoints given".into()));
         }
         let token = Mutex::new(if opts.user.is_some() { Token::Unknown } else { Token::NotNeeded });
-        let conn = Mutex::new(Conn { index: 0, channel: None, generation: 0 });
+        let first = if opts.spread && !opts.prefer_leader { random_below(list.len()) } else { 0 };
+        let conn = Mutex::new(Conn { index: first, channel: None, generation: 0 });
         let inner = Inner { endpoints: list, opts, conn, token };
         let client = Client { inner: Arc::new(inner) };
         client.inner.conn().await?;
@@ -246,6 +258,15 @@ impl Client {
         let i = self.inner.lock().index;
         &self.inner.endpoints[i]
     }
+}
+
+/// A number in `0..n` that differs between clients and processes (std's randomly seeded
+/// hasher keys; a new `RandomState` per call).
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() % n.max(1) as u64) as usize
 }
 
 impl Inner {

@@ -12,6 +12,8 @@ pub fn options() -> ConnectOptions {
         .with_dial_timeout(Duration::from_secs(1))
         .with_request_timeout(Some(Duration::from_secs(10)))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+        // Tests pick the member a client starts on (`client(c, first)`).
+        .with_spread(false)
 }
 
 /// Recipe logs on the test's output when RUST_LOG asks for them.

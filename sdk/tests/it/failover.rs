@@ -5,7 +5,7 @@ use super::harness::Target;
 use cairn_sdk::{Compare, CompareOp, GetOptions, KeyValueExt, PutOptions, Session, Txn, TxnOp, WatchOptions};
 use std::time::Duration;
 
-crate::on_both!(3: watch_and_session_survive_member_death, prefer_leader_connects_to_the_leader);
+crate::on_both!(3: watch_and_session_survive_member_death, prefer_leader_connects_to_the_leader, clients_spread_over_the_members);
 
 async fn watch_and_session_survive_member_death(mut t: Target) {
     // The watcher connects to the leader, the writer to another member; the leader is
@@ -83,4 +83,21 @@ async fn prefer_leader_connects_to_the_leader(t: Target) {
     assert!(c.current_endpoint().ends_with(&t.cluster.members[leader].endpoint()), "{}", c.current_endpoint());
     let s = c.status().await.unwrap();
     assert_eq!(s.header.unwrap_or_default().member_id, s.leader);
+}
+
+/// By default each client starts at a random endpoint, so the clients of many processes load
+/// every member, not only the first of their list; `with_spread(false)` keeps the order.
+async fn clients_spread_over_the_members(t: Target) {
+    let eps: Vec<String> = t.cluster.members.iter().map(|m| m.endpoint()).collect();
+    let mut used = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let c = cairn_sdk::Client::connect(eps.clone(), Target::options().with_spread(true)).await.unwrap();
+        used.insert(c.current_endpoint().to_string());
+        // Every client works wherever it landed.
+        c.put("spread/k", "v", PutOptions::new()).await.unwrap();
+    }
+    // Thirty clients all on one of three members by chance: 3 / 3^30.
+    assert!(used.len() >= 2, "every client on {used:?}");
+    let ordered = cairn_sdk::Client::connect(eps.clone(), Target::options()).await.unwrap();
+    assert!(ordered.current_endpoint().ends_with(&eps[0]), "{}", ordered.current_endpoint());
 }

@@ -32,6 +32,8 @@ impl Target {
             .with_dial_timeout(Duration::from_secs(2))
             .with_request_timeout(Some(Duration::from_secs(10)))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            // Scenarios pick the member a client starts on.
+            .with_spread(false)
     }
 
     /// A client given every member's endpoint, starting with member `first`.
