@@ -184,20 +184,16 @@ pub async fn client_port(
             match (is_grpc(&req), traffic) {
                 (true, ClientTraffic::Http) => {
                     let why = "this URL serves HTTP only (--listen-client-http-urls); gRPC is on --listen-client-urls";
-                    return Ok(tonic::Status::unimplemented(why).into_http::<axum::body::Body>());
+                    Ok(tonic::Status::unimplemented(why).into_http::<axum::body::Body>())
                 }
-                (false, ClientTraffic::Grpc) => return Ok(crate::gateway::not_found().await),
-                _ => {}
-            }
-            if is_grpc(&req) {
                 // A request that requires a leader is refused at once by a member without
                 // one (etcd's interceptors), unary or stream.
-                if requires_leader(req.headers()) && replica.leader().is_none() {
-                    return Ok(tonic::Status::unavailable(crate::error::msg::NO_LEADER).into_http::<axum::body::Body>());
+                (true, _) if requires_leader(req.headers()) && replica.leader().is_none() => {
+                    Ok(tonic::Status::unavailable(crate::error::msg::NO_LEADER).into_http::<axum::body::Body>())
                 }
-                Ok(count_rpc(metrics, grpc, req).await)
-            } else {
-                http.oneshot(req).await
+                (true, _) => Ok(count_rpc(metrics, grpc, req).await),
+                (false, ClientTraffic::Grpc) => Ok(crate::gateway::not_found().await),
+                (false, _) => http.oneshot(req).await,
             }
         }
     });

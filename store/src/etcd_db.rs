@@ -73,17 +73,6 @@ fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
     Some((Revision::new(main, sub), tombstone))
 }
 
-fn get(view: &dyn ReadView, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    let mut end = key.to_vec();
-    end.push(0);
-    let mut found = None;
-    view.scan(Table::Meta, key, Some(&end), &mut |_, v| {
-        found = Some(v.to_vec());
-        Ok(false)
-    })?;
-    Ok(found)
-}
-
 /// Visit the meta-table entries under `prefix` with the prefix cut off.
 fn scan_prefix(view: &dyn ReadView, prefix: &[u8], f: &mut EntryFn<'_>) -> Result<()> {
     let end = cairn_api::prefix_end(prefix);
@@ -106,7 +95,7 @@ pub fn export<W: Write + Seek>(view: &dyn ReadView, out: W, position: Option<(u6
             Ok(true)
         })
     })?;
-    let compact = match get(view, META_COMPACT_REV)? {
+    let compact = match view.get_one(Table::Meta, META_COMPACT_REV)? {
         Some(v) => i64::from_be_bytes(v.try_into().map_err(|_| StoreError::Corrupt("compact revision".into()))?),
         None => 0,
     };
@@ -131,8 +120,8 @@ pub fn export<W: Write + Seek>(view: &dyn ReadView, out: W, position: Option<(u6
             Ok(true)
         })
     })?;
-    let enabled = get(view, META_AUTH_ENABLED)?.is_some_and(|v| v.first() == Some(&1));
-    let auth_revision = get(view, META_AUTH_REVISION)?;
+    let enabled = view.get_one(Table::Meta, META_AUTH_ENABLED)?.is_some_and(|v| v.first() == Some(&1));
+    let auth_revision = view.get_one(Table::Meta, META_AUTH_REVISION)?;
     w.bucket(AUTH, |put| {
         put(AUTH_ENABLED, &[u8::from(enabled)])?;
         match auth_revision {

@@ -120,14 +120,7 @@ impl RangeKeys {
 
 /// Load the KeyValue stored at `rev` from a read view of the engine (see [`RangeKeys`]).
 pub fn load_from(view: &dyn ReadView, rev: Revision) -> Result<KeyValue> {
-    let key = rev.to_bytes();
-    let mut end = key.to_vec();
-    end.push(0);
-    let mut raw = None;
-    view.scan(Table::Kv, &key, Some(&end), &mut |_, v| {
-        raw = Some(v.to_vec());
-        Ok(false)
-    })?;
+    let raw = view.get_one(Table::Kv, &rev.to_bytes())?;
     let raw = raw.ok_or_else(|| StoreError::Corrupt(format!("missing revision {rev:?}")))?;
     let body = raw.get(1..).ok_or_else(|| StoreError::Corrupt("empty kv".into()))?;
     Ok(KeyValue::decode(body)?)

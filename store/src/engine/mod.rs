@@ -108,6 +108,18 @@ pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 pub trait ReadView: Send {
     /// Visit keys in `[from, to)` in ascending order (`to = None`: to the end).
     fn scan(&self, table: Table, from: &[u8], to: Option<&[u8]>, f: &mut ScanFn<'_>) -> Result<()>;
+
+    /// The value stored under exactly `key`.
+    fn get_one(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut end = key.to_vec();
+        end.push(0);
+        let mut found = None;
+        self.scan(table, key, Some(&end), &mut |_, v| {
+            found = Some(v.to_vec());
+            Ok(false)
+        })?;
+        Ok(found)
+    }
 }
 
 /// The live engine as a [`ReadView`] (sees later writes).
