@@ -128,6 +128,11 @@ pub fn never_sent(s: &Status) -> bool {
     false
 }
 
+/// `work` until `deadline`, else [`Error::Timeout`].
+async fn bounded<T>(deadline: Instant, work: impl Future<Output = T>) -> std::result::Result<T, Failed> {
+    tokio::time::timeout_at(deadline, work).await.map_err(|_| Failed::Err(Error::Timeout))
+}
+
 /// Reaches the leader (see the module docs).
 pub struct Router {
     replica: Arc<Replica>,
@@ -219,7 +224,9 @@ impl Router {
                 let req = req.clone();
                 async move {
                     match hop {
-                        Hop::Local => Ok(self.replica.propose_local(req).await?),
+                        // A leader cut off from its quorum commits nothing: give up at the
+                        // deadline, as etcd (the write may still commit later).
+                        Hop::Local => Ok(bounded(deadline, self.replica.propose_local(req)).await??),
                         Hop::Leader(mut c) => {
                             let mut r = tonic::Request::new(ProposeRequest {
                                 cluster_id: self.replica.cluster_id(),
@@ -247,7 +254,7 @@ impl Router {
         let index = self
             .to_leader(deadline, Retry::Lost, |hop| async move {
                 match hop {
-                    Hop::Local => Ok(self.replica.read_index_local().await?),
+                    Hop::Local => Ok(bounded(deadline, self.replica.read_index_local()).await??),
                     Hop::Leader(mut c) => {
                         let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.replica.cluster_id() });
                         r.set_timeout(deadline.saturating_duration_since(Instant::now()));

@@ -12,6 +12,7 @@ mod etcd_snapshots;
 mod etcdctl;
 mod gateway;
 mod harness;
+mod keys;
 mod membership;
 mod packaging;
 mod tls;

@@ -80,7 +80,12 @@ pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) 
         let h = resp.headers_mut();
         h.insert("access-control-allow-origin", origin);
         h.insert("access-control-allow-methods", HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
-        h.insert("access-control-allow-headers", HeaderValue::from_static("accept, content-type, authorization"));
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("accept, content-type, authorization, if-match, if-none-match, last-event-id"),
+        );
+        // What a page may read of a keys API response (/kv/).
+        h.insert("access-control-expose-headers", HeaderValue::from_static("etag, x-cairn-revision"));
     }
     resp
 }

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod frames;
+pub mod keys;
 pub mod observe;
 
 use crate::auth::gate::Credentials;
@@ -556,5 +557,6 @@ pub fn router(gw: Gateway, services: &Services, observed: Observed, access: acce
     };
     r = route(r, "lease/keepalive", post(keepalive_route));
 
+    let r = r.merge(keys::router(gw, services));
     access::layer(r.merge(observe::router(observed)).fallback(not_found), access)
 }
