@@ -47,6 +47,11 @@ pub struct Flags {
     /// Host names plain-HTTP requests may name (comma-separated; `*`: all); others get 421.
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
     pub host_whitelist: String,
+    /// Who the web console (`/ui/` on the client port) answers: `loopback` (requests from
+    /// this machine only), `true` (everyone who can reach the port; auth still applies) or
+    /// `false` (nobody).
+    #[arg(long, env = "CAIRN_ENABLE_UI", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "loopback", value_parser = parse_ui)]
+    pub enable_ui: UiExposure,
     /// Bootstrap from the DNS SRV records of this domain instead of --initial-cluster
     /// (`_etcd-server-ssl._tcp.<domain>` for https://, `_etcd-server._tcp.<domain>` for http://).
     #[arg(long, env = "ETCD_DISCOVERY_SRV", conflicts_with = "initial_cluster")]
@@ -257,6 +262,8 @@ pub struct Config {
     pub cors: String,
     /// `--host-whitelist` (the Host names plain-HTTP requests may name, as given).
     pub host_whitelist: String,
+    /// `--enable-ui`.
+    pub enable_ui: UiExposure,
     /// Client listen URLs.
     pub listen_client_urls: Vec<String>,
     /// HTTP-only client listen URLs (`--listen-client-http-urls`); when any, the client
@@ -341,6 +348,26 @@ pub struct Config {
     pub bcrypt_cost: u32,
 }
 
+/// Who the web console answers (`--enable-ui`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiExposure {
+    /// Nobody (404).
+    Off,
+    /// Requests from a loopback address (127.0.0.0/8, ::1).
+    Loopback,
+    /// Everyone who reaches the client port.
+    On,
+}
+
+fn parse_ui(s: &str) -> Result<UiExposure, String> {
+    if s == "loopback" {
+        return Ok(UiExposure::Loopback);
+    }
+    parse_bool(s)
+        .map(|on| if on { UiExposure::On } else { UiExposure::Off })
+        .map_err(|_| format!("{s:?}: expected loopback, true or false"))
+}
+
 /// A boolean flag's value: `--flag`, `--flag=true`, `--flag=false`, in the spellings of
 /// Go's `strconv.ParseBool`, which etcd's boolean flags use.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
@@ -418,6 +445,7 @@ impl Config {
             max_watchers_per_stream: f.max_watchers_per_stream.max(1),
             cors: f.cors.clone(),
             host_whitelist: f.host_whitelist.clone(),
+            enable_ui: f.enable_ui,
             name: f.name,
             listen_client_urls: split(&f.listen_client_urls),
             listen_client_http_urls: split(&f.listen_client_http_urls),

@@ -289,7 +289,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
                 serving.clone(),
                 b.listener,
                 tls,
-                crate::gateway::access::Access::new(&config.cors, &config.host_whitelist),
+                crate::gateway::access::Access::new(&config.cors, &config.host_whitelist).with_ui(config.enable_ui),
                 traffic,
             );
             tasks.spawn(port);

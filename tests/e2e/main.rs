@@ -5,6 +5,7 @@
 mod alerts;
 mod auth;
 mod cluster;
+mod console;
 mod crash;
 mod discovery;
 mod etcd_flags;

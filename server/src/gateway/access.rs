@@ -2,8 +2,11 @@
 //! (which origins get CORS headers; `*` — the default — answers every origin with `*`) and
 //! `--host-whitelist` (on plain-HTTP connections, requests whose `Host` is not listed get
 //! `421 Misdirected Request`: a defence against DNS rebinding, CVE-2018-5702; `*` — the
-//! default — allows every host). gRPC requests do not pass here, as in etcd.
+//! default — allows every host), and who may open the web console (`--enable-ui`: by
+//! default requests from a loopback address only). gRPC requests do not pass here, as
+//! in etcd.
 
+use crate::config::UiExposure;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -18,6 +21,8 @@ pub struct Access {
     origins: Option<HashSet<String>>,
     /// `None`: every host.
     hosts: Option<HashSet<String>>,
+    /// Who gets the web console.
+    ui: Option<UiExposure>,
 }
 
 /// A comma-separated etcd list: `None` when empty or containing `*`.
@@ -29,7 +34,41 @@ fn list(s: &str) -> Option<HashSet<String>> {
 impl Access {
     /// From `--cors` and `--host-whitelist`.
     pub fn new(cors: &str, host_whitelist: &str) -> Access {
-        Access { origins: list(cors), hosts: list(host_whitelist) }
+        Access { origins: list(cors), hosts: list(host_whitelist), ui: None }
+    }
+
+    /// Serve the web console as `--enable-ui` says (without this: to nobody).
+    pub fn with_ui(self, ui: UiExposure) -> Access {
+        Access { ui: Some(ui), ..self }
+    }
+}
+
+/// Whether the request came from a loopback address (127.0.0.0/8, ::1, or IPv4-mapped).
+fn from_loopback(req: &Request) -> bool {
+    let tcp = req.extensions().get::<TcpInfo>().or_else(|| req.extensions().get::<TlsInfo>().map(|t| t.get_ref()));
+    tcp.and_then(TcpInfo::remote_addr).is_some_and(|a| a.ip().to_canonical().is_loopback())
+}
+
+/// The refusal of a console request `ui` does not allow, if it is one.
+fn ui_refusal(ui: Option<UiExposure>, req: &Request) -> Option<Response> {
+    let path = req.uri().path();
+    if path != "/ui" && !path.starts_with("/ui/") {
+        return None;
+    }
+    match ui.unwrap_or(UiExposure::Off) {
+        UiExposure::On => None,
+        UiExposure::Loopback if from_loopback(req) => None,
+        UiExposure::Loopback => Some(
+            (
+                StatusCode::FORBIDDEN,
+                "the web console answers requests from this machine only; \
+                 start the member with --enable-ui=true to serve it to others\n",
+            )
+                .into_response(),
+        ),
+        UiExposure::Off => {
+            Some((StatusCode::NOT_FOUND, "the web console is off (--enable-ui=false)\n").into_response())
+        }
     }
 }
 
@@ -48,7 +87,8 @@ fn host_of(req: &Request) -> String {
     }
 }
 
-type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+type TcpInfo = tonic::transport::server::TcpConnectInfo;
+type TlsInfo = tonic::transport::server::TlsConnectInfo<TcpInfo>;
 
 /// The middleware: the host check, then the CORS headers, then `OPTIONS` answered at once.
 pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
@@ -74,6 +114,9 @@ pub async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) 
             req.headers().get(header::ORIGIN).filter(|o| o.to_str().is_ok_and(|o| allowed.contains(o))).cloned()
         }
     };
+    if let Some(refused) = ui_refusal(access.ui, &req) {
+        return refused;
+    }
     let preflight = req.method() == axum::http::Method::OPTIONS;
     let mut resp = if preflight { StatusCode::OK.into_response() } else { next.run(req).await };
     if let Some(origin) = origin {
@@ -109,6 +152,32 @@ mod tests {
         let a = Access::new("http://a.example, http://b.example", "localhost,127.0.0.1");
         assert_eq!(a.origins.as_ref().map(HashSet::len), Some(2));
         assert!(a.hosts.as_ref().is_some_and(|h| h.contains("localhost")));
+    }
+
+    #[test]
+    fn the_console_by_default_answers_this_machine_only() {
+        let req = |path: &str, from: Option<&str>| {
+            let mut r = Request::builder().uri(path).body(axum::body::Body::empty()).unwrap();
+            if let Some(addr) = from {
+                let info = TcpInfo { local_addr: None, remote_addr: Some(addr.parse().unwrap()) };
+                r.extensions_mut().insert(info);
+            }
+            r
+        };
+        let status = |ui, r: &Request| ui_refusal(Some(ui), r).map(|resp| resp.status());
+        for from in ["127.0.0.1:5000", "127.8.0.3:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert_eq!(status(UiExposure::Loopback, &req("/ui/", Some(from))), None, "{from}");
+        }
+        for from in [Some("10.0.0.7:5000"), Some("[2001:db8::1]:5000"), None] {
+            assert_eq!(status(UiExposure::Loopback, &req("/ui/app.js", from)), Some(StatusCode::FORBIDDEN), "{from:?}");
+            assert_eq!(status(UiExposure::On, &req("/ui/", from)), None);
+        }
+        assert_eq!(status(UiExposure::Off, &req("/ui", Some("127.0.0.1:1"))), Some(StatusCode::NOT_FOUND));
+        assert_eq!(status(UiExposure::Off, &req("/uix", None)), None, "not the console");
+        assert_eq!(
+            ui_refusal(None, &req("/ui/", Some("127.0.0.1:1"))).map(|r| r.status()),
+            Some(StatusCode::NOT_FOUND)
+        );
     }
 
     #[test]

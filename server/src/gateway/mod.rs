@@ -14,6 +14,7 @@ pub mod access;
 pub mod frames;
 pub mod keys;
 pub mod observe;
+pub mod ui;
 
 use crate::auth::gate::Credentials;
 use crate::grpc::Services;
@@ -557,6 +558,6 @@ pub fn router(gw: Gateway, services: &Services, observed: Observed, access: acce
     };
     r = route(r, "lease/keepalive", post(keepalive_route));
 
-    let r = r.merge(keys::router(gw, services));
+    let r = r.merge(keys::router(gw, services)).merge(ui::router());
     access::layer(r.merge(observe::router(observed)).fallback(not_found), access)
 }
