@@ -75,6 +75,15 @@ async fn wait_text(b: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// Until the script returns true (15 s at most).
+async fn poll(b: &Client, script: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.execute(script, vec![]).await.ok() != Some(serde_json::Value::Bool(true)) {
+        assert!(Instant::now() < deadline, "{script}: still not true after 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn click(b: &Client, css: &str) {
     let e = b.wait().at_most(Duration::from_secs(15)).for_element(Locator::Css(css)).await;
     e.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
@@ -161,6 +170,18 @@ async fn tour(b: Client) {
     assert!(events.contains("put") && events.contains("11"), "{events}");
     screenshot(&b, "04-watch").await;
     click(&b, "#watch-stop").await;
+
+    // The browser's own EventSource reads the keys API's event stream too.
+    let open = "window.seen = []; window.es = new EventSource('/kv//app/?prefix&watch'); \
+                window.es.addEventListener('created', () => { window.ready = true; }); \
+                window.es.addEventListener('put', (e) => window.seen.push([e.lastEventId, JSON.parse(e.data).key]));";
+    b.execute(open, vec![]).await.expect("open an EventSource");
+    poll(&b, "return window.ready === true").await;
+    let put = etcdctl_ok(&ep, &["put", "/app/es", "1", "-w", "json"]);
+    let rev = super::harness::json(&put)["header"]["revision"].as_i64().expect("revision");
+    poll(&b, "return window.seen.length > 0").await;
+    let seen = b.execute("window.es.close(); return window.seen", vec![]).await.expect("events");
+    assert_eq!(seen, json!([[rev.to_string(), "/app/es"]]));
 
     // Leases: the lease, its TTL and its key.
     let granted = etcdctl_ok(&ep, &["lease", "grant", "300"]);

@@ -429,3 +429,30 @@ async fn no_leader_is_503() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("etcdserver: "), "{stderr}");
 }
+
+/// Over https with `--client-cert-auth`, the certificate's common name is the user, as on
+/// gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_name_the_user() {
+    let pki = super::tls::Pki::new();
+    let c = super::tls::tls_cluster(&pki, 1, false).await;
+    let ep = c.endpoints();
+    let root = pki.etcdctl_flags(Some("client"));
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "app"],
+        &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
+        &["user", "add", "alice:alicepw"],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, _, err) = super::tls::run(&ep, &root, args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let curl = Curl::new(&c, 0);
+    let (ca, cert, key) = (pki.s("ca.pem"), pki.s("alice.pem"), pki.s("alice-key.pem"));
+    let alice = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    curl.put("/kv//app/x", "by alice's certificate", &alice).expect(200);
+    assert_eq!(curl.run("/kv//app/x?raw", &alice).text(), "by alice's certificate");
+    assert_eq!(curl.run("/kv//other", &alice).expect(403)["message"], "etcdserver: permission denied");
+}

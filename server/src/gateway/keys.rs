@@ -319,7 +319,7 @@ fn text(bytes: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 fn lease_hex(id: i64) -> Option<String> {
-    (id != 0).then(|| format!("{id:x}"))
+    (id != 0).then(|| format!("{id:016x}"))
 }
 
 fn kv_out(kv: &KeyValue, with_value: bool) -> KvOut {
@@ -1044,7 +1044,7 @@ mod tests {
         assert_eq!(v["key"], "k");
         assert_eq!(v["value_base64"], "/wA=");
         assert!(v.get("value").is_none());
-        assert_eq!(v["lease"], "ff");
+        assert_eq!(v["lease"], "00000000000000ff", "as etcdctl prints it");
     }
 
     #[test]

@@ -55,7 +55,7 @@ const keyUrl = (key, query = '') => '/kv/' + encodeURIComponent(key).replace(/%2
 const utf8 = new TextEncoder();
 const b64 = (s) => btoa(String.fromCharCode(...utf8.encode(s)));
 const unb64 = (b) => new TextDecoder().decode(Uint8Array.from(atob(b || ''), (c) => c.charCodeAt(0)));
-const hexLease = (id) => BigInt(id).toString(16);
+const hexLease = (id) => BigInt(id).toString(16).padStart(16, '0');
 const keyText = (kv) => (kv.key !== undefined ? kv.key : '0x' + [...atob(kv.key_base64)].map((c) => c.charCodeAt(0).toString(16).padStart(2, '0')).join(''));
 const valueText = (kv) => (kv.value !== undefined ? kv.value : kv.value_base64 !== undefined ? `(binary, base64) ${kv.value_base64}` : '');
 
