@@ -117,6 +117,16 @@ fn next_event(s: &Streaming) -> (Option<i64>, String, Value) {
     }
 }
 
+/// etcdctl commands making root, and alice who may read and write /app/, then enabling auth.
+const ALICE_ON_APP: [&[&str]; 6] = [
+    &["user", "add", "root:rootpw"],
+    &["role", "add", "app"],
+    &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
+    &["user", "add", "alice:alicepw"],
+    &["user", "grant-role", "alice", "app"],
+    &["auth", "enable"],
+];
+
 /// Every route, read and written with curl and checked with etcdctl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_keys_with_curl() {
@@ -368,14 +378,7 @@ async fn errors_auth_and_limits_over_http() {
     curl.put("/kv/small", "more", &[]).expect(200);
 
     // Auth: root, and alice who may read and write /app/.
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "app"],
-        &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "alice", "app"],
-        &["auth", "enable"],
-    ] {
+    for args in ALICE_ON_APP {
         etcdctl_ok(&ep, args);
     }
     let r = curl.get("/kv//app/x").expect(401);
@@ -438,14 +441,7 @@ async fn client_certificates_name_the_user() {
     let c = super::tls::tls_cluster(&pki, 1, false).await;
     let ep = c.endpoints();
     let root = pki.etcdctl_flags(Some("client"));
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "app"],
-        &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "alice", "app"],
-        &["auth", "enable"],
-    ] {
+    for args in ALICE_ON_APP {
         let (ok, _, err) = super::tls::run(&ep, &root, args);
         assert!(ok, "{args:?}: {err}");
     }
