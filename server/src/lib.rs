@@ -14,6 +14,8 @@
 //!    [`peer`];
 //! 7. [`member`]: the wiring, the only module that knows every layer.
 //!
+//! Beside the member: [`proxy`] (`cairn grpc-proxy`), which uses only the foundations.
+//!
 //! A write: [`grpc`] handler -> [`write::Writer::propose`] -> [`router::Router::propose`]
 //! -> leader's [`replica::Replica::propose_local`] -> [`batch`] -> Raft log -> commit ->
 //! [`apply`] (via [`raft::state_machine`]) -> MVCC store. A linearizable read waits for
@@ -37,6 +39,7 @@ pub mod member;
 pub(crate) mod membership;
 pub(crate) mod metrics;
 pub(crate) mod peer;
+pub mod proxy;
 pub(crate) mod raft;
 pub(crate) mod replica;
 pub(crate) mod router;

@@ -9,6 +9,14 @@ async fn main() -> anyhow::Result<()> {
     // Every file and directory the member creates is private to its user: the data
     // directory holds values, auth tokens and password hashes.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let mut argv = std::env::args_os();
+    if argv.nth(1).is_some_and(|a| a == "grpc-proxy") {
+        if let Err(e) = cairn_server::proxy::main(argv.collect()).await {
+            eprintln!("cairn: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let prepared = match cairn_server::etcd_flags::prepare(std::env::args_os().collect(), &vars) {
         Ok(p) => p,

@@ -16,4 +16,5 @@ mod harness;
 mod keys;
 mod membership;
 mod packaging;
+mod proxy;
 mod tls;

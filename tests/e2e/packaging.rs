@@ -10,21 +10,23 @@ fn repo() -> PathBuf {
 }
 
 #[test]
-fn the_systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(repo().join("deploy/systemd/cairn.service")).expect("the unit");
-    // systemd checks that ExecStart exists: point it at the binary under test.
-    let unit = unit.replace("/usr/local/bin/cairn", &cairn_binary().display().to_string());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cairn.service");
-    std::fs::write(&path, unit).expect("write");
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze (./scripts/test installs systemd)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(!err.contains("cairn.service"), "warnings about the unit:\n{err}");
+fn the_systemd_units_verify() {
+    for name in ["cairn.service", "cairn-grpc-proxy.service"] {
+        let unit = std::fs::read_to_string(repo().join("deploy/systemd").join(name)).expect("the unit");
+        // systemd checks that ExecStart exists: point it at the binary under test.
+        let unit = unit.replace("/usr/local/bin/cairn", &cairn_binary().display().to_string());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, unit).expect("write");
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (./scripts/test installs systemd)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert!(!err.contains(name), "warnings about {name}:\n{err}");
+    }
 }
 
 #[test]

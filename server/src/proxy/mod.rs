@@ -1,0 +1,220 @@
+//! `cairn grpc-proxy start`: etcd's gRPC proxy, for running on every machine that has
+//! clients, so they talk to localhost and the cluster sees one proxy instead of every
+//! process. Every etcd v3 service is served; watches on the same range are coalesced into
+//! one upstream watch ([`watch`]), the rest is passed through ([`forward`]) over one
+//! balanced channel to the cluster ([`upstream`]), with the caller's token.
+//!
+//! The proxy is its own role of the `cairn` binary: it uses only the foundations
+//! (`logging`, `tls`, `conn`) and nothing of a member.
+
+mod forward;
+mod upstream;
+mod watch;
+
+use clap::Parser;
+use prometheus::{IntCounter, IntGauge, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `cairn grpc-proxy start` flags: etcd's names and defaults.
+#[derive(Debug, Parser)]
+#[command(name = "cairn grpc-proxy start", about = "Serve etcd's gRPC API in front of a cluster, coalescing watches")]
+pub struct Flags {
+    /// Comma-separated client URLs of the cluster's members (`host:port` or URLs).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+    /// Where the proxy serves gRPC, the JSON-free HTTP endpoints `/health` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:23790")]
+    pub listen_addr: String,
+    /// A second address serving only `/health` and `/metrics`.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Largest request the proxy accepts from a client (bytes).
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_recv_bytes: usize,
+    /// Largest response the proxy sends to a client (bytes; etcd's default: unlimited).
+    #[arg(long, default_value_t = usize::MAX)]
+    pub max_send_bytes: usize,
+    /// How long dialing a member may take.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dial_timeout: Duration,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// The proxy's own series (beside the process metrics).
+#[derive(Clone)]
+pub(crate) struct ProxyMetrics {
+    registry: Registry,
+    /// Watch streams open to the cluster (one per coalesced range).
+    upstream_watch_streams: IntGauge,
+    /// Client watchers served.
+    client_watchers: IntGauge,
+    /// Client watchers that joined an upstream watch someone else opened.
+    coalesced_total: IntCounter,
+    /// Upstream watch streams re-opened after they broke.
+    upstream_rewatches_total: IntCounter,
+    /// Client watchers moved to their own upstream watch because their client was slow.
+    slow_watchers_moved_total: IntCounter,
+}
+
+impl ProxyMetrics {
+    fn new() -> Result<ProxyMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let m = ProxyMetrics {
+            upstream_watch_streams: gauge(
+                "cairn_proxy_upstream_watch_streams",
+                "Watch streams the proxy holds open to the cluster (one per coalesced key range).",
+            )?,
+            client_watchers: gauge(
+                "etcd_grpc_proxy_watchers_coalescing_total",
+                "Client watchers served by the proxy.",
+            )?,
+            coalesced_total: counter(
+                "cairn_proxy_watchers_coalesced_total",
+                "Client watchers that joined an upstream watch already open for the same range.",
+            )?,
+            upstream_rewatches_total: counter(
+                "cairn_proxy_upstream_rewatches_total",
+                "Upstream watches re-opened after their stream or member failed.",
+            )?,
+            slow_watchers_moved_total: counter(
+                "cairn_proxy_slow_watchers_moved_total",
+                "Client watchers moved to an upstream watch of their own because their client did not keep up.",
+            )?,
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(m)
+    }
+
+    fn text(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Run `cairn grpc-proxy <args>` until SIGINT/SIGTERM (`args` after `grpc-proxy`).
+pub async fn main(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    let mut args = args.into_iter();
+    match args.next().and_then(|a| a.into_string().ok()).as_deref() {
+        Some("start") => {}
+        other => {
+            let what = other.map_or("nothing".to_string(), |o| format!("{o:?}"));
+            anyhow::bail!("cairn grpc-proxy: expected `start`, got {what} (cairn grpc-proxy start --help)")
+        }
+    }
+    let flags = Flags::parse_from(std::iter::once("cairn grpc-proxy start".into()).chain(args));
+    crate::logging::init(&flags.log_level, false, &[crate::logging::Output::Stderr]).map_err(anyhow::Error::msg)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        signal.cancel();
+    });
+    serve(flags, stop).await
+}
+
+/// Serve the proxy as `flags` say until `stop`.
+pub async fn serve(flags: Flags, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let metrics = ProxyMetrics::new()?;
+    let upstream = Arc::new(upstream::Upstream::new(&flags.endpoints, flags.dial_timeout)?);
+    let listener = tokio::net::TcpListener::bind(addr(&flags.listen_addr)).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        endpoints = %upstream.endpoints().join(","),
+        "grpc-proxy serving etcd's v3 API; watches on the same range share one upstream watch"
+    );
+    let grpc = forward::routes(&upstream, &metrics, flags.max_recv_bytes, flags.max_send_bytes, &stop);
+    let http = observe(metrics.clone(), upstream.clone());
+    let app = grpc.merge(http.clone());
+    if let Some(m) = &flags.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr(m)).await?;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let incoming = crate::conn::plain(l, Duration::from_secs(5));
+            let mut server = crate::tls::server_builder(LIMITS).accept_http1(true);
+            let routes = tonic::service::Routes::from(http);
+            if let Err(e) =
+                server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
+            {
+                tracing::error!("metrics server: {e}");
+            }
+        });
+    }
+    let incoming = crate::conn::plain(listener, Duration::from_secs(5));
+    let mut server = crate::tls::server_builder(LIMITS).accept_http1(true);
+    server
+        .add_routes(tonic::service::Routes::from(app))
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// etcd's HTTP/2 defaults for the proxy's listeners.
+const LIMITS: crate::tls::Http2Limits = crate::tls::Http2Limits {
+    max_concurrent_streams: u32::MAX,
+    keepalive_interval: Duration::from_secs(2 * 60 * 60),
+    keepalive_timeout: Duration::from_secs(20),
+    keepalive_min_time: Duration::from_secs(5),
+};
+
+/// `host:port`, with or without a URL scheme.
+fn addr(s: &str) -> String {
+    s.split_once("://").map_or(s, |(_, rest)| rest).trim_end_matches('/').to_string()
+}
+
+/// `/health` (healthy when a member answers a serializable read) and `/metrics`.
+fn observe(metrics: ProxyMetrics, upstream: Arc<upstream::Upstream>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.text() }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let u = upstream.clone();
+                async move {
+                    let (status, body) = match u.health().await {
+                        Ok(()) => (axum::http::StatusCode::OK, r#"{"health":"true","reason":""}"#.to_string()),
+                        Err(why) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            serde_json::json!({"health": "false", "reason": why}).to_string(),
+                        ),
+                    };
+                    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body)
+                }
+            }),
+        )
+}
