@@ -167,10 +167,21 @@ impl PingPolicy {
     }
 }
 
-/// An accepted connection (plain TCP or TLS over it) under the ping policy.
+/// An accepted connection (plain TCP or TLS over it) under the ping policy, its first
+/// header block checked for an `:authority` h2 would refuse ([`crate::authority`]).
 pub struct Accepted<IO> {
     io: IO,
     policy: PingPolicy,
+    /// Until the connection proves it needs no mending (its first header block).
+    mend: Option<Box<crate::authority::Mend>>,
+    /// Mended bytes not yet read by the server.
+    mended: Vec<u8>,
+}
+
+impl<IO> Accepted<IO> {
+    fn new(io: IO, min_time: Duration) -> Self {
+        Accepted { io, policy: PingPolicy::new(min_time), mend: Some(Box::default()), mended: Vec::new() }
+    }
 }
 
 impl<IO: Connected> Connected for Accepted<IO> {
@@ -183,11 +194,34 @@ impl<IO: Connected> Connected for Accepted<IO> {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Accepted<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(this.policy.feed(&buf.filled()[before..])),
-            other => other,
+        loop {
+            if !this.mended.is_empty() {
+                let n = this.mended.len().min(buf.remaining());
+                buf.put_slice(&this.mended[..n]);
+                this.mended.drain(..n);
+                return Poll::Ready(this.policy.feed(&buf.filled()[buf.filled().len() - n..]));
+            }
+            let Some(mend) = this.mend.as_mut() else {
+                // The usual path: the server reads the connection directly.
+                let before = buf.filled().len();
+                return match Pin::new(&mut this.io).poll_read(cx, buf) {
+                    Poll::Ready(Ok(())) => Poll::Ready(this.policy.feed(&buf.filled()[before..])),
+                    other => other,
+                };
+            };
+            let mut raw = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut raw);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    mend.feed(rb.filled(), &mut this.mended)?;
+                    if mend.done() {
+                        this.mend = None;
+                    }
+                }
+                other => return other,
+            }
         }
     }
 }
@@ -238,7 +272,7 @@ fn tcp(listener: TcpListener) -> TcpIncoming {
 
 /// Plain connections accepted on `listener`.
 pub fn plain(listener: TcpListener, min_time: Duration) -> impl Stream<Item = io::Result<Accepted<TcpStream>>> {
-    tcp(listener).map(move |c| c.map(|io| Accepted { io, policy: PingPolicy::new(min_time) }))
+    tcp(listener).map(move |c| c.map(|io| Accepted::new(io, min_time)))
 }
 
 /// TLS connections accepted on `listener`: each handshake runs on its own (a client that
@@ -269,7 +303,7 @@ pub fn tls(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(io)) => {
-                        let _ = tx.send(Ok(Accepted { io, policy: PingPolicy::new(min_time) })).await;
+                        let _ = tx.send(Ok(Accepted::new(io, min_time))).await;
                     }
                     Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),

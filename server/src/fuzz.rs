@@ -41,13 +41,31 @@ pub fn peer_payload(data: &[u8]) {
     let _ = decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(data);
 }
 
+/// The client port's HTTP/2 read path under h2: the first byte sets the chunk size, the
+/// rest follows the client preface and is mended ([`crate::authority`]) chunk by chunk.
+pub fn h2_mend(data: &[u8]) {
+    let Some((size, rest)) = data.split_first() else { return };
+    let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    stream.extend_from_slice(rest);
+    let mut mend = crate::authority::Mend::default();
+    let mut out = Vec::new();
+    for chunk in stream.chunks(usize::from(*size).max(1)) {
+        if mend.feed(chunk, &mut out).is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every input under `fuzz/corpus/<target>` and `fuzz/regressions/<target>`, replayed.
     #[test]
     fn the_fuzz_corpus_and_past_crashes_replay_cleanly() {
-        let targets: [(&str, cairn_store::fuzz::Target); 2] =
-            [("gateway_stream", super::gateway_stream), ("peer_payload", super::peer_payload)];
+        let targets: [(&str, cairn_store::fuzz::Target); 3] = [
+            ("gateway_stream", super::gateway_stream),
+            ("peer_payload", super::peer_payload),
+            ("h2_mend", super::h2_mend),
+        ];
         for (name, run) in targets {
             let n = cairn_store::fuzz::replay(name, run);
             assert!(n >= 5, "fuzz/corpus/{name} holds {n} inputs: run scripts/fuzz to make it");

@@ -2,7 +2,8 @@
 //!
 //! Layers, each importing only those below it (docs/ARCHITECTURE.md draws the graph):
 //!
-//! 1. foundations: [`error`], [`config`] (with [`etcd_flags`], [`logging`]), [`tls`], [`conn`], [`data_dir`],
+//! 1. foundations: [`error`], [`config`] (with [`etcd_flags`], [`logging`]), [`tls`], [`conn`] (with
+//!    [`authority`]), [`data_dir`],
 //!    [`discovery`] (the initial cluster from DNS SRV), [`version`];
 //! 2. replicated state: [`state`], [`auth`] (state, apply), [`lease`] (the lessor),
 //!    [`watch`] (the hub), [`apply`];
@@ -23,6 +24,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod auth;
+pub(crate) mod authority;
 pub(crate) mod batch;
 pub mod config;
 pub(crate) mod conn;

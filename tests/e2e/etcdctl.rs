@@ -162,6 +162,40 @@ async fn endpoint_status_health_and_member_list() {
     assert!(plain.contains(", started, m0, "), "{plain}");
 }
 
+/// Endpoints written as URLs, as etcd's docs write them: etcdctl 3.4 then sends the URL as
+/// the HTTP/2 authority of the commands that dial one member, which Rust's h2 refused
+/// (PROTOCOL_ERROR) until the connection's header blocks were mended under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_endpoints_work_for_every_etcdctl_command() {
+    let c = Cluster::start(3, &[]).await;
+    let urls: Vec<String> = c.members.iter().map(|m| m.client_url.trim_end_matches('/').to_string()).collect();
+    let all = urls.join(",");
+    etcdctl_ok(&all, &["put", "a", "1"]);
+    let status = etcdctl_ok(&all, &["endpoint", "status"]);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    assert!(urls.iter().all(|u| status.contains(u.as_str())), "{status}");
+    let hashes = etcdctl_ok(&all, &["endpoint", "hashkv"]);
+    assert_eq!(hashes.lines().count(), 3, "{hashes}");
+    let defrag = etcdctl_ok(&urls[0], &["defrag"]);
+    assert!(defrag.contains("Finished defragmenting"), "{defrag}");
+    // Move the leadership to another member, through a URL endpoint of the leader.
+    let leader = c.leader().await;
+    let target = (leader + 1) % 3;
+    let id = json(&etcdctl_ok(&urls[target], &["endpoint", "status", "-w", "json"]))[0]["Status"]["header"]
+        ["member_id"]
+        .as_u64()
+        .expect("member id");
+    let moved = etcdctl_ok(&urls[leader], &["move-leader", &format!("{id:x}")]);
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    // etcdctl 3.5 strips the scheme itself; it works as before.
+    let out = std::process::Command::new(cairn_testing::etcd35_tool("etcdctl"))
+        .args([&format!("--endpoints={all}"), "endpoint", "status"])
+        .output()
+        .expect("etcdctl 3.5");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
+
 /// A Go client pings (BDP estimation) while it receives a large response; grpc-go's server
 /// excuses those pings because it is sending, and so must Cairn's ping policy — it used to
 /// close the connection ("too many pings") in the middle of a multi-megabyte `get`.

@@ -7,7 +7,7 @@ use super::harness::{etcdctl, etcdctl_ok, Cluster};
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{PutRequest, WatchCreateRequest, WatchProgressRequest};
-use cairn_testing::{cairn_binary, free_port, GrpcWatch, Streaming};
+use cairn_testing::{cairn_binary, free_port, GrpcWatch, Member, Streaming};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 struct Proxy {
     _process: Streaming,
     url: String,
-    /// `host:port` (etcdctl 3.4 sends a URL endpoint as the HTTP/2 authority, which
-    /// Rust's h2 refuses; see docs/COMPATIBILITY.md).
-    endpoint: String,
 }
 
 impl Proxy {
     async fn start(members: &str) -> Proxy {
+        Proxy::start_with(members, &[], "http").await
+    }
+
+    /// With `extra` flags; `scheme` is what the proxy serves.
+    async fn start_with(members: &str, extra: &[String], scheme: &str) -> Proxy {
         let port = free_port().expect("a free port");
         let mut cmd = Command::new(cairn_binary());
         cmd.args([
@@ -30,13 +32,14 @@ impl Proxy {
             &format!("--endpoints={members}"),
             &format!("--listen-addr=127.0.0.1:{port}"),
         ]);
+        cmd.args(extra);
         let process = Streaming::spawn(cmd);
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             assert!(Instant::now() < deadline, "the proxy did not listen on {port} in 20 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Proxy { _process: process, url: format!("http://127.0.0.1:{port}"), endpoint: format!("127.0.0.1:{port}") }
+        Proxy { _process: process, url: format!("{scheme}://127.0.0.1:{port}") }
     }
 
     /// One of the proxy's own series.
@@ -70,7 +73,7 @@ fn member_urls(c: &Cluster) -> String {
 async fn etcdctl_works_through_the_proxy() {
     let c = Cluster::start(3, &[]).await;
     let proxy = Proxy::start(&member_urls(&c)).await;
-    let p = proxy.endpoint.as_str();
+    let p = proxy.url.as_str();
     etcdctl_ok(p, &["put", "/cfg/a", "1"]);
     assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/cfg/a", "--print-value-only"]).trim(), "1");
     assert_eq!(etcdctl_ok(p, &["get", "/cfg/", "--prefix", "--print-value-only"]).trim(), "1");
@@ -207,4 +210,47 @@ async fn a_slow_client_is_moved_aside_and_misses_nothing() {
         slow_got.extend(r.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision));
     }
     assert_eq!(slow_got, want, "the slow client, reading again, misses nothing and repeats nothing");
+}
+
+/// TLS on both sides: clients with certificates to the proxy, the proxy with its own to
+/// members that require one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_clients_and_to_the_cluster() {
+    let pki = super::tls::Pki::new();
+    let c = super::tls::tls_cluster(&pki, 3, false).await;
+    let members = c.members.iter().map(Member::endpoint).collect::<Vec<_>>().join(",");
+    let flags = [
+        format!("--cacert={}", pki.s("ca.pem")),
+        format!("--cert={}", pki.s("client.pem")),
+        format!("--key={}", pki.s("client-key.pem")),
+        format!("--cert-file={}", pki.s("server.pem")),
+        format!("--key-file={}", pki.s("server-key.pem")),
+        format!("--trusted-ca-file={}", pki.s("ca.pem")),
+    ];
+    let proxy = Proxy::start_with(&members, &flags, "https").await;
+    let tls = pki.etcdctl_flags(Some("alice"));
+    let (ok, _, err) = super::tls::run(&proxy.url, &tls, &["put", "/tls/a", "1"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) =
+        super::tls::run(&c.endpoints(), &pki.etcdctl_flags(Some("client")), &["get", "/tls/a", "--print-value-only"]);
+    assert!(ok && out.trim() == "1", "{out} {err}");
+    // A watch through the proxy over TLS.
+    let mut cmd = cairn_testing::etcdctl_command(&proxy.url);
+    cmd.args(&tls).args(["watch", "/tls/", "--prefix"]);
+    let watch = Streaming::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    let seen = loop {
+        i += 1;
+        let (ok, _, err) = super::tls::run(&proxy.url, &tls, &["put", "/tls/b", &i.to_string()]);
+        assert!(ok, "{err}");
+        if let Some(line) = watch.try_line(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no watch event through the TLS proxy");
+    };
+    assert_eq!(seen, "PUT");
+    // No client certificate: refused by the proxy's TLS.
+    let (ok, _, _) = super::tls::run(&proxy.url, &pki.etcdctl_flags(None), &["get", "/tls/a"]);
+    assert!(!ok, "a client without a certificate got in");
 }

@@ -41,6 +41,62 @@ pub struct Flags {
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// CA bundle the members' certificates must chain to (TLS to the cluster; endpoints
+    /// without a scheme become https://).
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Certificate the proxy presents to the members.
+    #[arg(long, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// Certificate the proxy serves its clients with (TLS on --listen-addr).
+    #[arg(long, requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key.
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// CA bundle client certificates must chain to (then every client needs one).
+    #[arg(long, requires = "cert_file")]
+    pub trusted_ca_file: Option<std::path::PathBuf>,
+}
+
+impl Flags {
+    /// TLS towards the cluster, if asked for.
+    fn upstream_tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        if self.cacert.is_none() && self.cert.is_none() {
+            return Ok(None);
+        }
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("--{flag} {}: {e}", p.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &self.cacert {
+            tls = tls.ca_certificate(Certificate::from_pem(read("cacert", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+        }
+        Ok(Some(tls))
+    }
+
+    /// TLS towards the clients, if asked for.
+    fn client_tls(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        if self.cert_file.is_none() {
+            return Ok(None);
+        }
+        let files = crate::tls::TlsFiles {
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            trusted_ca: self.trusted_ca_file.clone(),
+            client_cert_auth: self.trusted_ca_file.is_some(),
+            policy: crate::tls::Policy::parse("", "", "").map_err(anyhow::Error::msg)?,
+            ..Default::default()
+        };
+        Ok(Some(files.server("").map_err(anyhow::Error::msg)?))
+    }
 }
 
 /// The proxy's own series (beside the process metrics).
@@ -144,7 +200,8 @@ pub async fn main(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
 /// Serve the proxy as `flags` say until `stop`.
 pub async fn serve(flags: Flags, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
     let metrics = ProxyMetrics::new()?;
-    let upstream = Arc::new(upstream::Upstream::new(&flags.endpoints, flags.dial_timeout)?);
+    let upstream = Arc::new(upstream::Upstream::new(&flags.endpoints, flags.dial_timeout, flags.upstream_tls()?)?);
+    let client_tls = flags.client_tls()?;
     let listener = tokio::net::TcpListener::bind(addr(&flags.listen_addr)).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -168,12 +225,19 @@ pub async fn serve(flags: Flags, stop: tokio_util::sync::CancellationToken) -> a
             }
         });
     }
-    let incoming = crate::conn::plain(listener, Duration::from_secs(5));
     let mut server = crate::tls::server_builder(LIMITS).accept_http1(true);
-    server
-        .add_routes(tonic::service::Routes::from(app))
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await?;
+    let routes = tonic::service::Routes::from(app);
+    let min_time = LIMITS.keepalive_min_time;
+    match client_tls {
+        Some(tls) => {
+            let incoming = crate::conn::tls(listener, tls, min_time);
+            server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await?;
+        }
+        None => {
+            let incoming = crate::conn::plain(listener, min_time);
+            server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await?;
+        }
+    }
     Ok(())
 }
 

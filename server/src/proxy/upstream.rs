@@ -7,7 +7,7 @@
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::RangeRequest;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The metadata passed on from a client's request to the cluster.
 const PASSED: [&str; 3] = ["token", "authorization", "hasleader"];
@@ -20,23 +20,29 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Channels to `list` (comma-separated `host:port` or URLs); they connect lazily.
-    pub fn new(list: &str, dial_timeout: Duration) -> anyhow::Result<Upstream> {
+    /// Channels to `list` (comma-separated `host:port` or URLs; with `tls`, `host:port` is
+    /// https://); they connect lazily.
+    pub fn new(list: &str, dial_timeout: Duration, tls: Option<ClientTlsConfig>) -> anyhow::Result<Upstream> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = list
             .split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
-            .map(|e| if e.contains("://") { e.to_string() } else { format!("http://{e}") })
+            .map(|e| if e.contains("://") { e.to_string() } else { format!("{scheme}://{e}") })
             .collect();
         anyhow::ensure!(!endpoints.is_empty(), "--endpoints: no endpoint given");
         let mut configured = Vec::new();
         for e in &endpoints {
-            anyhow::ensure!(
-                e.starts_with("http://"),
-                "--endpoints {e}: this proxy reaches members over plain HTTP/2 only for now (https:// upstreams are not supported yet)"
-            );
-            let ep = Endpoint::from_shared(e.clone())
-                .map_err(|err| anyhow::anyhow!("--endpoints {e}: {err}"))?
+            let mut ep = Endpoint::from_shared(e.clone()).map_err(|err| anyhow::anyhow!("--endpoints {e}: {err}"))?;
+            if e.starts_with("https://") {
+                let Some(tls) = &tls else {
+                    anyhow::bail!(
+                        "--endpoints {e}: an https:// member needs --cacert (and --cert/--key if it asks for one)"
+                    )
+                };
+                ep = ep.tls_config(tls.clone()).map_err(|err| anyhow::anyhow!("--endpoints {e}: {err}"))?;
+            }
+            let ep = ep
                 .connect_timeout(dial_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
