@@ -254,3 +254,37 @@ async fn tls_to_the_clients_and_to_the_cluster() {
     let (ok, _, _) = super::tls::run(&proxy.url, &pki.etcdctl_flags(None), &["get", "/tls/a"]);
     assert!(!ok, "a client without a certificate got in");
 }
+
+/// `--namespace`: the clients' whole key space is a prefix of the cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_confines_the_clients_to_a_prefix() {
+    let c = Cluster::start(1, &[]).await;
+    let proxy = Proxy::start_with(&member_urls(&c), &["--namespace=/tenant-a/".to_string()], "http").await;
+    let (p, direct) = (proxy.url.as_str(), c.endpoints());
+    etcdctl_ok(&direct, &["put", "/other/secret", "x"]);
+    etcdctl_ok(p, &["put", "a", "1"]);
+    assert_eq!(etcdctl_ok(&direct, &["get", "/tenant-a/a", "--print-value-only"]).trim(), "1");
+    // Every key, as the proxy's clients see them: only theirs, without the prefix.
+    assert_eq!(etcdctl_ok(p, &["get", "", "--from-key", "--keys-only"]).trim(), "a");
+    assert!(etcdctl_ok(p, &["get", "a", "-w", "json"]).contains(&format!("\"key\":\"{}\"", super::harness::b64("a"))));
+    let out = etcdctl(p, &["txn"], Some("value(\"a\") = \"1\"\n\nput b 2\n\n\n"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("SUCCESS"), "{out:?}");
+    assert_eq!(etcdctl_ok(&direct, &["get", "/tenant-a/b", "--print-value-only"]).trim(), "2");
+    assert_eq!(etcdctl_ok(p, &["del", "", "--from-key"]).trim(), "2", "deletes only the tenant's keys");
+    assert_eq!(etcdctl_ok(&direct, &["get", "/other/secret", "--print-value-only"]).trim(), "x");
+    // Watches see their keys without the prefix, and nothing else.
+    let mut w = GrpcWatch::open(&proxy.url).await;
+    w.create(WatchCreateRequest { key: vec![0], range_end: vec![0], ..Default::default() }).await;
+    assert!(w.next().await.created);
+    etcdctl_ok(&direct, &["put", "/other/noise", "y"]);
+    etcdctl_ok(p, &["put", "c", "3"]);
+    let events = w.events(1).await;
+    assert_eq!((events[0].1.as_str(), events[0].2.as_str()), ("c", "3"));
+    // Locks and leases name keys inside the namespace too.
+    assert_eq!(etcdctl_ok(p, &["lock", "job", "echo", "held"]).trim(), "held");
+    let granted = etcdctl_ok(p, &["lease", "grant", "60"]);
+    let lease = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    etcdctl_ok(p, &["put", "svc", "up", "--lease", &lease]);
+    let ttl = etcdctl_ok(p, &["lease", "timetolive", &lease, "--keys"]);
+    assert!(ttl.contains("attached keys([svc])"), "{ttl}");
+}

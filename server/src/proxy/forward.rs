@@ -3,6 +3,7 @@
 //! message as the member gave them) comes back unchanged. Watch is not here: it is
 //! coalesced ([`super::watch`]).
 
+use super::namespace::{Namespace, Namespaced};
 use super::upstream::{pass, Upstream};
 use super::ProxyMetrics;
 use cairn_api::etcdserverpb::auth_client::AuthClient;
@@ -32,6 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone)]
 pub struct Forward {
     up: Arc<Upstream>,
+    ns: Arc<Namespace>,
 }
 
 /// A client of `$client` over the balanced channel, with no size limit of its own (the
@@ -49,8 +51,11 @@ macro_rules! unary {
         impl $trait for Forward {
             $(
                 async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
-                    let (meta, _, msg) = req.into_parts();
-                    client!(self, $client).$method(pass(&meta, msg)).await
+                    let (meta, _, mut msg) = req.into_parts();
+                    msg.enter(&self.ns);
+                    let mut resp = client!(self, $client).$method(pass(&meta, msg)).await?;
+                    resp.get_mut().leave(&self.ns);
+                    Ok(resp)
                 }
             )*
             $($extra)*
@@ -142,9 +147,17 @@ unary!(Election, ElectionClient, [
 ]
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<BoxStream<LeaderResponse>>, Status> {
-        let (meta, _, msg) = req.into_parts();
+        let (meta, _, mut msg) = req.into_parts();
+        msg.enter(&self.ns);
         let out = client!(self, ElectionClient).observe(pass(&meta, msg)).await?;
-        Ok(Response::new(Box::pin(out.into_inner())))
+        let ns = self.ns.clone();
+        let stripped = out.into_inner().map(move |r| {
+            r.map(|mut r| {
+                r.leave(&ns);
+                r
+            })
+        });
+        Ok(Response::new(Box::pin(stripped)))
     }
 );
 
@@ -152,13 +165,15 @@ unary!(Election, ElectionClient, [
 /// responses up to `max_send`.
 pub fn routes(
     up: &Arc<Upstream>,
+    ns: Namespace,
     metrics: &ProxyMetrics,
     max_recv: usize,
     max_send: usize,
     stop: &tokio_util::sync::CancellationToken,
 ) -> axum::Router {
-    let f = Forward { up: up.clone() };
-    let watch = super::watch::WatchProxy::new(up.clone(), metrics.clone(), stop.clone());
+    let ns = Arc::new(ns);
+    let f = Forward { up: up.clone(), ns: ns.clone() };
+    let watch = super::watch::WatchProxy::new(up.clone(), ns, metrics.clone(), stop.clone());
     macro_rules! limits {
         ($svc:expr) => {
             $svc.max_decoding_message_size(max_recv).max_encoding_message_size(max_send)

@@ -8,6 +8,7 @@
 //! (`logging`, `tls`, `conn`) and nothing of a member.
 
 mod forward;
+mod namespace;
 mod upstream;
 mod watch;
 
@@ -41,6 +42,9 @@ pub struct Flags {
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// A key prefix the clients see as the whole key space (etcd's `--namespace`).
+    #[arg(long, default_value = "")]
+    pub namespace: String,
     /// CA bundle the members' certificates must chain to (TLS to the cluster; endpoints
     /// without a scheme become https://).
     #[arg(long)]
@@ -208,7 +212,14 @@ pub async fn serve(flags: Flags, stop: tokio_util::sync::CancellationToken) -> a
         endpoints = %upstream.endpoints().join(","),
         "grpc-proxy serving etcd's v3 API; watches on the same range share one upstream watch"
     );
-    let grpc = forward::routes(&upstream, &metrics, flags.max_recv_bytes, flags.max_send_bytes, &stop);
+    let grpc = forward::routes(
+        &upstream,
+        namespace::Namespace::new(&flags.namespace),
+        &metrics,
+        flags.max_recv_bytes,
+        flags.max_send_bytes,
+        &stop,
+    );
     let http = observe(metrics.clone(), upstream.clone());
     let app = grpc.merge(http.clone());
     if let Some(m) = &flags.metrics_addr {

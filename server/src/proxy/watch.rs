@@ -11,6 +11,7 @@
 //! (nobody else waits for it) and continues on a broadcast of its own from its next
 //! revision. A compaction past that revision cancels it with `compact_revision`, as etcd.
 
+use super::namespace::{Namespace, Namespaced};
 use super::upstream::{pass, Upstream};
 use super::ProxyMetrics;
 use cairn_api::etcdserverpb::kv_client::KvClient;
@@ -114,6 +115,7 @@ pub struct WatchProxy {
 
 struct Inner {
     up: Arc<Upstream>,
+    ns: Arc<Namespace>,
     metrics: ProxyMetrics,
     stop: CancellationToken,
     /// Broadcasts that watchers from "now" may join, by range.
@@ -122,9 +124,9 @@ struct Inner {
 }
 
 impl WatchProxy {
-    pub fn new(up: Arc<Upstream>, metrics: ProxyMetrics, stop: CancellationToken) -> WatchProxy {
+    pub fn new(up: Arc<Upstream>, ns: Arc<Namespace>, metrics: ProxyMetrics, stop: CancellationToken) -> WatchProxy {
         WatchProxy {
-            inner: Arc::new(Inner { up, metrics, stop, shared: Mutex::default(), next_stream: AtomicU64::new(1) }),
+            inner: Arc::new(Inner { up, ns, metrics, stop, shared: Mutex::default(), next_stream: AtomicU64::new(1) }),
         }
     }
 }
@@ -193,7 +195,8 @@ impl ClientStream {
         true
     }
 
-    async fn create(&mut self, c: WatchCreateRequest) {
+    async fn create(&mut self, mut c: WatchCreateRequest) {
+        self.inner.ns.range(&mut c.key, &mut c.range_end);
         let watch_id = if c.watch_id != 0 {
             c.watch_id
         } else {
@@ -421,7 +424,7 @@ impl Inner {
                 _ = b.stop.cancelled() => return Pump::Done,
                 r = responses.next() => r,
             };
-            let r = match r {
+            let mut r = match r {
                 Some(Ok(r)) => r,
                 Some(Err(s)) => return Pump::Broken(s),
                 None => return Pump::Broken(Status::unavailable("the upstream watch stream ended")),
@@ -430,6 +433,7 @@ impl Inner {
                 self.cancel_all(b, &r);
                 return Pump::Done;
             }
+            r.leave(&self.ns);
             *failures = 0;
             let mut moved = Vec::new();
             {
