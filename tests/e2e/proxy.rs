@@ -101,6 +101,14 @@ async fn etcdctl_works_through_the_proxy() {
     assert!(String::from_utf8_lossy(&anon.stderr).contains("user name is empty"), "{anon:?}");
     assert_eq!(etcdctl_ok(p, &["--user", "root:rootpw", "get", "/cfg/a", "--print-value-only"]).trim(), "2");
     assert_eq!(reqwest::get(format!("{}/health", proxy.url)).await.expect("health").status().as_u16(), 200);
+    // HTTP clients too: etcd's JSON gateway and the keys API pass through, with their auth.
+    let http = reqwest::Client::new();
+    let put = http.put(format!("{}/kv/http/x", proxy.url)).basic_auth("root", Some("rootpw")).body("via http");
+    assert_eq!(put.send().await.expect("PUT").status().as_u16(), 200);
+    let got = http.get(format!("{}/kv/http/x?raw", proxy.url)).basic_auth("root", Some("rootpw")).send().await;
+    assert_eq!(got.expect("GET").text().await.expect("body"), "via http");
+    let anon = http.post(format!("{}/v3/kv/range", proxy.url)).body(r#"{"key":"aHR0cC94"}"#).send().await;
+    assert_eq!(anon.expect("POST").status().as_u16(), 400, "no token: refused by the member, through the proxy");
 }
 
 /// A thousand watchers on one prefix over ten client streams: one upstream watch. The
@@ -287,4 +295,7 @@ async fn a_namespace_confines_the_clients_to_a_prefix() {
     etcdctl_ok(p, &["put", "svc", "up", "--lease", &lease]);
     let ttl = etcdctl_ok(p, &["lease", "timetolive", &lease, "--keys"]);
     assert!(ttl.contains("attached keys([svc])"), "{ttl}");
+    // HTTP routes would not be namespaced: refused.
+    let r = reqwest::get(format!("{}/kv/?prefix", proxy.url)).await.expect("GET");
+    assert_eq!(r.status().as_u16(), 501);
 }

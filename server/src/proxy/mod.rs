@@ -221,7 +221,7 @@ pub async fn serve(flags: Flags, stop: tokio_util::sync::CancellationToken) -> a
         &stop,
     );
     let http = observe(metrics.clone(), upstream.clone());
-    let app = grpc.merge(http.clone());
+    let app = grpc.merge(http.clone()).fallback(http_to_cluster(upstream.clone(), !flags.namespace.is_empty()));
     if let Some(m) = &flags.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr(m)).await?;
         let stop = stop.clone();
@@ -263,6 +263,36 @@ const LIMITS: crate::tls::Http2Limits = crate::tls::Http2Limits {
 /// `host:port`, with or without a URL scheme.
 fn addr(s: &str) -> String {
     s.split_once("://").map_or(s, |(_, rest)| rest).trim_end_matches('/').to_string()
+}
+
+/// Every other HTTP request (etcd's JSON gateway `/v3/...`, the keys API `/kv/...`, the
+/// console) goes to a member over the balanced channel, streamed both ways, so curl and
+/// HTTP-only clients work through the proxy too. Not under `--namespace`: those routes
+/// would see the whole key space, so they are refused.
+fn http_to_cluster(up: Arc<upstream::Upstream>, namespaced: bool) -> axum::routing::MethodRouter {
+    use tower::ServiceExt;
+    axum::routing::any(move |req: axum::extract::Request| {
+        let channel = up.channel();
+        async move {
+            if namespaced {
+                let why = r#"{"error":"this proxy has a --namespace; its HTTP routes would not be namespaced: use gRPC","code":12}"#;
+                let mut r = axum::response::Response::new(axum::body::Body::from(why));
+                *r.status_mut() = axum::http::StatusCode::NOT_IMPLEMENTED;
+                return r;
+            }
+            let (parts, body) = req.into_parts();
+            let req = axum::http::Request::from_parts(parts, tonic::body::Body::new(body));
+            match channel.oneshot(req).await {
+                Ok(resp) => resp.map(axum::body::Body::new),
+                Err(e) => {
+                    let body = serde_json::json!({"error": format!("no member answered: {e}"), "code": 14}).to_string();
+                    let mut r = axum::response::Response::new(axum::body::Body::from(body));
+                    *r.status_mut() = axum::http::StatusCode::BAD_GATEWAY;
+                    r
+                }
+            }
+        }
+    })
 }
 
 /// `/health` (healthy when a member answers a serializable read) and `/metrics`.
