@@ -299,3 +299,61 @@ async fn a_namespace_confines_the_clients_to_a_prefix() {
     let r = reqwest::get(format!("{}/kv/?prefix", proxy.url)).await.expect("GET");
     assert_eq!(r.status().as_u16(), 501);
 }
+
+/// Twenty clients keeping one lease alive ten times a second: the cluster sees about one
+/// keepalive per third of the TTL; when they stop, the lease expires on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_of_many_clients_are_coalesced_and_leases_still_expire() {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest};
+    let c = Cluster::start(1, &[]).await;
+    let proxy = Proxy::start(&member_urls(&c)).await;
+    let mut direct = LeaseClient::connect(c.members[0].client_url.clone()).await.expect("connect");
+    let id = direct.lease_grant(LeaseGrantRequest { ttl: 6, id: 0 }).await.expect("grant").into_inner().id;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let url = proxy.url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut lease = LeaseClient::connect(url).await.expect("connect to the proxy");
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let mut answers = lease
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("stream")
+                .into_inner();
+            let mut ttls = Vec::new();
+            for _ in 0..30 {
+                tx.send(LeaseKeepAliveRequest { id }).await.expect("send");
+                let a = answers.message().await.expect("answer").expect("open");
+                ttls.push(a.ttl);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ttls
+        }));
+    }
+    for c in clients {
+        let ttls = c.await.expect("client");
+        assert!(ttls.iter().all(|t| (1..=6).contains(t)), "every answer says the lease lives: {ttls:?}");
+    }
+    let forwarded = proxy.metric("cairn_proxy_keepalives_forwarded_total").await;
+    let answered = proxy.metric("cairn_proxy_keepalives_answered_total").await;
+    assert_eq!(forwarded + answered, 600.0);
+    assert!(forwarded <= 8.0, "{forwarded} keepalives reached the cluster for 600 from clients");
+    let ttl = |mut l: LeaseClient<tonic::transport::Channel>| async move {
+        l.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await.expect("ttl").into_inner().ttl
+    };
+    assert!(ttl(direct.clone()).await > 0);
+    // Nobody keeps it alive any more: it ends within its TTL, the proxy does not hold it.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while ttl(direct.clone()).await > 0 {
+        assert!(Instant::now() < deadline, "the lease outlived its clients by more than its TTL");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // An unknown lease is answered as a member answers it.
+    let mut lease = LeaseClient::connect(proxy.url.clone()).await.expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut answers =
+        lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    tx.send(LeaseKeepAliveRequest { id: 12345 }).await.expect("send");
+    assert_eq!(answers.message().await.expect("answer").expect("open").ttl, 0);
+}

@@ -3,6 +3,7 @@
 //! message as the member gave them) comes back unchanged. Watch is not here: it is
 //! coalesced ([`super::watch`]).
 
+use super::lease::KeepAlives;
 use super::namespace::{Namespace, Namespaced};
 use super::upstream::{pass, Upstream};
 use super::ProxyMetrics;
@@ -34,6 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct Forward {
     up: Arc<Upstream>,
     ns: Arc<Namespace>,
+    keepalives: Arc<KeepAlives>,
 }
 
 /// A client of `$client` over the balanced channel, with no size limit of its own (the
@@ -78,14 +80,13 @@ unary!(Lease, LeaseClient, [
     lease_leases: LeaseLeasesRequest => LeaseLeasesResponse,
 ]
 
-    /// One upstream keepalive stream per client stream, both directions piped.
+    /// Coalesced: see [`KeepAlives`].
     async fn lease_keep_alive(
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
         let (meta, _, inbound) = req.into_parts();
-        let out = client!(self, LeaseClient).lease_keep_alive(pass(&meta, inbound.map_while(Result::ok))).await?;
-        Ok(Response::new(Box::pin(out.into_inner())))
+        Ok(Response::new(self.keepalives.serve(meta, inbound)))
     }
 );
 
@@ -172,7 +173,8 @@ pub fn routes(
     stop: &tokio_util::sync::CancellationToken,
 ) -> axum::Router {
     let ns = Arc::new(ns);
-    let f = Forward { up: up.clone(), ns: ns.clone() };
+    let keepalives = super::lease::KeepAlives::new(up.clone(), metrics.clone());
+    let f = Forward { up: up.clone(), ns: ns.clone(), keepalives };
     let watch = super::watch::WatchProxy::new(up.clone(), ns, metrics.clone(), stop.clone());
     macro_rules! limits {
         ($svc:expr) => {

@@ -8,6 +8,7 @@
 //! (`logging`, `tls`, `conn`) and nothing of a member.
 
 mod forward;
+mod lease;
 mod namespace;
 mod upstream;
 mod watch;
@@ -117,6 +118,12 @@ pub(crate) struct ProxyMetrics {
     upstream_rewatches_total: IntCounter,
     /// Client watchers moved to their own upstream watch because their client was slow.
     slow_watchers_moved_total: IntCounter,
+    /// Client keepalives sent on to the cluster.
+    keepalives_forwarded_total: IntCounter,
+    /// Client keepalives answered from the cluster's last answer.
+    keepalives_answered_total: IntCounter,
+    /// Keepalive streams open to the cluster (one per caller credentials).
+    upstream_keepalive_streams: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -152,6 +159,18 @@ impl ProxyMetrics {
             slow_watchers_moved_total: counter(
                 "cairn_proxy_slow_watchers_moved_total",
                 "Client watchers moved to an upstream watch of their own because their client did not keep up.",
+            )?,
+            keepalives_forwarded_total: counter(
+                "cairn_proxy_keepalives_forwarded_total",
+                "Lease keepalives the proxy sent on to the cluster.",
+            )?,
+            keepalives_answered_total: counter(
+                "cairn_proxy_keepalives_answered_total",
+                "Lease keepalives the proxy answered without a keepalive of their own to the cluster.",
+            )?,
+            upstream_keepalive_streams: gauge(
+                "cairn_proxy_upstream_keepalive_streams",
+                "Lease keepalive streams the proxy holds open to the cluster.",
             )?,
             registry,
         };
