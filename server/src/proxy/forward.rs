@@ -3,6 +3,7 @@
 //! message as the member gave them) comes back unchanged. Watch is not here: it is
 //! coalesced ([`super::watch`]).
 
+use super::cache::RangeCache;
 use super::lease::KeepAlives;
 use super::namespace::{Namespace, Namespaced};
 use super::upstream::{pass, Upstream};
@@ -36,6 +37,7 @@ pub struct Forward {
     up: Arc<Upstream>,
     ns: Arc<Namespace>,
     keepalives: Arc<KeepAlives>,
+    cache: Arc<RangeCache>,
 }
 
 /// A client of `$client` over the balanced channel, with no size limit of its own (the
@@ -66,12 +68,25 @@ macro_rules! unary {
 }
 
 unary!(Kv, KvClient, [
-    range: RangeRequest => RangeResponse,
     put: PutRequest => PutResponse,
     delete_range: DeleteRangeRequest => DeleteRangeResponse,
     txn: TxnRequest => TxnResponse,
     compact: CompactionRequest => CompactionResponse,
-]);
+]
+    /// Serializable reads may come from the cache ([`RangeCache`]).
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let (meta, _, mut msg) = req.into_parts();
+        msg.enter(&self.ns);
+        if let Some(mut hit) = self.cache.get(&meta, &msg) {
+            hit.leave(&self.ns);
+            return Ok(Response::new(hit));
+        }
+        let mut resp = client!(self, KvClient).range(pass(&meta, msg.clone())).await?;
+        self.cache.put(&meta, &msg, resp.get_ref());
+        resp.get_mut().leave(&self.ns);
+        Ok(resp)
+    }
+);
 
 unary!(Lease, LeaseClient, [
     lease_grant: LeaseGrantRequest => LeaseGrantResponse,
@@ -174,7 +189,8 @@ pub fn routes(
 ) -> axum::Router {
     let ns = Arc::new(ns);
     let keepalives = super::lease::KeepAlives::new(up.clone(), metrics.clone());
-    let f = Forward { up: up.clone(), ns: ns.clone(), keepalives };
+    let cache = super::cache::RangeCache::start(up.clone(), metrics.clone(), stop.clone());
+    let f = Forward { up: up.clone(), ns: ns.clone(), keepalives, cache };
     let watch = super::watch::WatchProxy::new(up.clone(), ns, metrics.clone(), stop.clone());
     macro_rules! limits {
         ($svc:expr) => {

@@ -7,6 +7,7 @@
 //! The proxy is its own role of the `cairn` binary: it uses only the foundations
 //! (`logging`, `tls`, `conn`) and nothing of a member.
 
+mod cache;
 mod forward;
 mod lease;
 mod namespace;
@@ -124,6 +125,11 @@ pub(crate) struct ProxyMetrics {
     keepalives_answered_total: IntCounter,
     /// Keepalive streams open to the cluster (one per caller credentials).
     upstream_keepalive_streams: IntGauge,
+    /// Serializable ranges answered from the cache, and not.
+    range_cache_hits_total: IntCounter,
+    range_cache_misses_total: IntCounter,
+    /// The newest revision the cache's watch has seen.
+    range_cache_revision: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -171,6 +177,18 @@ impl ProxyMetrics {
             upstream_keepalive_streams: gauge(
                 "cairn_proxy_upstream_keepalive_streams",
                 "Lease keepalive streams the proxy holds open to the cluster.",
+            )?,
+            range_cache_hits_total: counter(
+                "cairn_proxy_range_cache_hits_total",
+                "Serializable ranges the proxy answered from its cache.",
+            )?,
+            range_cache_misses_total: counter(
+                "cairn_proxy_range_cache_misses_total",
+                "Serializable ranges the proxy's cache could not answer.",
+            )?,
+            range_cache_revision: gauge(
+                "cairn_proxy_range_cache_revision",
+                "The newest revision the range cache's watch has seen (no cached answer is older).",
             )?,
             registry,
         };
