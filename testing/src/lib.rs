@@ -31,6 +31,16 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Wait until something listens on 127.0.0.1:`port` (a process `what` just started);
+/// panics after 20 s.
+pub async fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port} in 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn port() -> u16 {
     free_port().expect("binding an ephemeral port on 127.0.0.1")
 }

@@ -28,11 +28,7 @@ impl Driver {
         let mut cmd = Command::new("chromedriver");
         cmd.arg(format!("--port={port}"));
         let process = Streaming::spawn(cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen on {port} in 20 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cairn_testing::wait_listening(port, "chromedriver").await;
         Driver { _process: process, url: format!("http://127.0.0.1:{port}") }
     }
 

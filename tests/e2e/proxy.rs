@@ -34,11 +34,7 @@ impl Proxy {
         ]);
         cmd.args(extra);
         let process = Streaming::spawn(cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "the proxy did not listen on {port} in 20 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        cairn_testing::wait_listening(port, "the proxy").await;
         Proxy { _process: process, url: format!("{scheme}://127.0.0.1:{port}") }
     }
 
