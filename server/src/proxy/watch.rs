@@ -23,6 +23,7 @@ use cairn_api::etcdserverpb::{
     RangeRequest, ResponseHeader, WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use cairn_api::mvccpb::event::EventType;
+use cairn_api::mvccpb::Event;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,8 +47,33 @@ struct Range {
     prev_kv: bool,
 }
 
+/// A response queued for a client stream. Events fanned out to many watchers are shared,
+/// not copied, while they wait: each becomes its own message only when sent.
+enum Out {
+    Response(WatchResponse),
+    Events { header: Option<ResponseHeader>, watch_id: i64, events: Arc<Vec<Event>> },
+}
+
+impl Out {
+    fn into_response(self) -> WatchResponse {
+        match self {
+            Out::Response(r) => r,
+            Out::Events { header, watch_id, events } => {
+                let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
+                WatchResponse { header, watch_id, events, ..Default::default() }
+            }
+        }
+    }
+}
+
+impl From<WatchResponse> for Out {
+    fn from(r: WatchResponse) -> Out {
+        Out::Response(r)
+    }
+}
+
 /// Where a client stream's responses go.
-type Outbox = mpsc::Sender<Result<WatchResponse, Status>>;
+type Outbox = mpsc::Sender<Result<Out, Status>>;
 
 /// Which broadcast a client watcher is on now (it changes when a slow one is moved).
 type Slot = Arc<Mutex<Option<Arc<Broadcast>>>>;
@@ -145,7 +171,7 @@ impl Watch for WatchProxy {
             next_id: 0,
         };
         tokio::spawn(stream.run(inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|r| r.map(Out::into_response)))))
     }
 }
 
@@ -224,7 +250,7 @@ impl ClientStream {
                 cancel_reason: format!("rpc error: code = {:?} desc = {}", s.code(), s.message()),
                 ..Default::default()
             };
-            let _ = self.outbox.send(Ok(refused)).await;
+            let _ = self.outbox.send(Ok(refused.into())).await;
             return;
         }
         if self.watchers.contains_key(&watch_id) {
@@ -252,7 +278,7 @@ impl ClientStream {
     async fn cancel(&mut self, watch_id: i64) {
         if self.leave(watch_id) {
             let r = WatchResponse { watch_id, canceled: true, ..Default::default() };
-            let _ = self.outbox.send(Ok(r)).await;
+            let _ = self.outbox.send(Ok(r.into())).await;
         }
     }
 
@@ -281,7 +307,7 @@ impl ClientStream {
                 kv.range(pass(&self.credentials, req)).await.ok().and_then(|r| r.into_inner().header)
             }
         };
-        let _ = self.outbox.send(Ok(WatchResponse { header, watch_id: -1, ..Default::default() })).await;
+        let _ = self.outbox.send(Ok(WatchResponse { header, watch_id: -1, ..Default::default() }.into())).await;
     }
 }
 
@@ -322,7 +348,7 @@ impl Inner {
                 if let Some(h) = r.header.as_mut() {
                     h.revision = st.next_rev - 1;
                 }
-                let _ = sub.outbox.try_send(Ok(r));
+                let _ = sub.outbox.try_send(Ok(r.into()));
                 sub.owes_created = false;
             }
             if sub.next_rev == 0 {
@@ -453,22 +479,28 @@ impl Inner {
                     self.progressed(&mut st, &r.header);
                     continue;
                 }
-                let last = r.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision).max().unwrap_or(0);
+                let revs = r.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision);
+                let (first, last) = (revs.clone().min().unwrap_or(0), revs.max().unwrap_or(0));
                 let header = r.header;
+                // Every watcher that wants all of them shares one copy.
+                let all = Arc::new(std::mem::take(&mut r.events));
                 for (id, sub) in st.subs.iter_mut() {
-                    let events: Vec<_> = r
-                        .events
-                        .iter()
-                        .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= sub.next_rev))
-                        .filter(|e| {
-                            let put = e.r#type == EventType::Put as i32;
-                            !(put && sub.no_put || !put && sub.no_delete)
-                        })
-                        .cloned()
-                        .collect();
+                    let events = if sub.next_rev <= first && !sub.no_put && !sub.no_delete {
+                        all.clone()
+                    } else {
+                        let some: Vec<_> = all
+                            .iter()
+                            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= sub.next_rev))
+                            .filter(|e| {
+                                let put = e.r#type == EventType::Put as i32;
+                                !(put && sub.no_put || !put && sub.no_delete)
+                            })
+                            .cloned()
+                            .collect();
+                        Arc::new(some)
+                    };
                     if !events.is_empty() {
-                        let mut out = sub.response(&header);
-                        out.events = events;
+                        let out = Out::Events { header, watch_id: sub.watch_id, events };
                         match sub.outbox.try_send(Ok(out)) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -504,7 +536,7 @@ impl Inner {
                 if let Some(h) = r.header.as_mut() {
                     h.revision = h.revision.max(next - 1);
                 }
-                let _ = sub.outbox.try_send(Ok(r));
+                let _ = sub.outbox.try_send(Ok(r.into()));
                 sub.owes_created = false;
             }
             if sub.next_rev == 0 {
@@ -519,7 +551,7 @@ impl Inner {
         for sub in st.subs.values_mut() {
             sub.next_rev = sub.next_rev.max(next);
             if sub.progress_notify {
-                let _ = sub.outbox.try_send(Ok(sub.response(header)));
+                let _ = sub.outbox.try_send(Ok(sub.response(header).into()));
             }
         }
     }
@@ -560,7 +592,7 @@ impl Inner {
             out.created = sub.owes_created;
             out.compact_revision = r.compact_revision;
             out.cancel_reason = r.cancel_reason.clone();
-            let _ = sub.outbox.try_send(Ok(out));
+            let _ = sub.outbox.try_send(Ok(out.into()));
             self.metrics.client_watchers.dec();
         }
         st.subs.clear();
