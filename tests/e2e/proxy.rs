@@ -388,3 +388,70 @@ async fn serializable_reads_come_from_a_cache_a_watch_keeps_current() {
     etcdctl_ok(&direct, &["put", "k", "fresh"]);
     assert_eq!(etcdctl_ok(p, &["get", "k", "--print-value-only"]).trim(), "fresh");
 }
+
+/// The Cairn SDK through the proxy: KV, a watch, a lease kept alive; and etcd's election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_and_elections_work_through_the_proxy() {
+    let c = Cluster::start(3, &[]).await;
+    let proxy = Proxy::start(&member_urls(&c)).await;
+    let client = cairn_sdk::Client::connect([proxy.url.as_str()], cairn_sdk::ConnectOptions::new())
+        .await
+        .expect("the SDK connects to the proxy");
+    let mut watch = client.watch("sdk/", cairn_sdk::WatchOptions::new().with_prefix()).await.expect("watch");
+    client.put("sdk/a", "1", None).await.expect("put");
+    let got = client.get("sdk/a", None).await.expect("get");
+    assert_eq!(got.kvs[0].value, b"1");
+    let r = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("an event").expect("open");
+    assert_eq!(r.expect("ok").events[0].kv.as_ref().map(|kv| kv.key.clone()), Some(b"sdk/a".to_vec()));
+    let lease = client.lease_grant(5).await.expect("grant").id;
+    assert!(client.lease_keep_alive_once(lease).await.expect("keepalive") > 0);
+    // etcd's election, through the proxy: the campaigner leads, an observer sees it.
+    let p = proxy.url.as_str();
+    let mut cmd = cairn_testing::etcdctl_command(p);
+    cmd.args(["elect", "jobs-leader", "alpha"]);
+    let leader = Streaming::spawn(cmd);
+    let lines = leader.take(2);
+    assert!(lines[0].starts_with("jobs-leader/"), "{lines:?}");
+    assert_eq!(lines[1], "alpha");
+    let mut cmd = cairn_testing::etcdctl_command(p);
+    cmd.args(["elect", "--listen", "jobs-leader"]);
+    let observer = Streaming::spawn(cmd);
+    assert_eq!(observer.take(2)[1], "alpha");
+}
+
+/// A bad endpoint list is refused at start with a clear error; an unreachable cluster
+/// gets clear errors and the proxy keeps trying, serving as soon as a member is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoints_are_refused_and_an_unreachable_cluster_is_waited_for() {
+    for (endpoints, want) in [("", "no endpoint given"), ("https://127.0.0.1:1", "needs --cacert")] {
+        let out = Command::new(cairn_binary())
+            .args(["grpc-proxy", "start", &format!("--endpoints={endpoints}"), "--listen-addr=127.0.0.1:0"])
+            .output()
+            .expect("run the proxy");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{endpoints:?}: {err}");
+    }
+    let mut c = Cluster::start(1, &[]).await;
+    etcdctl_ok(&c.endpoints(), &["put", "k", "before"]);
+    let url = c.members[0].client_url.clone();
+    c.members[0].kill();
+    let proxy = Proxy::start(&url).await;
+    let down = etcdctl(&proxy.url, &["get", "k", "--command-timeout=3s"], None);
+    assert!(!down.status.success(), "{down:?}");
+    let health = reqwest::get(format!("{}/health", proxy.url)).await.expect("health");
+    assert_eq!(health.status().as_u16(), 503);
+    // The member comes back: the same proxy serves again, watches included.
+    c.members[0].start();
+    c.wait_ready(0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = etcdctl(&proxy.url, &["get", "k", "--print-value-only"], None);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the proxy did not reconnect: {out:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(reqwest::get(format!("{}/health", proxy.url)).await.expect("health").status().as_u16(), 200);
+}
