@@ -455,3 +455,27 @@ async fn bad_endpoints_are_refused_and_an_unreachable_cluster_is_waited_for() {
     }
     assert_eq!(reqwest::get(format!("{}/health", proxy.url)).await.expect("health").status().as_u16(), 200);
 }
+
+/// python-etcd3 (a Python etcd client, from PyPI) through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_etcd3_works_through_the_proxy() {
+    let python = std::env::var("PY_ETCD3")
+        .unwrap_or_else(|_| format!("{}/../target/py-etcd3/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: ./scripts/test makes it (python3 -m venv target/py-etcd3 && target/py-etcd3/bin/pip install etcd3==0.12.0)"
+    );
+    let c = Cluster::start(1, &[]).await;
+    let proxy = Proxy::start(&member_urls(&c)).await;
+    let port = proxy.url.rsplit(':').next().expect("port").to_string();
+    let script = format!("{}/e2e/py/etcd3_check.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&python)
+        .args([script.as_str(), "127.0.0.1", &port])
+        // etcd3 0.12's generated code predates protobuf 4's C implementation.
+        .env("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+        .output()
+        .expect("run python-etcd3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("python-etcd3 OK"), "{text}");
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/py/t", "--print-value-only"]).trim(), "yes");
+}
