@@ -25,7 +25,7 @@ use cairn_api::etcdserverpb::{
 use cairn_api::mvccpb::event::EventType;
 use cairn_api::mvccpb::Event;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -36,8 +36,9 @@ use tonic::codegen::BoxStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Responses buffered per client stream before its watchers count as slow.
-const OUTBOX: usize = 1024;
+/// Responses a client stream may have waiting, per watcher on it, before its watchers
+/// count as slow (a stream with many watchers gets one response per watcher per event).
+const OUTBOX_PER_WATCHER: usize = 1024;
 
 /// What makes two watchers share an upstream watch.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
@@ -72,8 +73,62 @@ impl From<WatchResponse> for Out {
     }
 }
 
-/// Where a client stream's responses go.
-type Outbox = mpsc::Sender<Result<Out, Status>>;
+/// Where a client stream's responses go: a queue bounded by its number of watchers.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Result<Out, Status>>,
+    queue: Arc<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: AtomicUsize,
+    watchers: AtomicUsize,
+}
+
+/// Why a response was not queued.
+enum Refused {
+    /// The client is behind by more than its share.
+    Full,
+    /// The client stream is gone.
+    Closed,
+}
+
+impl Outbox {
+    fn new() -> (Outbox, impl tokio_stream::Stream<Item = Result<WatchResponse, Status>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
+        let sent = queue.clone();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |r: Result<Out, Status>| {
+            sent.waiting.fetch_sub(1, Ordering::Relaxed);
+            r.map(Out::into_response)
+        });
+        (Outbox { tx, queue }, stream)
+    }
+
+    /// Queue an event response, unless the client is too far behind.
+    fn try_send(&self, m: Result<Out, Status>) -> Result<(), Refused> {
+        let limit = OUTBOX_PER_WATCHER * self.queue.watchers.load(Ordering::Relaxed).max(1);
+        if self.queue.waiting.load(Ordering::Relaxed) >= limit {
+            return Err(Refused::Full);
+        }
+        self.push(m)
+    }
+
+    /// Queue a control response (created, canceled, progress): never refused for fullness.
+    fn push(&self, m: Result<Out, Status>) -> Result<(), Refused> {
+        self.queue.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(m).map_err(|_| Refused::Closed)
+    }
+
+    async fn send(&self, m: Result<Out, Status>) -> Result<(), Refused> {
+        self.push(m)
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
 
 /// Which broadcast a client watcher is on now (it changes when a slow one is moved).
 type Slot = Arc<Mutex<Option<Arc<Broadcast>>>>;
@@ -161,7 +216,7 @@ impl WatchProxy {
 impl Watch for WatchProxy {
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<BoxStream<WatchResponse>>, Status> {
         let (meta, _, inbound) = req.into_parts();
-        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let (outbox, responses) = Outbox::new();
         let stream = ClientStream {
             id: self.inner.next_stream.fetch_add(1, Ordering::Relaxed),
             inner: self.inner.clone(),
@@ -171,7 +226,7 @@ impl Watch for WatchProxy {
             next_id: 0,
         };
         tokio::spawn(stream.run(inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|r| r.map(Out::into_response)))))
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -211,6 +266,7 @@ impl ClientStream {
     /// Take watcher `watch_id` off its broadcast.
     fn leave(&mut self, watch_id: i64) -> bool {
         let Some(slot) = self.watchers.remove(&watch_id) else { return false };
+        self.outbox.queue.watchers.fetch_sub(1, Ordering::Relaxed);
         // A watcher being moved off a broadcast (slow client) is found on its new one.
         while let Some(b) = current(&slot) {
             self.inner.unsubscribe(&b, (self.id, watch_id));
@@ -273,6 +329,7 @@ impl ClientStream {
         let range = Range { key: c.key, range_end: c.range_end, prev_kv: c.prev_kv };
         self.inner.subscribe(range, c.start_revision, &self.credentials, (self.id, sub));
         self.watchers.insert(watch_id, slot);
+        self.outbox.queue.watchers.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn cancel(&mut self, watch_id: i64) {
@@ -348,7 +405,7 @@ impl Inner {
                 if let Some(h) = r.header.as_mut() {
                     h.revision = st.next_rev - 1;
                 }
-                let _ = sub.outbox.try_send(Ok(r.into()));
+                let _ = sub.outbox.push(Ok(r.into()));
                 sub.owes_created = false;
             }
             if sub.next_rev == 0 {
@@ -502,12 +559,11 @@ impl Inner {
                     if !events.is_empty() {
                         let out = Out::Events { header, watch_id: sub.watch_id, events };
                         match sub.outbox.try_send(Ok(out)) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
+                            Ok(()) | Err(Refused::Closed) => {}
+                            Err(Refused::Full) => {
                                 moved.push(*id);
                                 continue;
                             }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
                         }
                     }
                     sub.next_rev = sub.next_rev.max(last + 1);
@@ -536,7 +592,7 @@ impl Inner {
                 if let Some(h) = r.header.as_mut() {
                     h.revision = h.revision.max(next - 1);
                 }
-                let _ = sub.outbox.try_send(Ok(r.into()));
+                let _ = sub.outbox.push(Ok(r.into()));
                 sub.owes_created = false;
             }
             if sub.next_rev == 0 {
@@ -551,7 +607,7 @@ impl Inner {
         for sub in st.subs.values_mut() {
             sub.next_rev = sub.next_rev.max(next);
             if sub.progress_notify {
-                let _ = sub.outbox.try_send(Ok(sub.response(header).into()));
+                let _ = sub.outbox.push(Ok(sub.response(header).into()));
             }
         }
     }
@@ -592,7 +648,7 @@ impl Inner {
             out.created = sub.owes_created;
             out.compact_revision = r.compact_revision;
             out.cancel_reason = r.cancel_reason.clone();
-            let _ = sub.outbox.try_send(Ok(out.into()));
+            let _ = sub.outbox.push(Ok(out.into()));
             self.metrics.client_watchers.dec();
         }
         st.subs.clear();
