@@ -565,6 +565,9 @@ async fn a_user_without_a_password_is_asked_on_the_terminal() {
             shown.extend(chunk);
         }
     }
+    // The prompt is printed just before echo is turned off: give the program a moment to
+    // turn it off before typing (typing at once raced it under load).
+    std::thread::sleep(Duration::from_millis(500));
     child.stdin.take().expect("stdin").write_all(b"rootpw\n").expect("typing the password");
     let status = child.wait().expect("script");
     reader.join().expect("reader");
