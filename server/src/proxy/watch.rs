@@ -49,19 +49,64 @@ struct Range {
 }
 
 /// A response queued for a client stream. Events fanned out to many watchers are shared,
-/// not copied, while they wait: each becomes its own message only when sent.
+/// not copied, while they wait, and one entry serves every watcher of the stream they are
+/// for: each watcher's message is built only when it is sent.
 enum Out {
     Response(WatchResponse),
-    Events { header: Option<ResponseHeader>, watch_id: i64, events: Arc<Vec<Event>> },
+    Events { header: Option<ResponseHeader>, watch_ids: Vec<i64>, events: Arc<Vec<Event>> },
 }
 
 impl Out {
-    fn into_response(self) -> WatchResponse {
+    /// How many messages this entry becomes.
+    fn len(&self) -> usize {
         match self {
-            Out::Response(r) => r,
-            Out::Events { header, watch_id, events } => {
-                let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
-                WatchResponse { header, watch_id, events, ..Default::default() }
+            Out::Response(_) => 1,
+            Out::Events { watch_ids, .. } => watch_ids.len(),
+        }
+    }
+}
+
+/// A client stream's messages, one at a time, from its queue.
+struct Responses {
+    rx: mpsc::UnboundedReceiver<Result<Out, Status>>,
+    queue: Arc<Queue>,
+    /// The entry being sent.
+    current: Option<Sending>,
+}
+
+/// An entry being sent: its header, events, and the watchers still owed a message.
+type Sending = (Option<ResponseHeader>, Arc<Vec<Event>>, std::vec::IntoIter<i64>);
+
+impl tokio_stream::Stream for Responses {
+    type Item = Result<WatchResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            if let Some((header, events, ids)) = self.current.as_mut() {
+                if let Some(watch_id) = ids.next() {
+                    let (header, events) = (*header, (**events).clone());
+                    self.queue.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Poll::Ready(Some(Ok(WatchResponse { header, watch_id, events, ..Default::default() })));
+                }
+                self.current = None;
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(Out::Events { header, watch_ids, events }))) => {
+                    self.current = Some((header, events, watch_ids.into_iter()));
+                }
+                Poll::Ready(Some(other)) => {
+                    self.queue.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Poll::Ready(Some(other.map(|o| match o {
+                        Out::Response(r) => r,
+                        Out::Events { .. } => WatchResponse::default(),
+                    })));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -95,14 +140,10 @@ enum Refused {
 }
 
 impl Outbox {
-    fn new() -> (Outbox, impl tokio_stream::Stream<Item = Result<WatchResponse, Status>>) {
+    fn new() -> (Outbox, Responses) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Queue::default());
-        let sent = queue.clone();
-        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |r: Result<Out, Status>| {
-            sent.waiting.fetch_sub(1, Ordering::Relaxed);
-            r.map(Out::into_response)
-        });
+        let stream = Responses { rx, queue: queue.clone(), current: None };
         (Outbox { tx, queue }, stream)
     }
 
@@ -117,7 +158,8 @@ impl Outbox {
 
     /// Queue a control response (created, canceled, progress): never refused for fullness.
     fn push(&self, m: Result<Out, Status>) -> Result<(), Refused> {
-        self.queue.waiting.fetch_add(1, Ordering::Relaxed);
+        let n = m.as_ref().map_or(1, Out::len);
+        self.queue.waiting.fetch_add(n, Ordering::Relaxed);
         self.tx.send(m).map_err(|_| Refused::Closed)
     }
 
@@ -539,34 +581,48 @@ impl Inner {
                 let revs = r.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision);
                 let (first, last) = (revs.clone().min().unwrap_or(0), revs.max().unwrap_or(0));
                 let header = r.header;
-                // Every watcher that wants all of them shares one copy.
+                // Every watcher that wants all of them shares one copy, and the watchers of
+                // one client stream share one queue entry; the others get their own.
                 let all = Arc::new(std::mem::take(&mut r.events));
-                for (id, sub) in st.subs.iter_mut() {
-                    let events = if sub.next_rev <= first && !sub.no_put && !sub.no_delete {
-                        all.clone()
-                    } else {
-                        let some: Vec<_> = all
-                            .iter()
-                            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= sub.next_rev))
-                            .filter(|e| {
-                                let put = e.r#type == EventType::Put as i32;
-                                !(put && sub.no_put || !put && sub.no_delete)
-                            })
-                            .cloned()
-                            .collect();
-                        Arc::new(some)
-                    };
-                    if !events.is_empty() {
-                        let out = Out::Events { header, watch_id: sub.watch_id, events };
-                        match sub.outbox.try_send(Ok(out)) {
-                            Ok(()) | Err(Refused::Closed) => {}
-                            Err(Refused::Full) => {
-                                moved.push(*id);
-                                continue;
-                            }
-                        }
+                let mut shared: HashMap<u64, (Outbox, Vec<i64>, Vec<SubId>)> = HashMap::new();
+                let mut own: Vec<(SubId, Outbox, Arc<Vec<Event>>)> = Vec::new();
+                for (id, sub) in st.subs.iter() {
+                    if sub.next_rev <= first && !sub.no_put && !sub.no_delete {
+                        let entry = shared.entry(id.0).or_insert_with(|| (sub.outbox.clone(), Vec::new(), Vec::new()));
+                        entry.1.push(sub.watch_id);
+                        entry.2.push(*id);
+                        continue;
                     }
-                    sub.next_rev = sub.next_rev.max(last + 1);
+                    let some: Vec<_> = all
+                        .iter()
+                        .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= sub.next_rev))
+                        .filter(|e| {
+                            let put = e.r#type == EventType::Put as i32;
+                            !(put && sub.no_put || !put && sub.no_delete)
+                        })
+                        .cloned()
+                        .collect();
+                    if !some.is_empty() {
+                        own.push((*id, sub.outbox.clone(), Arc::new(some)));
+                    }
+                }
+                for (outbox, watch_ids, ids) in shared.into_values() {
+                    let out = Out::Events { header, watch_ids, events: all.clone() };
+                    if let Err(Refused::Full) = outbox.try_send(Ok(out)) {
+                        moved.extend(ids);
+                    }
+                }
+                for (id, outbox, events) in own {
+                    let out = Out::Events { header, watch_ids: vec![id.1], events };
+                    if let Err(Refused::Full) = outbox.try_send(Ok(out)) {
+                        moved.push(id);
+                    }
+                }
+                let slow: HashSet<SubId> = moved.iter().copied().collect();
+                for (id, sub) in st.subs.iter_mut() {
+                    if !slow.contains(id) {
+                        sub.next_rev = sub.next_rev.max(last + 1);
+                    }
                 }
                 st.next_rev = st.next_rev.max(last + 1);
                 for id in &moved {
