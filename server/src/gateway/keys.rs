@@ -466,6 +466,11 @@ fn range_of(key: &[u8], p: &Params) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
+/// Where the token of basic credentials is kept: a hash of user and password.
+fn login_slot(name: &str, password: &str) -> [u8; 32] {
+    Sha256::new().chain_update(name).chain_update([0]).chain_update(password).finalize().into()
+}
+
 /// `user:password` from `Authorization: Basic ...`.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -498,8 +503,7 @@ impl Keys {
     async fn login(&self, caller: &mut Caller) -> Result<(), Problem> {
         let Some((name, password)) = basic_credentials(&caller.headers) else { return Ok(()) };
         caller.headers.remove(header::AUTHORIZATION);
-        let slot: [u8; 32] =
-            Sha256::new().chain_update(&name).chain_update([0]).chain_update(&password).finalize().into();
+        let slot = login_slot(&name, &password);
         let cached = self.logins.lock().ok().and_then(|l| l.get(&slot).cloned());
         let token = match cached {
             Some((token, at)) if at.elapsed() < LOGIN_REUSE => token,
@@ -529,8 +533,7 @@ impl Keys {
     /// Forget the token of `caller`'s basic credentials (it was refused).
     fn forget_login(&self, caller_headers: &HeaderMap) {
         if let (Some((name, password)), Ok(mut l)) = (basic_credentials(caller_headers), self.logins.lock()) {
-            let slot: [u8; 32] =
-                Sha256::new().chain_update(&name).chain_update([0]).chain_update(&password).finalize().into();
+            let slot = login_slot(&name, &password);
             l.remove(&slot);
         }
     }

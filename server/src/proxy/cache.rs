@@ -84,10 +84,7 @@ impl RangeCache {
     }
 
     fn key(meta: &MetadataMap, req: &RangeRequest) -> Option<CacheKey> {
-        (req.serializable && req.revision == 0).then(|| {
-            let who = ["token", "authorization"].iter().find_map(|k| meta.get(*k)).map(|v| v.as_bytes().to_vec());
-            (who, req.encode_to_vec())
-        })
+        (req.serializable && req.revision == 0).then(|| (super::upstream::caller(meta), req.encode_to_vec()))
     }
 
     /// A cached answer to `req`, if there is one.

@@ -27,10 +27,6 @@ use tonic::{Status, Streaming};
 /// Credentials as a map key (the token or authorization metadata, if any).
 type Who = Option<Vec<u8>>;
 
-fn who(meta: &MetadataMap) -> Who {
-    ["token", "authorization"].iter().find_map(|k| meta.get(*k)).map(|v| v.as_bytes().to_vec())
-}
-
 /// What is known of one lease for one caller.
 #[derive(Default)]
 struct Kept {
@@ -76,7 +72,7 @@ impl KeepAlives {
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
         tokio::spawn(async move {
-            let caller = who(&meta);
+            let caller = super::upstream::caller(&meta);
             while let Some(Ok(req)) = tokio::select! {
                 m = inbound.next() => m,
                 _ = tx.closed() => None,

@@ -89,6 +89,11 @@ impl Upstream {
     }
 }
 
+/// The caller's credentials in `meta` (its token), as a key for what is shared per caller.
+pub fn caller(meta: &tonic::metadata::MetadataMap) -> Option<Vec<u8>> {
+    ["token", "authorization"].iter().find_map(|k| meta.get(*k)).map(|v| v.as_bytes().to_vec())
+}
+
 /// `msg` as a request to the cluster, with the credentials (and leader requirement) of
 /// the client's request metadata `from`.
 pub fn pass<T>(from: &tonic::metadata::MetadataMap, msg: T) -> tonic::Request<T> {

@@ -463,12 +463,8 @@ impl Inner {
         if st.subs.remove(&id).is_some() {
             self.metrics.client_watchers.dec();
         }
-        if st.subs.is_empty() && !st.closed {
-            st.closed = true;
-            b.stop.cancel();
-            if b.shared && registry.get(&b.range).is_some_and(|r| Arc::ptr_eq(r, b)) {
-                registry.remove(&b.range);
-            }
+        if st.subs.is_empty() {
+            close(&mut registry, b, &mut st);
         }
     }
 
@@ -685,12 +681,8 @@ impl Inner {
     fn close_if_empty(&self, b: &Arc<Broadcast>) {
         let mut registry = self.registry();
         let mut st = b.lock();
-        if st.subs.is_empty() && !st.closed {
-            st.closed = true;
-            b.stop.cancel();
-            if b.shared && registry.get(&b.range).is_some_and(|r| Arc::ptr_eq(r, b)) {
-                registry.remove(&b.range);
-            }
+        if st.subs.is_empty() {
+            close(&mut registry, b, &mut st);
         }
     }
 
@@ -708,11 +700,19 @@ impl Inner {
             self.metrics.client_watchers.dec();
         }
         st.subs.clear();
-        st.closed = true;
-        b.stop.cancel();
-        if b.shared && registry.get(&b.range).is_some_and(|x| Arc::ptr_eq(x, b)) {
-            registry.remove(&b.range);
-        }
+        close(&mut registry, b, &mut st);
+    }
+}
+
+/// End broadcast `b` (once): stop its upstream watch and take it out of the registry.
+fn close(registry: &mut HashMap<Range, Arc<Broadcast>>, b: &Arc<Broadcast>, st: &mut BroadcastState) {
+    if st.closed {
+        return;
+    }
+    st.closed = true;
+    b.stop.cancel();
+    if b.shared && registry.get(&b.range).is_some_and(|r| Arc::ptr_eq(r, b)) {
+        registry.remove(&b.range);
     }
 }
 
