@@ -56,6 +56,17 @@ pub struct Flags {
     /// (`_etcd-server-ssl._tcp.<domain>` for https://, `_etcd-server._tcp.<domain>` for http://).
     #[arg(long, env = "ETCD_DISCOVERY_SRV", conflicts_with = "initial_cluster")]
     pub discovery_srv: Option<String>,
+    /// Bootstrap through a discovery service instead of --initial-cluster: the URL of a
+    /// directory of etcd's v2 keys API holding `_config/size` (as discovery.etcd.io hands out).
+    #[arg(long, env = "ETCD_DISCOVERY", conflicts_with_all = ["initial_cluster", "discovery_srv"])]
+    pub discovery: Option<String>,
+    /// HTTP proxy to reach the --discovery service through (`host:port` or a URL).
+    #[arg(long, env = "ETCD_DISCOVERY_PROXY", default_value = "")]
+    pub discovery_proxy: String,
+    /// What to do when --discovery fails (the cluster is full): `exit`. etcd's `proxy`
+    /// (become a v2 proxy) is accepted and does the same: Cairn has no v2 proxy.
+    #[arg(long, env = "ETCD_DISCOVERY_FALLBACK", default_value = "proxy", value_parser = ["exit", "proxy"])]
+    pub discovery_fallback: String,
     /// Suffix of the SRV service names: `_etcd-server[-ssl]-<name>._tcp.<domain>`.
     #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
     pub discovery_srv_name: String,
@@ -284,6 +295,9 @@ pub struct Config {
     /// `--discovery-srv` and `--discovery-srv-name`: the initial cluster comes from DNS at
     /// start ([`crate::discovery`]).
     pub discovery_srv: Option<(String, String)>,
+    /// `--discovery` and `--discovery-proxy`: the initial cluster comes from a discovery
+    /// service at start ([`crate::discovery::url`]); the URL is also the cluster token.
+    pub discovery: Option<(String, Option<String>)>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Election timeout.
@@ -454,7 +468,12 @@ impl Config {
             advertise_peer_urls,
             initial_cluster,
             new_cluster,
-            cluster_token: f.initial_cluster_token,
+            // As etcd: with a discovery URL, the URL is the token member ids come from.
+            cluster_token: f.discovery.clone().filter(|d| !d.is_empty()).unwrap_or(f.initial_cluster_token),
+            discovery: f
+                .discovery
+                .filter(|d| !d.is_empty())
+                .map(|d| (d, Some(f.discovery_proxy).filter(|p| !p.is_empty()))),
             discovery_srv: f.discovery_srv.filter(|d| !d.is_empty()).map(|d| (d, f.discovery_srv_name)),
             heartbeat: Duration::from_millis(f.heartbeat_interval),
             election_timeout: Duration::from_millis(f.election_timeout),

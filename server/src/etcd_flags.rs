@@ -13,7 +13,7 @@
 //!   changes nothing and passes quietly; one that only tunes etcd's internals (bbolt, v2,
 //!   pprof, log rotation) is accepted and named on one warning line; one whose absence would
 //!   leave the member less safe or unable to do what it asks (narrower client certificates,
-//!   revocation lists, discovery) stops the start with a short error;
+//!   revocation lists, the v2 proxy mode) stops the start with a short error;
 //! - names `ETCD_*` environment variables that match no flag, as etcd does.
 //!
 //! Unknown flags are then clap's to refuse, with a short error.
@@ -59,9 +59,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("backend-bbolt-freelist-type", false, "map"),
     ignore("client-cert-file", false, ""),
     ignore("client-key-file", false, ""),
-    refuse("discovery", false, ""),
-    ignore("discovery-fallback", false, "proxy"),
-    ignore("discovery-proxy", false, ""),
     ignore("enable-grpc-gateway", true, "true"),
     ignore("enable-log-rotation", true, "false"),
     ignore("enable-pprof", true, "false"),
@@ -485,8 +482,6 @@ mod tests {
         let p = prep(&["--unsafe-no-fsync=false", "--proxy=off", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
-        let e = prep(&["--discovery=https://discovery.etcd.io/x"], &[]).unwrap_err();
-        assert!(e.contains("--discovery=https://discovery.etcd.io/x is not supported"), "{e}");
         let e = prep(&["--proxy=on"], &[]).unwrap_err();
         assert!(e.contains("--proxy=on"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();
@@ -505,9 +500,7 @@ mod tests {
             .expect("ok");
         let w = p.warning.expect("warning");
         assert!(w.contains("--enable-pprof=true") && w.contains("unrecognized environment variable ETCD_NAMEE"), "{w}");
-        assert!(prep(&[], &[("ETCD_DISCOVERY", "https://discovery.example/x")])
-            .unwrap_err()
-            .contains("ETCD_DISCOVERY"));
+        assert!(prep(&[], &[("ETCD_PROXY", "readonly")]).unwrap_err().contains("ETCD_PROXY"));
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
 
     if let Some((domain, service)) = config.discovery_srv.clone() {
         config.initial_cluster =
-            crate::discovery::srv_cluster(&domain, &service, &config.name, &config.advertise_peer_urls).await?;
+            crate::discovery::srv::cluster(&domain, &service, &config.name, &config.advertise_peer_urls).await?;
         // Every member knows this one by its URLs in DNS; its id comes from them too.
         if let Some(mine) = config.initial_cluster.get(&config.name) {
             config.advertise_peer_urls.clone_from(mine);
@@ -207,6 +207,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     }
 
     // 2. Storage and Raft.
+    crate::data_dir::prepare(&config.data_dir, config.allow_shared_data_dir)?;
+    let engine = cairn_store::engine::open(config.engine, &config.data_dir.join("member"))?;
+    if let Some((url, proxy)) = config.discovery.clone() {
+        // Only a new member asks; a restarted one has its cluster in its data.
+        if config.new_cluster && ids::load_id(engine.as_ref(), ids::KEY_MEMBER_ID)?.is_none() {
+            let dir = crate::discovery::url::Directory::new(&url, proxy.as_deref())?;
+            let id = ids::member_id(&config.advertise_peer_urls, &config.cluster_token, 0);
+            config.initial_cluster =
+                crate::discovery::url::join(&dir, id, &config.name, &config.advertise_peer_urls).await?;
+        }
+    }
     let initial: BTreeMap<u64, Member> = config
         .initial_cluster
         .iter()
@@ -214,8 +225,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
             (ids::member_id(urls, &config.cluster_token, 0), Member { name: name.clone(), peer_urls: urls.clone() })
         })
         .collect();
-    crate::data_dir::prepare(&config.data_dir, config.allow_shared_data_dir)?;
-    let engine = cairn_store::engine::open(config.engine, &config.data_dir.join("member"))?;
     let (id, cluster_id) = member_ids(&config, engine.as_ref(), &initial).await?;
     let metrics = Metrics::new(id);
     let wal_dir = match &config.wal_dir {

@@ -1,11 +1,18 @@
+//! Bootstrapping without `--initial-cluster`.
+//!
 //! `--discovery-srv` against a real DNS server: dnsmasq serves `_etcd-server._tcp` SRV
 //! records inside a network namespace this test makes (with its own /etc/resolv.conf,
 //! through `ip netns exec`), and three Cairn members bootstrap from them. The member and
 //! cluster ids are the ones etcd 3.5.1 computes from the same records (the store's
 //! `ids::tests::the_ids_real_etcd_gives`).
+//!
+//! `--discovery` against a real discovery service: etcd 3.4 with its v2 keys API, the
+//! protocol discovery.etcd.io speaks; etcd 3.5.1 given the same flags registers under the
+//! same member id.
 
 use super::harness::json;
-use cairn_testing::cairn_binary;
+use cairn_testing::{cairn_binary, etcd35_tool, etcd_binary, etcdctl, free_port, Cluster};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -185,4 +192,227 @@ async fn members_bootstrap_from_dns_srv_records() {
         .expect("cairn");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot find local member \"stray\""), "{err}");
+}
+
+/// Processes started by a test, with their stderr in files of one directory; killed on drop.
+struct Procs {
+    dir: tempfile::TempDir,
+    children: Vec<(String, Child)>,
+}
+
+impl Procs {
+    fn spawn(&mut self, name: &str, program: &Path, args: &[String]) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        self.children.push((name.to_string(), child));
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn kill(&mut self, name: &str) {
+        for (n, c) in self.children.iter_mut().filter(|(n, _)| n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+            n.clear();
+        }
+    }
+
+    /// The exit status of `name` within `limit`, or `None` if it still runs.
+    fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let (_, c) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Flags of a member `name` bootstrapping from `discovery`, on fresh loopback ports: the
+/// flags and its client endpoint.
+fn discovery_member(dir: &Path, name: &str, discovery: &str) -> (Vec<String>, String, String) {
+    let port = || free_port().expect("a free port");
+    let (client, peer) = (format!("http://127.0.0.1:{}", port()), format!("http://127.0.0.1:{}", port()));
+    let args = [
+        "--name",
+        name,
+        "--data-dir",
+        &dir.join(name).display().to_string(),
+        "--discovery",
+        discovery,
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--heartbeat-interval=50",
+        "--election-timeout=500",
+    ];
+    (args.map(String::from).to_vec(), client.trim_start_matches("http://").to_string(), peer)
+}
+
+/// The registrations in a discovery directory: member id (hex) -> `name=url`.
+async fn registrations(dir_url: &str) -> Vec<(String, String)> {
+    let body = json(&reqwest::get(dir_url).await.expect("discovery directory").text().await.expect("v2 answer"));
+    let mut out: Vec<(String, String)> = body["node"]["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["dir"].as_bool() != Some(true))
+                .map(|n| {
+                    let key = n["key"].as_str().unwrap_or_default();
+                    let id = key.rsplit('/').next().unwrap_or_default().to_string();
+                    (id, n["value"].as_str().unwrap_or_default().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_bootstrap_through_an_etcd_discovery_service() {
+    // The discovery service: real etcd 3.4 with the v2 keys API, and a directory of size 3.
+    let svc = Cluster::start_bin(&etcd_binary(), 1, &["--enable-v2", "--log-level", "error"]).await;
+    let dir_url = format!(
+        "{}/v2/keys/_cairn/registry/{}",
+        svc.members[0].client_url,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+    );
+    let size = reqwest::Client::new()
+        .put(format!("{dir_url}/_config/size"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("value=3")
+        .send()
+        .await
+        .expect("discovery service");
+    assert!(size.status().is_success(), "setting the size: {}", size.status());
+
+    let mut procs = Procs { dir: tempfile::tempdir().expect("tempdir"), children: Vec::new() };
+    let data = procs.dir.path().to_path_buf();
+    let members: Vec<_> = ["m1", "m2", "m3"].iter().map(|n| discovery_member(&data, n, &dir_url)).collect();
+    for (i, (args, _, _)) in members.iter().enumerate().take(2) {
+        procs.spawn(&format!("m{}", i + 1), &cairn_binary(), args);
+    }
+    // Two registered, and waiting for the third.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let two = loop {
+        let r = registrations(&dir_url).await;
+        if r.len() == 2 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "not 2 registrations: {r:?}\n{}", procs.log("m1"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut values: Vec<&str> = two.iter().map(|(_, v)| v.as_str()).collect();
+    values.sort();
+    assert_eq!(values, [format!("m1={}", members[0].2), format!("m2={}", members[1].2)]);
+    assert!(procs.wait_exit("m1", Duration::from_millis(500)).is_none(), "m1 waits:\n{}", procs.log("m1"));
+    // m1 stopped before its data directory was written starts again: its registration
+    // (same id, same value) is its own, kept, and it waits again.
+    procs.kill("m1");
+    let _ = std::fs::remove_dir_all(data.join("m1"));
+    procs.spawn("m1", &cairn_binary(), &members[0].0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !procs.log("m1").contains("registered before") {
+        assert!(Instant::now() < deadline, "m1 did not find its registration:\n{}", procs.log("m1"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(registrations(&dir_url).await, two, "still the same two registrations");
+    procs.spawn("m3", &cairn_binary(), &members[2].0);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let out = etcdctl(&members[0].1, &["member", "list", "-w", "json"], None);
+        if out.status.success() {
+            let list = json(&String::from_utf8_lossy(&out.stdout));
+            if list["members"].as_array().is_some_and(|m| m.iter().filter(|m| m["name"] != "").count() == 3) {
+                break list;
+            }
+        }
+        assert!(Instant::now() < deadline, "no 3-member cluster:\n{}\n{}", procs.log("m1"), procs.log("m3"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Each member is known by the id it registered under, with the peer URL it registered.
+    let mut listed: Vec<(String, String)> = list["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            let id = format!("{:x}", m["ID"].as_u64().unwrap_or(0));
+            (id, format!("{}={}", m["name"].as_str().unwrap_or(""), m["peerURLs"][0].as_str().unwrap_or("")))
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, registrations(&dir_url).await, "member list = registrations");
+    let put = etcdctl(&members[0].1, &["put", "found", "by-discovery"], None);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let got = etcdctl(&members[2].1, &["get", "found", "--print-value-only"], None);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "by-discovery");
+
+    // A fourth member finds the cluster full and stops, saying so.
+    let (args, _, _) = discovery_member(&data, "m4", &dir_url);
+    procs.spawn("m4", &cairn_binary(), &args);
+    let status = procs.wait_exit("m4", Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()) && procs.log("m4").contains("discovery: cluster is full"),
+        "{status:?}\n{}",
+        procs.log("m4")
+    );
+
+    // etcd 3.5.1 given m1's name, peer URL and discovery URL computes m1's id: it finds
+    // that id registered and stops (m1 itself, restarted, would go on from its data).
+    let mut etcd_args = discovery_member(&data, "m1", &dir_url).0;
+    etcd_args.extend(["--initial-advertise-peer-urls".into(), members[0].2.clone()]);
+    etcd_args.extend([
+        "--discovery-fallback=exit".into(),
+        "--data-dir".into(),
+        data.join("etcd").display().to_string(),
+    ]);
+    procs.spawn("etcd", &etcd35_tool("etcd"), &etcd_args);
+    let status = procs.wait_exit("etcd", Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()) && procs.log("etcd").contains("found duplicate id"),
+        "etcd 3.5.1: {status:?}\n{}",
+        procs.log("etcd")
+    );
+
+    // A restarted member does not ask the discovery service again: with it gone, m2
+    // comes back from its data.
+    drop(svc);
+    procs.kill("m2");
+    procs.spawn("m2", &cairn_binary(), &members[1].0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = etcdctl(&members[1].1, &["get", "found", "--print-value-only"], None);
+        if String::from_utf8_lossy(&got.stdout).trim() == "by-discovery" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "m2 did not come back:\n{}", procs.log("m2"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -39,7 +39,7 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
 
 /// The initial cluster (name -> sorted peer URLs) for member `name` advertising `mine`,
 /// from the SRV records of `domain`.
-pub async fn srv_cluster(
+pub async fn cluster(
     domain: &str,
     service_name: &str,
     name: &str,
