@@ -48,35 +48,48 @@ pub enum UserCmd {
     /// Add a user: `name:password`, or `name` with --new-user-password, --no-password
     /// (certificate auth only) or --interactive=false.
     Add {
+        /// The user's name, optionally with `:password`.
         #[arg(id = "new_user", value_name = "NAME[:PASSWORD]")]
         user: String,
         #[command(flatten)]
         password: PasswordArgs,
+        /// A user without a password, who logs in with a client certificate only.
         #[arg(long)]
         no_password: bool,
     },
     /// Delete a user.
-    Delete { name: String },
+    Delete {
+        /// The user's name.
+        name: String,
+    },
     /// A user's roles.
-    Get { name: String },
+    Get {
+        /// The user's name.
+        name: String,
+    },
     /// Every user.
     List,
     /// Change a user's password.
     Passwd {
+        /// The user's name.
         name: String,
         #[command(flatten)]
         password: PasswordArgs,
     },
     /// Grant a role to a user.
     GrantRole {
+        /// The user's name.
         #[arg(id = "user_name", value_name = "USER")]
         user: String,
+        /// The role's name.
         role: String,
     },
     /// Take a role from a user.
     RevokeRole {
+        /// The user's name.
         #[arg(id = "user_name", value_name = "USER")]
         user: String,
+        /// The role's name.
         role: String,
     },
 }
@@ -84,6 +97,7 @@ pub enum UserCmd {
 /// The keys a permission covers.
 #[derive(Args)]
 pub struct KeyRange {
+    /// The key (or the range start, or the prefix).
     key: String,
     /// End of the range (exclusive).
     range_end: Option<String>,
@@ -114,15 +128,25 @@ impl KeyRange {
 #[derive(Subcommand)]
 pub enum RoleCmd {
     /// Add a role.
-    Add { name: String },
+    Add {
+        /// The role's name.
+        name: String,
+    },
     /// Delete a role.
-    Delete { name: String },
+    Delete {
+        /// The role's name.
+        name: String,
+    },
     /// A role's permissions.
-    Get { name: String },
+    Get {
+        /// The role's name.
+        name: String,
+    },
     /// Every role.
     List,
     /// Let a role read, write or readwrite a key, range or prefix.
     GrantPermission {
+        /// The role's name.
         role: String,
         /// read, write or readwrite.
         perm: String,
@@ -131,6 +155,7 @@ pub enum RoleCmd {
     },
     /// Take a permission from a role (the exact key or range it was granted on).
     RevokePermission {
+        /// The role's name.
         role: String,
         #[command(flatten)]
         range: KeyRange,

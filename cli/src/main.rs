@@ -5,7 +5,9 @@
 //! 2 an invalid command line or input.
 
 mod auth;
+mod check;
 mod coord;
+mod examples;
 mod mirror;
 mod ops;
 mod output;
@@ -16,7 +18,7 @@ use cairn_sdk::{
     AlarmType, Client, ConnectOptions, DeleteOptions, Error, GetOptions, GetResponse, PutOptions, SortOrder,
     SortTarget, WatchOptions,
 };
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use output::{lease_hex, Format};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -69,6 +71,9 @@ struct Cli {
     /// Print keys and values as hex-escaped bytes (`\x66\x6f\x6f`), as etcdctl's --hex.
     #[arg(long, env = "CAIRNCTL_HEX", global = true)]
     hex: bool,
+    /// Log what the client does (connections, endpoints, retries) on stderr.
+    #[arg(long, env = "CAIRNCTL_DEBUG", global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -113,7 +118,10 @@ enum Cmd {
     #[command(subcommand)]
     Member(ops::MemberCmd),
     /// Hand leadership to another member (hex id).
-    MoveLeader { target: String },
+    MoveLeader {
+        /// The member to lead next (hex ID, from `member list`).
+        target: String,
+    },
     /// Give the space of deleted data back to the file system, one member at a time.
     Defrag {
         /// Defragment every member (from the member list).
@@ -166,6 +174,9 @@ enum Cmd {
     /// Role commands: add, delete, get, list, grant-permission, revoke-permission.
     #[command(subcommand)]
     Role(auth::RoleCmd),
+    /// Checks of the cluster: `check perf`.
+    #[command(subcommand)]
+    Check(check::CheckCmd),
     /// Print cairnctl's version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
@@ -275,9 +286,10 @@ pub struct GetArgs {
     /// Print values only.
     #[arg(long)]
     print_value_only: bool,
-    /// l (linearizable) or s (serializable).
-    #[arg(long, default_value = "l")]
-    consistency: String,
+    /// Linearizable reads (`l`) see every write acknowledged before them; serializable ones
+    /// (`s`) are answered by the member from what it has, without asking the leader.
+    #[arg(long, value_enum, default_value = "l")]
+    consistency: Consistency,
     /// Only keys modified at or after this revision.
     #[arg(long, default_value_t = 0)]
     min_mod_rev: i64,
@@ -324,13 +336,20 @@ impl GetArgs {
         if self.count_only {
             o = o.with_count_only();
         }
-        match self.consistency.as_str() {
-            "l" => {}
-            "s" => o = o.with_serializable(),
-            other => return Err(BadArgs(format!("unknown consistency flag {other:?} (l or s)")).into()),
+        if self.consistency == Consistency::S {
+            o = o.with_serializable();
         }
         Ok((self.range.key.clone(), o))
     }
+}
+
+/// `get --consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Consistency {
+    /// Linearizable: confirmed with the leader.
+    L,
+    /// Serializable: the member's local data, possibly behind.
+    S,
 }
 
 #[derive(Args)]
@@ -402,8 +421,22 @@ impl DelArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    #[command(flatten)]
-    range: RangeArgs,
+    /// The key (or the range start); with -i, given on each line instead.
+    #[arg(required_unless_present = "interactive")]
+    key: Option<String>,
+    /// The range end (exclusive).
+    range_end: Option<String>,
+    /// Every key with the prefix `key`.
+    #[arg(long)]
+    prefix: bool,
+    /// Every key from `key` on.
+    #[arg(long)]
+    from_key: bool,
+    /// Read watch requests from stdin, one per line (`watch KEY [RANGE_END] [-- COMMAND]`,
+    /// flags as on the command line), and `progress` to ask every watch for a progress
+    /// notification; the command line's flags apply to every line.
+    #[arg(short, long)]
+    interactive: bool,
     /// Replay events from this revision.
     #[arg(long, default_value_t = 0)]
     rev: i64,
@@ -422,11 +455,18 @@ struct WatchArgs {
 #[derive(Subcommand)]
 enum LeaseCmd {
     /// Grant a lease of TTL seconds.
-    Grant { ttl: i64 },
+    Grant {
+        /// Seconds the lease lives without a keep-alive.
+        ttl: i64,
+    },
     /// Revoke a lease (its keys are deleted).
-    Revoke { id: String },
+    Revoke {
+        /// The lease's ID (hex, as printed by `lease grant`).
+        id: String,
+    },
     /// A lease's remaining TTL.
     Timetolive {
+        /// The lease's ID (hex).
         id: String,
         /// Also list the attached keys.
         #[arg(long)]
@@ -436,6 +476,7 @@ enum LeaseCmd {
     List,
     /// Keep a lease alive until interrupted.
     KeepAlive {
+        /// The lease's ID (hex).
         id: String,
         /// Renew once and exit.
         #[arg(long)]
@@ -489,6 +530,7 @@ fn adopt_etcdctl_env() {
         "USER",
         "PASSWORD",
         "HEX",
+        "DEBUG",
     ] {
         let ours = format!("CAIRNCTL_{name}");
         if std::env::var_os(&ours).is_none() {
@@ -505,7 +547,8 @@ const EXIT_BAD_ARGS: i32 = 128;
 
 fn main() {
     adopt_etcdctl_env();
-    let cli = match Cli::try_parse() {
+    let parsed = examples::attach(Cli::command()).try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -524,6 +567,10 @@ fn main() {
             std::process::exit(code);
         }
     };
+    if cli.debug {
+        let filter = tracing_subscriber::EnvFilter::new("debug,h2=info,hyper=info,hyper_util=info,tower=info");
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -612,8 +659,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("API version: 3.5");
         }
         Cmd::Completion { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(*shell, &mut Cli::command(), "cairnctl", &mut std::io::stdout());
+            clap_complete::generate(*shell, &mut examples::attach(Cli::command()), "cairnctl", &mut std::io::stdout());
         }
         Cmd::Get(a) => {
             let (key, opts) = a.options()?;
@@ -663,6 +709,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Defrag { cluster } => ops::defrag(&cli, *cluster).await?,
         Cmd::Snapshot(s) => ops::snapshot(&cli, s).await?,
         Cmd::MakeMirror(m) => mirror::make_mirror(&cli, m).await?,
+        Cmd::Check(c) => check::check(&cli, c).await?,
         Cmd::Endpoint(EndpointCmd::Status { cluster }) => {
             let mut rows = Vec::new();
             let mut failed = Vec::new();
@@ -684,6 +731,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     });
                     println!("{t}");
                 }
+                Format::Fields => rows.iter().for_each(|(ep, s)| output::status_fields(ep, s)),
                 Format::Simple => rows.iter().for_each(|(ep, s)| println!("{}", output::status_row(ep, s).join(", "))),
             }
             if !failed.is_empty() {
@@ -718,6 +766,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ]);
                     }
                     println!("{t}");
+                }
+                Format::Fields => {
+                    for (ep, h) in &rows {
+                        output::fields_header(&h.header.into());
+                        output::field("Endpoint", output::go_quote(ep.as_bytes()));
+                        output::field("Hash", h.hash);
+                        println!();
+                    }
                 }
                 Format::Simple => rows.iter().for_each(|(ep, h)| println!("{ep}, {}", h.hash)),
             }
@@ -761,6 +817,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ]);
                     }
                     println!("{t}");
+                }
+                Format::Fields => {
+                    for (ep, err, took) in &rows {
+                        output::field("Endpoint", output::go_quote(ep.as_bytes()));
+                        output::field("Health", err.is_none());
+                        output::field("Took", format!("{took:?}"));
+                        output::field("Error", err.as_deref().unwrap_or("<nil>"));
+                        println!();
+                    }
                 }
                 Format::Simple => {
                     for (ep, err, took) in &rows {
@@ -830,24 +895,57 @@ async fn get_paged(c: &Client, key: &str, opts: GetOptions, end: Vec<u8>, page: 
 }
 
 async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    let c = cli.client().await?;
+    if a.interactive {
+        return watch_interactive(&c, a, cli.write_out).await;
+    }
+    let s = open_watch(&c, a).await?;
+    print_watch(s, &a.exec, cli.write_out, None).await
+}
+
+/// Open the watch `a` asks for.
+async fn open_watch(c: &Client, a: &WatchArgs) -> anyhow::Result<cairn_sdk::WatchStream> {
+    let range = RangeArgs {
+        key: a.key.clone().unwrap_or_default(),
+        range_end: a.range_end.clone(),
+        prefix: a.prefix,
+        from_key: a.from_key,
+    };
     let mut o = WatchOptions::new().with_start_revision(a.rev);
-    o = a.range.apply(o, WatchOptions::with_prefix, WatchOptions::with_from_key, WatchOptions::with_range)?;
+    o = range.apply(o, WatchOptions::with_prefix, WatchOptions::with_from_key, WatchOptions::with_range)?;
     if a.prev_kv {
         o = o.with_prev_kv();
     }
     if a.progress_notify {
         o = o.with_progress_notify();
     }
-    let c = cli.client().await?;
-    let mut s = c.watch(a.range.key.clone(), o).await?;
-    while let Some(r) = s.message().await {
+    Ok(c.watch(range.key, o).await?)
+}
+
+/// Print a watch's events (and run `exec` for each) until it ends; with `progress`, ask
+/// for a progress notification whenever it fires.
+async fn print_watch(
+    mut s: cairn_sdk::WatchStream,
+    exec: &[String],
+    w: Format,
+    mut progress: Option<tokio::sync::broadcast::Receiver<()>>,
+) -> anyhow::Result<()> {
+    loop {
+        let r = tokio::select! {
+            r = s.message() => r,
+            Some(Ok(())) = async { Some(progress.as_mut()?.recv().await) } => {
+                s.request_progress();
+                continue;
+            }
+        };
+        let Some(r) = r else { break };
         let r = r?;
         if r.is_progress_notify() {
             println!("progress notify: {}", r.header.revision);
         } else {
-            output::print_events(&r.header, &r.events, cli.write_out);
+            output::print_events(&r.header, &r.events, w);
         }
-        if let Some((program, args)) = a.exec.split_first() {
+        if let Some((program, args)) = exec.split_first() {
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
             for ev in &r.events {
@@ -864,10 +962,98 @@ async fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
                     .await;
                 match status {
                     Ok(s) if s.success() => {}
-                    Ok(s) => anyhow::bail!("command {:?} error ({s})", a.exec),
-                    Err(e) => anyhow::bail!("command {:?} error ({e})", a.exec),
+                    Ok(s) => anyhow::bail!("command {exec:?} error ({s})"),
+                    Err(e) => anyhow::bail!("command {exec:?} error ({e})"),
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// A line of `watch -i`.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct WatchLine {
+    #[command(subcommand)]
+    cmd: WatchLineCmd,
+}
+
+#[derive(Subcommand)]
+enum WatchLineCmd {
+    /// Open a watch.
+    Watch(WatchArgs),
+    /// Ask every open watch for a progress notification.
+    Progress,
+}
+
+/// `watch -i`: watches opened from stdin lines, all printing as their events come. At the
+/// end of stdin the open watches go on until interrupted (etcdctl exits there).
+async fn watch_interactive(c: &Client, outer: &WatchArgs, w: Format) -> anyhow::Result<()> {
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (progress, _) = tokio::sync::broadcast::channel(16);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            Some(done) = tasks.join_next() => {
+                if let Ok(Err(e)) = done {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(1);
+                }
+                continue;
+            }
+        };
+        let Some(line) = line else { break };
+        let args = shlex::split(&line).unwrap_or_default();
+        if args.is_empty() {
+            eprintln!("Invalid command: {line} (watch and progress supported)");
+            continue;
+        }
+        let parsed = match WatchLine::try_parse_from(&args) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("Invalid command {line} ({})", e.kind());
+                continue;
+            }
+        };
+        match parsed.cmd {
+            WatchLineCmd::Progress => {
+                let _ = progress.send(());
+            }
+            WatchLineCmd::Watch(mut a) => {
+                // The command line's flags apply to every line.
+                a.prefix |= outer.prefix;
+                a.from_key |= outer.from_key;
+                a.prev_kv |= outer.prev_kv;
+                a.progress_notify |= outer.progress_notify;
+                if a.rev == 0 {
+                    a.rev = outer.rev;
+                }
+                if a.exec.is_empty() {
+                    a.exec.clone_from(&outer.exec);
+                }
+                match open_watch(c, &a).await {
+                    Ok(s) => {
+                        let rx = progress.subscribe();
+                        tasks.spawn(async move { print_watch(s, &a.exec, w, Some(rx)).await });
+                    }
+                    Err(e) => eprintln!("Invalid command {line} ({e:#})"),
+                }
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            anyhow::bail!(e);
         }
     }
     Ok(())
@@ -884,6 +1070,11 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"header": output::header_json(&r.header), "ID": r.id, "TTL": r.ttl})
                 ),
+                Format::Fields => {
+                    output::fields_header(&r.header);
+                    output::field("ID", r.id);
+                    output::field("TTL", r.ttl);
+                }
                 _ => println!("lease {} granted with TTL({}s)", lease_hex(r.id), r.ttl),
             }
         }
@@ -901,6 +1092,12 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({"header": output::header_json(&r.header), "id": r.id, "ttl": r.ttl, "granted-ttl": r.granted_ttl, "keys": ks})
                 );
+            } else if w == Format::Fields {
+                output::fields_header(&r.header);
+                output::field("ID", r.id);
+                output::field("TTL", r.ttl);
+                output::field("GrantedTTL", r.granted_ttl);
+                r.keys.iter().for_each(|k| output::field("Key", output::go_quote(k)));
             } else if r.ttl == -1 {
                 println!("lease {} already expired", lease_hex(id));
             } else {
@@ -949,4 +1146,43 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command a user can run, with its path (`cairnctl lease grant`).
+    fn leaves(c: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        let path = format!("{path} {}", c.get_name());
+        if c.get_subcommands().next().is_none() {
+            out.push((path.clone(), c.clone()));
+        }
+        for s in c.get_subcommands() {
+            leaves(s, path.clone(), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help_and_every_command_an_example() {
+        let mut cmd = super::examples::attach(super::Cli::command());
+        cmd.build();
+        let mut all = Vec::new();
+        leaves(&cmd, String::new(), &mut all);
+        let mut missing = Vec::new();
+        for (path, c) in &all {
+            if c.get_name() == "help" || path.contains(" help ") {
+                continue;
+            }
+            for a in c.get_arguments().filter(|a| !a.is_hide_set() && !a.is_global_set()) {
+                if a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version") {
+                    missing.push(format!("{path}: <{}> has no help", a.get_id()));
+                }
+            }
+            if c.get_after_help().is_none() {
+                missing.push(format!("{path}: no example (after_help)"));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

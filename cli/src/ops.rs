@@ -27,29 +27,45 @@ pub enum MemberCmd {
         learner: bool,
     },
     /// Remove a member (hex id).
-    Remove { id: String },
+    Remove {
+        /// The member's ID (hex, from `member list`).
+        id: String,
+    },
     /// Change a member's peer URLs.
     Update {
+        /// The member's ID (hex).
         id: String,
+        /// Its new peer URLs, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         peer_urls: Vec<String>,
     },
     /// Promote a learner that has caught up to a voting member.
-    Promote { id: String },
+    Promote {
+        /// The learner's ID (hex).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum SnapshotCmd {
     /// Stream a backup of one member's store to FILE (one endpoint).
-    Save { file: PathBuf },
+    Save {
+        /// Where to write the backup (etcd's snapshot format).
+        file: PathBuf,
+    },
     /// Verify a backup file and print its hash, revision, keys and size.
-    Status { file: PathBuf },
+    Status {
+        /// A backup from `snapshot save` (Cairn's or etcd's).
+        file: PathBuf,
+    },
     /// Restore a backup into a new data directory, as a member of a new cluster.
     Restore(RestoreArgs),
 }
 
 #[derive(Args)]
 pub struct RestoreArgs {
+    /// The backup to restore (from `snapshot save`, etcd's `etcdctl snapshot save`, or an
+    /// etcd member's `member/snap/db` with --skip-hash-check).
     file: PathBuf,
     /// This member's name.
     #[arg(long, default_value = "default")]
@@ -87,8 +103,8 @@ pub async fn member(cli: &Cli, cmd: &MemberCmd) -> anyhow::Result<()> {
     let w = cli.write_out;
     match cmd {
         MemberCmd::List => {
-            let members = c.member_list().await?;
-            output::print_members(&members, None, w);
+            let (header, members) = c.member_list_with_header().await?;
+            output::print_members(&members, Some(header), w);
         }
         MemberCmd::Add { name, peer_urls, learner } => {
             let r = c.member_add(peer_urls.clone(), *learner).await?;
@@ -173,6 +189,12 @@ pub async fn snapshot(cli: &Cli, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                     let mut t = output::table(&["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"]);
                     t.add_row(status_row(&st));
                     println!("{t}");
+                }
+                Format::Fields => {
+                    output::field("Hash", st.hash);
+                    output::field("Revision", st.revision);
+                    output::field("Keys", st.total_keys);
+                    output::field("Size", st.total_size);
                 }
                 Format::Simple => println!("{}", status_row(&st).join(", ")),
             }

@@ -18,6 +18,10 @@ pub enum Format {
     Json,
     /// A table, for lists.
     Table,
+    /// etcdctl's `"Field" : value` lines, every field of the response (`get`, `put`, `del`,
+    /// `txn`, `watch`, `lease grant|timetolive`, `member list`, `endpoint
+    /// status|hashkv|health`); other commands print their simple lines.
+    Fields,
 }
 
 fn b64(b: &[u8]) -> String {
@@ -135,6 +139,35 @@ pub fn status_json(endpoint: &str, s: &StatusResponse) -> Value {
     })
 }
 
+/// etcdctl's `fields` lines of a response header.
+pub fn fields_header(h: &Header) {
+    println!("\"ClusterID\" : {}", h.cluster_id);
+    println!("\"MemberID\" : {}", h.member_id);
+    println!("\"Revision\" : {}", h.revision);
+    println!("\"RaftTerm\" : {}", h.raft_term);
+}
+
+/// etcdctl's `fields` lines of a pair, the names prefixed with `pfx` (`Prev` for previous
+/// values).
+pub fn fields_kv(pfx: &str, kv: &KeyValue) {
+    println!("\"{pfx}Key\" : {}", go_quote(&kv.key));
+    println!("\"{pfx}CreateRevision\" : {}", kv.create_revision);
+    println!("\"{pfx}ModRevision\" : {}", kv.mod_revision);
+    println!("\"{pfx}Version\" : {}", kv.version);
+    println!("\"{pfx}Value\" : {}", go_quote(&kv.value));
+    println!("\"{pfx}Lease\" : {}", kv.lease);
+}
+
+/// One `"Name" : value` line (values printed as Go's Println prints them).
+pub fn field(name: &str, value: impl std::fmt::Display) {
+    println!("\"{name}\" : {value}");
+}
+
+/// A list of strings as Go's Println prints a slice: `[a b]`.
+pub fn go_list(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
 /// `--hex`: keys and values printed as `\xNN` escapes (set once, before any output).
 static HEX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -209,6 +242,12 @@ pub fn print_get(r: &GetResponse, format: Format, value_only: bool, count_only: 
             }
             println!("{t}");
         }
+        Format::Fields => {
+            fields_header(&r.header);
+            r.kvs.iter().for_each(|kv| fields_kv("", kv));
+            field("More", r.more);
+            field("Count", r.count);
+        }
         Format::Simple if count_only => println!("{}", r.count),
         Format::Simple => r.kvs.iter().for_each(|kv| print_kv(kv, value_only)),
     }
@@ -217,6 +256,12 @@ pub fn print_get(r: &GetResponse, format: Format, value_only: bool, count_only: 
 pub fn print_put(r: &PutResponse, format: Format) {
     match format {
         Format::Json => println!("{}", put_json(r)),
+        Format::Fields => {
+            fields_header(&r.header);
+            if let Some(kv) = &r.prev_kv {
+                fields_kv("Prev", kv);
+            }
+        }
         _ => {
             println!("OK");
             if let Some(kv) = &r.prev_kv {
@@ -229,6 +274,11 @@ pub fn print_put(r: &PutResponse, format: Format) {
 pub fn print_del(r: &DeleteResponse, format: Format) {
     match format {
         Format::Json => println!("{}", del_json(r)),
+        Format::Fields => {
+            fields_header(&r.header);
+            field("Deleted", r.deleted);
+            r.prev_kvs.iter().for_each(|kv| fields_kv("Prev", kv));
+        }
         _ => {
             println!("{}", r.deleted);
             r.prev_kvs.iter().for_each(|kv| print_kv(kv, false));
@@ -239,6 +289,20 @@ pub fn print_del(r: &DeleteResponse, format: Format) {
 pub fn print_txn(r: &TxnResponse, format: Format) {
     if format == Format::Json {
         println!("{}", txn_json(r));
+        return;
+    }
+    if format == Format::Fields {
+        fields_header(&r.header);
+        field("Succeeded", r.succeeded);
+        for op in &r.responses {
+            match op {
+                TxnOpResponse::Get(g) => print_get(g, format, false, false),
+                TxnOpResponse::Put(p) => print_put(p, format),
+                TxnOpResponse::Delete(d) => print_del(d, format),
+                // etcdctl 3.5 has no fields for a nested txn.
+                TxnOpResponse::Txn(t) => field("Unknown", go_quote(format!("{t:?}").as_bytes())),
+            }
+        }
         return;
     }
     println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
@@ -257,6 +321,17 @@ pub fn print_events(header: &Header, events: &[Event], format: Format) {
     if format == Format::Json {
         let evs: Vec<Value> = events.iter().map(event_json).collect();
         println!("{}", obj(vec![("Header", header_json(header)), ("Events", Value::Array(evs))]));
+        return;
+    }
+    if format == Format::Fields {
+        fields_header(header);
+        for e in events {
+            field("Type", if e.r#type == 1 { "DELETE" } else { "PUT" });
+            if let Some(p) = &e.prev_kv {
+                fields_kv("Prev", p);
+            }
+            fields_kv("", e.kv.as_ref().unwrap_or(&KeyValue::default()));
+        }
         return;
     }
     for e in events {
@@ -297,6 +372,19 @@ pub fn print_members(members: &[Member], header: Option<Header>, format: Format)
             }
             println!("{t}");
         }
+        Format::Fields => {
+            if let Some(h) = &header {
+                fields_header(h);
+            }
+            for m in members {
+                field("ID", m.id);
+                field("Name", go_quote(m.name.as_bytes()));
+                m.peer_ur_ls.iter().for_each(|u| field("PeerURL", go_quote(u.as_bytes())));
+                m.client_ur_ls.iter().for_each(|u| field("ClientURL", go_quote(u.as_bytes())));
+                field("IsLearner", m.is_learner);
+                println!();
+            }
+        }
         Format::Simple => members.iter().for_each(|m| println!("{}", member_row(m).join(", "))),
     }
 }
@@ -311,6 +399,21 @@ fn member_row(m: &Member) -> Vec<String> {
         m.client_ur_ls.join(","),
         m.is_learner.to_string(),
     ]
+}
+
+/// etcdctl 3.5's `fields` lines of an endpoint's status.
+pub fn status_fields(endpoint: &str, s: &StatusResponse) {
+    fields_header(&Header::from(s.header));
+    field("Version", go_quote(s.version.as_bytes()));
+    field("DBSize", s.db_size);
+    field("Leader", s.leader);
+    field("IsLearner", s.is_learner);
+    field("RaftIndex", s.raft_index);
+    field("RaftTerm", s.raft_term);
+    field("RaftAppliedIndex", s.raft_applied_index);
+    field("Errors", go_list(&s.errors));
+    field("Endpoint", go_quote(endpoint.as_bytes()));
+    println!();
 }
 
 pub fn status_row(endpoint: &str, s: &StatusResponse) -> Vec<String> {

@@ -294,8 +294,16 @@ impl Inner {
 
     async fn dial(&self, i: usize) -> Result<Channel> {
         let e = self.endpoint(i)?;
+        tracing::debug!(endpoint = %self.endpoints[i], "dialling");
         match tokio::time::timeout(self.opts.dial_timeout, e.connect()).await {
-            Ok(r) => Ok(r?),
+            Ok(Ok(ch)) => {
+                tracing::debug!(endpoint = %self.endpoints[i], "connected");
+                Ok(ch)
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(endpoint = %self.endpoints[i], %err, "dial failed");
+                Err(err.into())
+            }
             Err(_) => Err(Error::Unavailable(format!(
                 "error trying to connect: timed out after {:?}",
                 self.opts.dial_timeout

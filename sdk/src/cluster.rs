@@ -22,8 +22,14 @@ fn maintenance(ch: AuthChannel) -> MaintenanceClient<AuthChannel> {
 impl Client {
     /// The cluster's members (linearizable: asked of the leader).
     pub async fn member_list(&self) -> Result<Vec<Member>> {
+        Ok(self.member_list_with_header().await?.1)
+    }
+
+    /// The cluster's members (linearizable), with the header of the member that answered.
+    pub async fn member_list_with_header(&self) -> Result<(crate::Header, Vec<Member>)> {
         let req = pb::MemberListRequest { linearizable: true };
-        Ok(self.inner.unary(true, |ch| async move { cluster(ch).member_list(req).await }).await?.members)
+        let r = self.inner.unary(true, |ch| async move { cluster(ch).member_list(req).await }).await?;
+        Ok((crate::Header::from(r.header), r.members))
     }
 
     /// Add a member with `peer_urls` (as a learner if `is_learner`).

@@ -104,12 +104,21 @@ impl WatchResponse {
 pub struct WatchStream {
     rx: mpsc::Receiver<Result<WatchResponse>>,
     task: tokio::task::JoinHandle<()>,
+    progress: Arc<tokio::sync::Notify>,
 }
 
 impl WatchStream {
     /// The next delivery; `None` after an error has been delivered.
     pub async fn message(&mut self) -> Option<Result<WatchResponse>> {
         self.rx.recv().await
+    }
+
+    /// Ask the server for a progress notification (etcd's `RequestProgress`): a response
+    /// with no events whose header revision every event up to has been delivered
+    /// ([`WatchResponse::is_progress_notify`]). Useful to learn that a quiet watch is
+    /// current, e.g. before serving reads from a cache it feeds.
+    pub fn request_progress(&self) {
+        self.progress.notify_one();
     }
 }
 
@@ -151,7 +160,8 @@ impl Client {
         };
         let (tx, rx) = mpsc::channel(64);
         let (created_tx, created_rx) = oneshot::channel();
-        let task = tokio::spawn(run(self.inner.clone(), create, tx, created_tx));
+        let progress = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(run(self.inner.clone(), create, tx, created_tx, progress.clone()));
         let wait = async {
             match created_rx.await {
                 Ok(r) => r,
@@ -166,7 +176,7 @@ impl Client {
             task.abort();
             return Err(e);
         }
-        Ok(WatchStream { rx, task })
+        Ok(WatchStream { rx, task, progress })
     }
 }
 
@@ -183,6 +193,7 @@ async fn run(
     mut create: pb::WatchCreateRequest,
     tx: mpsc::Sender<Result<WatchResponse>>,
     created_tx: oneshot::Sender<Result<()>>,
+    progress: Arc<tokio::sync::Notify>,
 ) {
     let mut created_tx = Some(created_tx);
     let mut backoff = Duration::from_millis(50);
@@ -199,7 +210,7 @@ async fn run(
                 continue;
             }
         };
-        match stream_once(&conn.channel, &mut create, &tx, &mut created_tx).await {
+        match stream_once(&conn.channel, &mut create, &tx, &mut created_tx, &progress).await {
             Ended::Done => return,
             Ended::Broken(e) => {
                 tracing::debug!(%e, next = create.start_revision, "watch stream broke; resuming on another member");
@@ -223,8 +234,12 @@ async fn stream_once(
     create: &mut pb::WatchCreateRequest,
     tx: &mpsc::Sender<Result<WatchResponse>>,
     created_tx: &mut Option<oneshot::Sender<Result<()>>>,
+    progress: &tokio::sync::Notify,
 ) -> Ended {
     let (req_tx, req_rx) = mpsc::channel(1);
+    // Progress requests sent and not yet answered: their answers are delivered even
+    // without `progress_notify`.
+    let mut asked = 0usize;
     let req = pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create.clone())) };
     // etcd answers a watch stream's headers only after its first message, so the create
     // request must be queued before the call is awaited.
@@ -240,6 +255,14 @@ async fn stream_once(
         let msg = tokio::select! {
             m = stream.message() => m,
             _ = tx.closed(), if created_tx.is_none() => return Ended::Done,
+            _ = progress.notified(), if created_tx.is_none() => {
+                let req = pb::watch_request::RequestUnion::ProgressRequest(pb::WatchProgressRequest {});
+                if req_tx.send(pb::WatchRequest { request_union: Some(req) }).await.is_err() {
+                    return Ended::Broken(Error::Unavailable("watch stream closed".into()));
+                }
+                asked += 1;
+                continue;
+            }
         };
         let r = match msg {
             Ok(Some(r)) => r,
@@ -273,7 +296,9 @@ async fn stream_once(
         } else {
             // A progress notification: everything up to the header's revision was sent.
             create.start_revision = create.start_revision.max(header.revision + 1);
-            if !create.progress_notify {
+            if asked > 0 {
+                asked -= 1;
+            } else if !create.progress_notify {
                 continue;
             }
         }

@@ -569,11 +569,22 @@ pub struct Streaming {
 
 impl Streaming {
     /// Spawn `cmd` with stdout piped (stdin and stderr are not).
-    pub fn spawn(mut cmd: Command) -> Streaming {
+    pub fn spawn(cmd: Command) -> Streaming {
+        Self::spawn_with(cmd, Stdio::null())
+    }
+
+    /// Spawn `cmd` with stdin and stdout piped: also its stdin, to type into.
+    pub fn spawn_with_input(cmd: Command) -> (Streaming, std::process::ChildStdin) {
+        let mut s = Self::spawn_with(cmd, Stdio::piped());
+        let stdin = s.child.stdin.take().expect("stdin is piped");
+        (s, stdin)
+    }
+
+    fn spawn_with(mut cmd: Command, stdin: Stdio) -> Streaming {
         use std::io::BufRead;
         let program = format!("{cmd:?}");
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

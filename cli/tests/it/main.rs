@@ -600,3 +600,138 @@ async fn exec_watch_runs_a_command_per_event_as_etcdctl() {
     assert!(a[3].ends_with(r#"|"PUT"|"x/a"|"say \"hi\"\tnow \\ ünï""#), "{a:?}");
     assert!(a[7].ends_with(r#"|"DELETE"|"x/a"|"""#), "{a:?}");
 }
+
+/// etcdctl 3.5.1 (`etcd35_tool`) against the same member.
+fn etcdctl35(endpoints: &str, args: &[&str]) -> String {
+    let out = Command::new(cairn_testing::etcd35_tool("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .output()
+        .expect("etcdctl 3.5.1");
+    assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `-w fields` and `-w json` print byte for byte what etcdctl 3.5.1 prints for the same
+/// answers: fields in etcdctl's order, Go-quoted strings, JSON keys in the Go structs' order.
+#[tokio::test]
+async fn fields_and_json_output_match_etcdctl() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let lease = ok(&ep, &["lease", "grant", "600"]).split_whitespace().nth(1).expect("lease id").to_string();
+    ok(&ep, &["put", "f/a", "one", "--lease", &lease]);
+    ok(&ep, &["put", "f/b", "tw\"o\n"]);
+    ok(&ep, &["put", "f/b", "two"]);
+    for args in [
+        &["get", "f/", "--prefix", "-w", "fields"][..],
+        &["get", "f/", "--prefix", "-w", "json"],
+        &["get", "f/a", "--consistency", "s", "-w", "json"],
+        &["get", "f/none", "-w", "fields"],
+        &["member", "list", "-w", "fields"],
+        &["member", "list", "-w", "json"],
+        &["endpoint", "status", "-w", "fields"],
+        &["endpoint", "status", "-w", "json"],
+        &["endpoint", "hashkv", "-w", "fields"],
+    ] {
+        assert_eq!(ok(&ep, args), etcdctl35(&ep, args), "{args:?}");
+    }
+    let fields = ok(&ep, &["get", "f/b", "-w", "fields"]);
+    assert!(fields.contains("\"Key\" : \"f/b\"\n\"CreateRevision\" : "), "{fields}");
+    // Writes: the same shape as etcdctl's for the same kind of answer.
+    ok(&ep, &["put", "f/c", "w"]);
+    let shape =
+        |s: &str| -> Vec<String> { s.lines().map(|l| l.split(" : ").next().unwrap_or("").to_string()).collect() };
+    for (ours, theirs) in [
+        (&["put", "f/c", "x", "--prev-kv", "-w", "fields"][..], &["put", "f/b", "y", "--prev-kv", "-w", "fields"][..]),
+        (&["del", "f/c", "--prev-kv", "-w", "fields"], &["del", "f/b", "--prev-kv", "-w", "fields"]),
+        (&["lease", "grant", "60", "-w", "fields"], &["lease", "grant", "60", "-w", "fields"]),
+    ] {
+        assert_eq!(shape(&ok(&ep, ours)), shape(&etcdctl35(&ep, theirs)), "{ours:?}");
+    }
+    // Two watchers of the same events print the same lines.
+    let mut theirs = Command::new(cairn_testing::etcd35_tool("etcdctl"));
+    theirs.env("ETCDCTL_API", "3").args([
+        &format!("--endpoints={ep}"),
+        "watch",
+        "f/",
+        "--prefix",
+        "--prev-kv",
+        "-w",
+        "fields",
+    ]);
+    let theirs = Streaming::spawn(theirs);
+    let ours = streaming(&ep, &["watch", "f/", "--prefix", "--prev-kv", "-w", "fields"]);
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&ep, &["put", "f/a", "three"]);
+    ok(&ep, &["del", "f/a"]);
+    // Header (4) + Type + prev (6) + kv (6), twice.
+    assert_eq!(ours.take(34), theirs.take(34));
+}
+
+/// `watch -i`: watches opened from stdin lines (the command line's flags applying to each),
+/// `progress` asks each for a progress notification, and a bad line is named on stderr
+/// without ending the others.
+#[tokio::test]
+async fn interactive_watch_reads_requests_from_stdin() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
+    cmd.args([&format!("--endpoints={ep}"), "watch", "-i", "--prev-kv"]);
+    let (w, mut stdin) = Streaming::spawn_with_input(cmd);
+    stdin.write_all(b"watch i/a\nwatch i/p --prefix\nbogus line\n").expect("typing");
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&ep, &["put", "i/a", "1"]);
+    assert_eq!(w.take(3), ["PUT", "i/a", "1"]);
+    ok(&ep, &["put", "i/p/x", "2"]);
+    ok(&ep, &["put", "i/p/x", "3"]);
+    // --prev-kv from the command line applies to the line's watch.
+    assert_eq!(w.take(8), ["PUT", "i/p/x", "2", "PUT", "i/p/x", "2", "i/p/x", "3"]);
+    let rev = json(&ok(&ep, &["get", "i/a", "-w", "json"]))["header"]["revision"].as_i64().expect("revision");
+    stdin.write_all(b"progress\n").expect("typing");
+    assert_eq!(w.take(2), [format!("progress notify: {rev}"), format!("progress notify: {rev}")]);
+    // Without -i a key is needed.
+    let out = cairnctl(&ep, &["watch"], None);
+    assert_eq!(out.status.code(), Some(128), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `check perf` runs etcdctl's load and verdicts (here for 3 s: no figure is asserted, only
+/// that each check is judged, the exit code follows the verdict, and the keys are gone),
+/// and refuses a prefix that holds keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_perf_judges_a_load_and_cleans_up() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    let out = cairnctl(&ep, &["check", "perf", "--load", "s", "--duration", "3s", "--auto-compact"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        lines[0].starts_with("PASS: Throughput is ") || lines[0].starts_with("FAIL: Throughput too low: "),
+        "{text}"
+    );
+    assert!(lines[1].contains("Slowest request took"), "{text}");
+    assert!(lines[2].contains("Stddev"), "{text}");
+    assert_eq!(out.status.success(), lines[3] == "PASS", "{text}");
+    assert!(lines[..3].iter().all(|l| l.starts_with("PASS")) == out.status.success(), "{text}");
+    assert_eq!(ok(&ep, &["get", "/etcdctl-check-perf/", "--prefix", "--count-only"]), "0\n");
+    ok(&ep, &["put", "/etcdctl-check-perf/x", "1"]);
+    let out = cairnctl(&ep, &["check", "perf", "--duration", "1s"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has keys. Delete with"), "{out:?}");
+}
+
+/// `--debug` (and ETCDCTL_DEBUG) logs the client's doings on stderr; stdout is unchanged.
+#[tokio::test]
+async fn debug_logs_on_stderr() {
+    let c = Cluster::start(1, &[]).await;
+    let ep = c.endpoints();
+    ok(&ep, &["put", "d", "v"]);
+    let out = cairnctl(&ep, &["--debug", "get", "d"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "d\nv\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEBUG"), "{err}");
+    let quiet = cairnctl(&ep, &["get", "d"], None);
+    assert!(quiet.stderr.is_empty());
+}
