@@ -48,6 +48,11 @@ pub struct ConnectOptions {
     pub tls: Option<ClientTlsConfig>,
     /// User name and password for a cluster with auth enabled (default none).
     pub user: Option<(String, String)>,
+    /// Open watch and keep-alive streams with etcd's require-leader (`hasleader`
+    /// metadata, clientv3's `WithRequireLeader`): a member cut off from the majority ends
+    /// them with `etcdserver: no leader`, and the client resumes them on another member
+    /// instead of waiting quietly on one that will see no more writes (default on).
+    pub require_leader: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -61,6 +66,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("spread", &self.spread)
             .field("tls", &self.tls.is_some())
             .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("require_leader", &self.require_leader)
             .finish()
     }
 }
@@ -76,6 +82,7 @@ impl Default for ConnectOptions {
             spread: true,
             tls: None,
             user: None,
+            require_leader: true,
         }
     }
 }
@@ -111,6 +118,11 @@ impl ConnectOptions {
         self.spread = on;
         self
     }
+    /// Set [`ConnectOptions::require_leader`].
+    pub fn with_require_leader(mut self, on: bool) -> Self {
+        self.require_leader = on;
+        self
+    }
     /// Log in as `name` with `password` (etcdctl's `--user name:password`).
     pub fn with_user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some((name.into(), password.into()));
@@ -120,6 +132,11 @@ impl ConnectOptions {
     pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
         self.tls = Some(tls);
         self
+    }
+    /// TLS trusting the system's root certificates (a cluster whose certificates a public
+    /// or company-wide CA signed), as etcdctl does without `--cacert`.
+    pub fn with_system_roots(self) -> Self {
+        self.with_tls(ClientTlsConfig::new().with_native_roots())
     }
     /// TLS from PEM files, as etcdctl's `--cacert`, `--cert` and `--key`: trust `ca` (the
     /// CA that signed the server's certificate) and, for client-certificate auth, present
@@ -148,6 +165,8 @@ impl ConnectOptions {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
+    /// The key prefix of [`Client::with_namespace`], if any.
+    pub(crate) ns: Option<crate::namespace::Namespace>,
 }
 
 impl std::fmt::Debug for Client {
@@ -243,7 +262,7 @@ impl Client {
         let first = if opts.spread && !opts.prefer_leader { random_below(list.len()) } else { 0 };
         let conn = Mutex::new(Conn { index: first, channel: None, generation: 0 });
         let inner = Inner { endpoints: list, opts, conn, token };
-        let client = Client { inner: Arc::new(inner) };
+        let client = Client { inner: Arc::new(inner), ns: None };
         client.inner.conn().await?;
         Ok(client)
     }
@@ -457,6 +476,16 @@ impl Inner {
             None => attempts.await,
         }
     }
+}
+
+/// A request for a watch or keep-alive stream, with require-leader metadata if asked
+/// ([`ConnectOptions::require_leader`]).
+pub(crate) fn stream_request<T>(body: T, require_leader: bool) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    if require_leader {
+        req.metadata_mut().insert("hasleader", AsciiMetadataValue::from_static("true"));
+    }
+    req
 }
 
 async fn is_leader(ch: Channel, timeout: Duration) -> bool {

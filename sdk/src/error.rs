@@ -143,6 +143,21 @@ impl Error {
         }
     }
 
+    /// Whether sending the same request again (to this member or another) may succeed:
+    /// the cluster had no leader or changed it, the member timed out, was unreachable or
+    /// overloaded. The SDK already retries reads on these within the request timeout; a
+    /// write that failed so may or may not have been applied — send it again only if it is
+    /// idempotent (or guarded by a transaction), or if [`Error::was_not_applied`] says so.
+    pub fn is_retryable(&self) -> bool {
+        self.is_transient()
+    }
+
+    /// Whether the request certainly did not take effect, so any request (a write too)
+    /// may be sent again: the connection could not be made, or the cluster had no leader.
+    pub fn was_not_applied(&self) -> bool {
+        self.is_safe_to_retry()
+    }
+
     /// Whether the request certainly did not take effect and may be sent again to another
     /// member: the connection could not be made, or the cluster had no leader.
     pub(crate) fn is_safe_to_retry(&self) -> bool {

@@ -495,14 +495,20 @@ fn kv(ch: AuthChannel) -> KvClient<AuthChannel> {
 impl Client {
     /// Read a key, or a range of keys with [`GetOptions`].
     pub async fn get(&self, key: impl Into<Vec<u8>>, opts: impl Into<Option<GetOptions>>) -> Result<GetResponse> {
-        let req = opts.into().unwrap_or_default().request(key.into());
-        let r = self
+        let mut req = opts.into().unwrap_or_default().request(key.into());
+        if let Some(ns) = &self.ns {
+            ns.range_request(&mut req);
+        }
+        let mut r = self
             .inner
             .unary(true, |ch| {
                 let req = req.clone();
                 async move { kv(ch).range(req).await }
             })
             .await?;
+        if let Some(ns) = &self.ns {
+            ns.range_response(&mut r);
+        }
         Ok(r.into())
     }
 
@@ -513,14 +519,20 @@ impl Client {
         value: impl Into<Vec<u8>>,
         opts: impl Into<Option<PutOptions>>,
     ) -> Result<PutResponse> {
-        let req = opts.into().unwrap_or_default().request(key.into(), value.into());
-        let r = self
+        let mut req = opts.into().unwrap_or_default().request(key.into(), value.into());
+        if let Some(ns) = &self.ns {
+            ns.put_request(&mut req);
+        }
+        let mut r = self
             .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { kv(ch).put(req).await }
             })
             .await?;
+        if let Some(ns) = &self.ns {
+            ns.put_response(&mut r);
+        }
         Ok(r.into())
     }
 
@@ -530,28 +542,40 @@ impl Client {
         key: impl Into<Vec<u8>>,
         opts: impl Into<Option<DeleteOptions>>,
     ) -> Result<DeleteResponse> {
-        let req = opts.into().unwrap_or_default().request(key.into());
-        let r = self
+        let mut req = opts.into().unwrap_or_default().request(key.into());
+        if let Some(ns) = &self.ns {
+            ns.delete_request(&mut req);
+        }
+        let mut r = self
             .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { kv(ch).delete_range(req).await }
             })
             .await?;
+        if let Some(ns) = &self.ns {
+            ns.delete_response(&mut r);
+        }
         Ok(r.into())
     }
 
     /// Run a transaction (see [`Txn`]). Read-only transactions are retried like gets.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let read_only = txn.read_only();
-        let req = txn.request();
-        let r = self
+        let mut req = txn.request();
+        if let Some(ns) = &self.ns {
+            ns.txn_request(&mut req);
+        }
+        let mut r = self
             .inner
             .unary(read_only, |ch| {
                 let req = req.clone();
                 async move { kv(ch).txn(req).await }
             })
             .await?;
+        if let Some(ns) = &self.ns {
+            ns.txn_response(&mut r);
+        }
         Ok(r.into())
     }
 

@@ -74,7 +74,10 @@ impl Client {
     /// A lease's remaining time (and, with `keys`, its attached keys).
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
         let req = pb::LeaseTimeToLiveRequest { id, keys };
-        let r = self.inner.unary(true, |ch| async move { lease(ch).lease_time_to_live(req).await }).await?;
+        let mut r = self.inner.unary(true, |ch| async move { lease(ch).lease_time_to_live(req).await }).await?;
+        if let Some(ns) = &self.ns {
+            ns.lease_keys(&mut r.keys);
+        }
         Ok(LeaseTimeToLiveResponse {
             header: r.header.into(),
             id: r.id,
@@ -206,7 +209,8 @@ async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseS
         if req_tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
             return;
         }
-        let stream = LeaseClient::new(conn.channel.clone()).lease_keep_alive(ReceiverStream::new(req_rx)).await;
+        let req = crate::client::stream_request(ReceiverStream::new(req_rx), inner.opts.require_leader);
+        let stream = LeaseClient::new(conn.channel.clone()).lease_keep_alive(req).await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
             Err(s) => {

@@ -26,17 +26,20 @@
 //!
 //! Layout: [`client`] (endpoints, failover, retries), [`kv`] (get/put/delete/txn/compact),
 //! [`watch`], [`lease`] (leases, keep-alive, [`Session`]), [`cluster`] (members and
-//! maintenance), [`auth`] (users, roles, permissions), [`error`] (one [`Error`] enum mapping
-//! etcd's errors).
+//! maintenance), [`auth`] (users, roles, permissions), [`coord`] (the server's Lock and
+//! Election services), [`error`] (one [`Error`] enum mapping etcd's errors);
+//! [`Client::with_namespace`] gives a client whose key space is one prefix.
 
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod client;
 pub mod cluster;
+pub mod coord;
 pub mod error;
 pub mod kv;
 pub mod lease;
+mod namespace;
 pub mod watch;
 
 pub use auth::{Permission, PermissionType};
@@ -47,6 +50,7 @@ pub mod tls {
     pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 }
 pub use cluster::{AlarmMember, AlarmType, Member};
+pub use coord::{LeaderKey, Observe};
 pub use error::{Error, Result};
 pub use kv::{
     prefix_end, Compare, CompareOp, DeleteOptions, DeleteResponse, GetOptions, GetResponse, Header, KeyValueExt,

@@ -105,12 +105,22 @@ pub struct WatchStream {
     rx: mpsc::Receiver<Result<WatchResponse>>,
     task: tokio::task::JoinHandle<()>,
     progress: Arc<tokio::sync::Notify>,
+    ns: Option<crate::namespace::Namespace>,
 }
 
 impl WatchStream {
     /// The next delivery; `None` after an error has been delivered.
     pub async fn message(&mut self) -> Option<Result<WatchResponse>> {
-        self.rx.recv().await
+        let r = self.rx.recv().await;
+        self.unprefixed(r)
+    }
+
+    /// The delivery with the namespace's prefix taken off its keys.
+    fn unprefixed(&self, mut r: Option<Result<WatchResponse>>) -> Option<Result<WatchResponse>> {
+        if let (Some(ns), Some(Ok(resp))) = (&self.ns, &mut r) {
+            ns.events(&mut resp.events);
+        }
+        r
     }
 
     /// Ask the server for a progress notification (etcd's `RequestProgress`): a response
@@ -125,7 +135,8 @@ impl WatchStream {
 impl tokio_stream::Stream for WatchStream {
     type Item = Result<WatchResponse>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let r = std::task::ready!(self.rx.poll_recv(cx));
+        Poll::Ready(self.unprefixed(r))
     }
 }
 
@@ -148,7 +159,7 @@ impl Client {
         if opts.no_delete {
             filters.push(pb::watch_create_request::FilterType::Nodelete as i32);
         }
-        let create = pb::WatchCreateRequest {
+        let mut create = pb::WatchCreateRequest {
             key,
             range_end,
             start_revision: opts.start_revision,
@@ -158,6 +169,9 @@ impl Client {
             watch_id: 0,
             fragment: false,
         };
+        if let Some(ns) = &self.ns {
+            ns.watch_request(&mut create);
+        }
         let (tx, rx) = mpsc::channel(64);
         let (created_tx, created_rx) = oneshot::channel();
         let progress = Arc::new(tokio::sync::Notify::new());
@@ -176,7 +190,7 @@ impl Client {
             task.abort();
             return Err(e);
         }
-        Ok(WatchStream { rx, task, progress })
+        Ok(WatchStream { rx, task, progress, ns: self.ns.clone() })
     }
 }
 
@@ -210,7 +224,8 @@ async fn run(
                 continue;
             }
         };
-        match stream_once(&conn.channel, &mut create, &tx, &mut created_tx, &progress).await {
+        let require_leader = inner.opts.require_leader;
+        match stream_once(&conn.channel, require_leader, &mut create, &tx, &mut created_tx, &progress).await {
             Ended::Done => return,
             Ended::Broken(e) => {
                 tracing::debug!(%e, next = create.start_revision, "watch stream broke; resuming on another member");
@@ -231,6 +246,7 @@ async fn run(
 /// revision owed, so the caller can resume.
 async fn stream_once(
     channel: &crate::client::AuthChannel,
+    require_leader: bool,
     create: &mut pb::WatchCreateRequest,
     tx: &mpsc::Sender<Result<WatchResponse>>,
     created_tx: &mut Option<oneshot::Sender<Result<()>>>,
@@ -247,7 +263,8 @@ async fn stream_once(
         return Ended::Done;
     }
     let mut client = WatchClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE);
-    let mut stream = match client.watch(ReceiverStream::new(req_rx)).await {
+    let req = crate::client::stream_request(ReceiverStream::new(req_rx), require_leader);
+    let mut stream = match client.watch(req).await {
         Ok(s) => s.into_inner(),
         Err(s) => return fail(Error::from(s), tx, created_tx).await,
     };

@@ -145,3 +145,46 @@ async fn a_cut_off_leader_serves_no_stale_lease_read() {
     assert_ne!(value, "v1\n", "the cut-off leader answered a linearizable read with the old value");
     fw.heal();
 }
+
+/// The SDK's require-leader (on by default): a watch on a member cut off from the majority
+/// is ended by that member (`etcdserver: no leader`) and resumes on another one, so it sees
+/// the majority's writes; the same watch without require-leader stays on the cut-off
+/// member and sees nothing until the partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_watch_leaves_a_member_cut_off_from_the_majority() {
+    use cairn_chaos::runner::Firewall;
+    use cairn_sdk::{Client, ConnectOptions};
+    use cairn_testing::{etcdctl, Cluster};
+    if let Err(why) = Firewall::usable() {
+        assert!(std::env::var_os("CAIRN_CHAOS_REQUIRE_PARTITIONS").is_none(), "iptables is needed: {why}");
+        eprintln!("\n*** SKIPPING an_sdk_watch_leaves_a_member_cut_off_from_the_majority: {why} ***\n");
+        return;
+    }
+    let c = Cluster::start_on_own_addresses(3, &[]).await;
+    let alone = (c.leader().await + 1) % 3;
+    let others: Vec<usize> = (0..3).filter(|i| *i != alone).collect();
+    // Both clients start on the member about to be cut off.
+    let eps: Vec<String> = [alone, others[0], others[1]].iter().map(|i| c.members[*i].endpoint()).collect();
+    // (HTTP/2 pings at the default pace: faster ones get a quiet connection closed by the
+    // server's ping policy, which would move both watches for another reason.)
+    let opts = ConnectOptions::new().with_spread(false);
+    let client = Client::connect(eps.clone(), opts.clone()).await.expect("connect");
+    let plain = Client::connect(eps, opts.with_require_leader(false)).await.expect("connect");
+    let mut w = client.watch("rl", None).await.expect("watch");
+    let mut quiet = plain.watch("rl", None).await.expect("watch");
+    let mut fw = Firewall::default();
+    for i in &others {
+        fw.cut(&c.members[alone].host(), &c.members[*i].host(), 1.0);
+    }
+    let majority: Vec<String> = others.iter().map(|i| c.members[*i].endpoint()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !etcdctl(&majority.join(","), &["put", "rl", "written", "--command-timeout", "2s"], None).status.success() {
+        assert!(std::time::Instant::now() < deadline, "the majority took no write");
+    }
+    let got = tokio::time::timeout(Duration::from_secs(30), w.message()).await;
+    let resp = got.expect("the watch moved to the majority in time").expect("a delivery").expect("no error");
+    assert_eq!(resp.events[0].kv.as_ref().map(|kv| kv.value.clone()), Some(b"written".to_vec()));
+    let stuck = tokio::time::timeout(Duration::from_secs(2), quiet.message()).await;
+    assert!(stuck.is_err(), "the watch without require-leader saw the write: {stuck:?}");
+    fw.heal();
+}

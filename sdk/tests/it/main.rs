@@ -4,8 +4,11 @@
 
 mod auth;
 mod cluster;
+mod coord;
+mod examples;
 mod failover;
 mod harness;
 mod kv;
 mod lease;
+mod namespace;
 mod watch;

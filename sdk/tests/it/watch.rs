@@ -4,7 +4,7 @@ use super::harness::Target;
 use cairn_sdk::{Error, EventType, KeyValueExt, WatchOptions, WatchResponse, WatchStream};
 use std::time::Duration;
 
-crate::on_both!(1: events, replay_and_filters, compacted_start);
+crate::on_both!(1: events, replay_and_filters, compacted_start, progress_on_request);
 
 async fn next(w: &mut WatchStream) -> WatchResponse {
     tokio::time::timeout(Duration::from_secs(10), w.message())
@@ -70,4 +70,21 @@ async fn compacted_start(t: Target) {
     let got = tokio::time::timeout(Duration::from_secs(10), w.message()).await.expect("an answer within 10 s");
     assert_eq!(got, Some(Err(Error::Compacted { compact_revision: last })));
     assert_eq!(w.message().await, None, "the stream ends after the error");
+}
+
+/// `request_progress`: a quiet watch answers with the revision it is current to.
+async fn progress_on_request(t: Target) {
+    let c = t.client().await;
+    let mut w = c.watch("quiet", None).await.unwrap();
+    let rev = c.put("elsewhere", "x", None).await.unwrap().header.revision;
+    w.request_progress();
+    let r =
+        tokio::time::timeout(std::time::Duration::from_secs(5), w.message()).await.expect("answered").unwrap().unwrap();
+    assert!(r.is_progress_notify(), "{r:?}");
+    assert!(r.header.revision >= rev, "{} < {rev}", r.header.revision);
+    // Events still arrive after it.
+    c.put("quiet", "now", None).await.unwrap();
+    let r =
+        tokio::time::timeout(std::time::Duration::from_secs(5), w.message()).await.expect("event").unwrap().unwrap();
+    assert_eq!(r.events.len(), 1);
 }
