@@ -1,10 +1,14 @@
 //! Connecting to a cluster: the endpoint list, failover, and the retry policy every call
 //! goes through.
 //!
-//! The client keeps one HTTP/2 connection, to one member. When that member stops answering
-//! (connection refused or broken, or it has no leader), the next call dials the next
-//! endpoint. Reads are retried there; writes only when they certainly were not applied
-//! (the connection could not be made, or the member had no leader) — like etcd's clientv3.
+//! By default the client spreads its calls over the members: each unary call and each new
+//! watch or keep-alive stream goes to the next endpoint in turn (one HTTP/2 connection per
+//! member, dialled when first needed), skipping members that just failed. With
+//! `with_spread(false)` or `with_prefer_leader(true)` it keeps one connection, to one member
+//! (the first of the list, or the leader) until that fails. When a member stops answering
+//! (connection refused or broken, or it has no leader), calls go to the next endpoint. Reads
+//! are retried there; writes only when they certainly were not applied (the connection could
+//! not be made, or the member had no leader) — like etcd's clientv3.
 //!
 //! With [`ConnectOptions::with_user`] the client logs in (`Authenticate`) when it
 //! connects and sends the token with every call; when the server says the token is no
@@ -18,7 +22,7 @@ use cairn_api::etcdserverpb::{AuthenticateRequest, StatusRequest};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -40,9 +44,11 @@ pub struct ConnectOptions {
     /// Connect to the current leader when (re)connecting, so writes and linearizable reads
     /// skip the follower's forwarding hop (default off).
     pub prefer_leader: bool,
-    /// Start at a random endpoint of the list, so the clients of many processes spread over
-    /// the members instead of all loading the first one (default on). A client keeps its
-    /// member until a failure moves it to the next endpoint; off, it starts at the first.
+    /// Spread calls over the members (default on): each unary call and each new stream goes
+    /// to the next healthy endpoint in turn, starting at a random one, so neither one
+    /// client's calls nor the clients of many processes all load the first member. Off (or
+    /// with `prefer_leader`), the client stays on one member — the first of the list — until
+    /// a failure moves it to the next.
     pub spread: bool,
     /// TLS (rustls): endpoints without a scheme then use `https://` (default none).
     pub tls: Option<ClientTlsConfig>,
@@ -210,23 +216,47 @@ impl tonic::service::Interceptor for WithToken {
 pub(crate) type AuthChannel = InterceptedService<Channel, WithToken>;
 
 struct Conn {
-    /// Index of the endpoint in use (or to try first).
+    /// Staying on one member: the endpoint in use (or to try first). Spreading: the
+    /// endpoint the next call starts looking from.
     index: usize,
-    channel: Option<Channel>,
+    /// The endpoint the last call went to.
+    last: usize,
+    /// One per endpoint.
+    slots: Vec<Slot>,
     /// Bumped on every new connection, so a failure reported for an old one is ignored.
     generation: u64,
 }
 
-/// A connection handed to one call, with the generation to report failures against.
+/// The connection to one endpoint, if any, and whether it failed just now.
+#[derive(Default)]
+struct Slot {
+    channel: Option<Channel>,
+    generation: u64,
+    /// After a failure, calls avoid this endpoint until then (while others answer).
+    avoid_until: Option<Instant>,
+    /// Failures in a row: each doubles how long the endpoint is passed over.
+    failures: u32,
+}
+
+/// How long an endpoint whose connection failed is passed over while others answer, after
+/// `failures` failures in a row: 2 s, doubling, at most a minute (a dead member's dial
+/// timeout is then paid by one call a minute, not one every two seconds).
+fn avoid_for(failures: u32) -> Duration {
+    Duration::from_secs(2u64 << failures.min(5)).min(Duration::from_secs(60))
+}
+
+/// A connection handed to one call, with what to report a failure against.
 #[derive(Clone)]
 pub(crate) struct CallConn {
     pub(crate) channel: AuthChannel,
+    slot: usize,
     generation: u64,
 }
 
 /// A connection before the token is attached.
 struct Raw {
     channel: Channel,
+    slot: usize,
     generation: u64,
 }
 
@@ -260,7 +290,8 @@ impl Client {
         }
         let token = Mutex::new(if opts.user.is_some() { Token::Unknown } else { Token::NotNeeded });
         let first = if opts.spread && !opts.prefer_leader { random_below(list.len()) } else { 0 };
-        let conn = Mutex::new(Conn { index: first, channel: None, generation: 0 });
+        let slots = list.iter().map(|_| Slot::default()).collect();
+        let conn = Mutex::new(Conn { index: first, last: first, slots, generation: 0 });
         let inner = Inner { endpoints: list, opts, conn, token };
         let client = Client { inner: Arc::new(inner), ns: None };
         client.inner.conn().await?;
@@ -272,9 +303,9 @@ impl Client {
         &self.inner.endpoints
     }
 
-    /// The endpoint the client is connected to now (or will try next).
+    /// The endpoint the client's last call went to (staying on one member: the one in use).
     pub fn current_endpoint(&self) -> &str {
-        let i = self.inner.lock().index;
+        let i = self.inner.lock().last;
         &self.inner.endpoints[i]
     }
 }
@@ -286,6 +317,27 @@ fn random_below(n: usize) -> usize {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);
     (h.finish() % n.max(1) as u64) as usize
+}
+
+impl Conn {
+    /// Slot `i`'s connection for a call, if it has one.
+    fn existing(&mut self, i: usize) -> Option<Raw> {
+        let s = &self.slots[i];
+        let raw = Raw { channel: s.channel.clone()?, slot: i, generation: s.generation };
+        self.last = i;
+        Some(raw)
+    }
+}
+
+impl Slot {
+    fn avoided(&self, now: Instant) -> bool {
+        self.avoid_until.is_some_and(|t| t > now)
+    }
+
+    fn avoid(&mut self) {
+        self.avoid_until = Some(Instant::now() + avoid_for(self.failures));
+        self.failures = self.failures.saturating_add(1);
+    }
 }
 
 impl Inner {
@@ -341,7 +393,7 @@ impl Inner {
             Token::Unknown => self.log_in(&raw.channel).await?,
         };
         let channel = InterceptedService::new(raw.channel, WithToken(token));
-        Ok(CallConn { channel, generation: raw.generation })
+        Ok(CallConn { channel, slot: raw.slot, generation: raw.generation })
     }
 
     /// Authenticate as the configured user over `channel`; the token (none if the
@@ -378,21 +430,44 @@ impl Inner {
         true
     }
 
-    /// The connection in use, dialling endpoints in turn (from the current one) if there is
-    /// none. With `prefer_leader`, the leader's endpoint wins when it is among them.
+    /// Whether calls spread over the members ([`ConnectOptions::spread`]).
+    fn spreading(&self) -> bool {
+        self.opts.spread && !self.opts.prefer_leader && self.endpoints.len() > 1
+    }
+
+    /// A connection for the next call: spreading, the next endpoint in turn that has not
+    /// just failed (dialled if need be); otherwise the connection in use, dialling
+    /// endpoints in turn (from the current one) if there is none — with `prefer_leader`,
+    /// the leader's endpoint wins when it is among them.
     async fn raw_conn(&self) -> Result<Raw> {
-        let start = {
-            let c = self.lock();
-            if let Some(ch) = &c.channel {
-                return Ok(Raw { channel: ch.clone(), generation: c.generation });
-            }
-            c.index
-        };
         let n = self.endpoints.len();
+        let spreading = self.spreading();
+        let order = {
+            let mut c = self.lock();
+            let now = Instant::now();
+            let start = c.index;
+            if spreading {
+                c.index = (start + 1) % n;
+                let next = (0..n).map(|k| (start + k) % n).find(|i| !c.slots[*i].avoided(now));
+                if let Some(raw) = next.and_then(|i| c.existing(i)) {
+                    return Ok(raw);
+                }
+            } else if let Some(raw) = c.existing(start) {
+                return Ok(raw);
+            }
+            // Endpoints to dial: those that did not just fail first, the others after.
+            let (fresh, avoided): (Vec<usize>, Vec<usize>) =
+                (0..n).map(|k| (start + k) % n).partition(|i| !c.slots[*i].avoided(now));
+            fresh.into_iter().chain(avoided).collect::<Vec<_>>()
+        };
         let mut errors = Vec::new();
         let mut reachable = Vec::new();
-        for k in 0..n {
-            let i = (start + k) % n;
+        for i in order {
+            if spreading {
+                if let Some(raw) = self.lock().existing(i) {
+                    return Ok(raw);
+                }
+            }
             match self.dial(i).await {
                 Ok(ch) => {
                     if !self.opts.prefer_leader || n == 1 {
@@ -403,7 +478,10 @@ impl Inner {
                     }
                     reachable.push((i, ch));
                 }
-                Err(e) => errors.push(format!("{}: {e}", self.endpoints[i])),
+                Err(e) => {
+                    self.lock().slots[i].avoid();
+                    errors.push(format!("{}: {e}", self.endpoints[i]));
+                }
             }
         }
         if let Some((i, ch)) = reachable.into_iter().next() {
@@ -413,24 +491,37 @@ impl Inner {
     }
 
     fn install(&self, i: usize, ch: Channel) -> Raw {
+        let spreading = self.spreading();
         let mut c = self.lock();
-        if let Some(existing) = &c.channel {
-            // Another call connected meanwhile; share its connection.
-            return Raw { channel: existing.clone(), generation: c.generation };
+        // Another call connected meanwhile: share its connection.
+        let current = if spreading { i } else { c.index };
+        if let Some(raw) = c.existing(current) {
+            return raw;
         }
-        c.index = i;
-        c.channel = Some(ch.clone());
+        if !spreading {
+            c.index = i;
+        }
         c.generation += 1;
-        Raw { channel: ch, generation: c.generation }
+        c.last = i;
+        let generation = c.generation;
+        c.slots[i] = Slot { channel: Some(ch.clone()), generation, avoid_until: None, failures: 0 };
+        Raw { channel: ch, slot: i, generation }
     }
 
-    /// Report that `conn` failed: the next call connects to the next endpoint.
+    /// Report that a call's connection failed: it is dropped, its endpoint passed over for
+    /// a moment, and (staying on one member) the next endpoint becomes current.
     pub(crate) fn failed(&self, conn: &CallConn) {
+        let spreading = self.spreading();
+        let n = self.endpoints.len();
         let mut c = self.lock();
-        if c.generation == conn.generation && c.channel.is_some() {
-            c.channel = None;
-            c.index = (c.index + 1) % self.endpoints.len();
-            tracing::debug!(next = %self.endpoints[c.index], "failing over");
+        let slot = &mut c.slots[conn.slot];
+        if slot.generation == conn.generation && slot.channel.is_some() {
+            slot.channel = None;
+            slot.avoid();
+            if !spreading && c.index == conn.slot {
+                c.index = (conn.slot + 1) % n;
+            }
+            tracing::debug!(failed = %self.endpoints[conn.slot], "failing over");
         }
     }
 

@@ -85,19 +85,52 @@ async fn prefer_leader_connects_to_the_leader(t: Target) {
     assert_eq!(s.header.unwrap_or_default().member_id, s.leader);
 }
 
-/// By default each client starts at a random endpoint, so the clients of many processes load
-/// every member, not only the first of their list; `with_spread(false)` keeps the order.
-async fn clients_spread_over_the_members(t: Target) {
+/// By default a client spreads its calls over the members — each unary call and each new
+/// stream to the next one in turn — and clients start at random endpoints;
+/// `with_spread(false)` stays on the first endpoint.
+async fn clients_spread_over_the_members(mut t: Target) {
     let eps: Vec<String> = t.cluster.members.iter().map(|m| m.endpoint()).collect();
-    let mut used = std::collections::BTreeSet::new();
+    let c = cairn_sdk::Client::connect(eps.clone(), Target::options().with_spread(true)).await.unwrap();
+    let mut answered = std::collections::BTreeMap::new();
+    for _ in 0..12 {
+        let r = c.get("spread/k", GetOptions::new().with_serializable()).await.unwrap();
+        *answered.entry(r.header.member_id).or_insert(0) += 1;
+    }
+    assert_eq!(answered.len(), 3, "one client's reads all on {answered:?}");
+    assert!(answered.values().all(|n| *n == 4), "round robin: {answered:?}");
+    // Watches too: each new stream on the next member.
+    let mut watched = std::collections::BTreeSet::new();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut w = c.watch("spread/w", None).await.unwrap();
+        w.request_progress();
+        let r = w.message().await.expect("progress").unwrap();
+        watched.insert(r.header.member_id);
+        streams.push(w);
+    }
+    assert_eq!(watched.len(), 3, "watch streams on {watched:?}");
+    // Different clients start at different members.
+    let mut first = std::collections::BTreeSet::new();
     for _ in 0..30 {
         let c = cairn_sdk::Client::connect(eps.clone(), Target::options().with_spread(true)).await.unwrap();
-        used.insert(c.current_endpoint().to_string());
-        // Every client works wherever it landed.
-        c.put("spread/k", "v", PutOptions::new()).await.unwrap();
+        first.insert(c.current_endpoint().to_string());
     }
-    // Thirty clients all on one of three members by chance: 3 / 3^30.
-    assert!(used.len() >= 2, "every client on {used:?}");
+    assert!(first.len() >= 2, "every client started on {first:?}");
+    // Without spreading, a client stays on the first endpoint.
     let ordered = cairn_sdk::Client::connect(eps.clone(), Target::options()).await.unwrap();
     assert!(ordered.current_endpoint().ends_with(&eps[0]), "{}", ordered.current_endpoint());
+    for _ in 0..6 {
+        ordered.get("spread/k", GetOptions::new().with_serializable()).await.unwrap();
+        assert!(ordered.current_endpoint().ends_with(&eps[0]), "stays on the first");
+    }
+    // A dead member is passed over: every call succeeds, on the other two.
+    t.cluster.members[2].kill();
+    let dead = t.cluster.members[2].endpoint();
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let r = c.get("spread/k", GetOptions::new().with_serializable()).await.unwrap();
+        answered.insert(r.header.member_id);
+        assert!(!c.current_endpoint().ends_with(&dead), "a call went to the dead member");
+    }
+    assert_eq!(answered.len(), 2, "{answered:?}");
 }
