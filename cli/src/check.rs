@@ -134,7 +134,7 @@ pub async fn check(cli: &Cli, cmd: &CheckCmd) -> anyhow::Result<()> {
     }
     if a.auto_defrag {
         for ep in first.endpoints() {
-            cli.client_to(std::slice::from_ref(ep)).await?.defragment().await?;
+            cli.client_to(std::slice::from_ref(&ep)).await?.defragment().await?;
         }
     }
 

@@ -54,6 +54,10 @@ pub struct ConnectOptions {
     pub tls: Option<ClientTlsConfig>,
     /// User name and password for a cluster with auth enabled (default none).
     pub user: Option<(String, String)>,
+    /// Replace the endpoint list with the members' client URLs this often (clientv3's
+    /// `AutoSyncInterval`), so a client given one member finds the others, and follows
+    /// members added and removed (default off).
+    pub auto_sync_interval: Option<Duration>,
     /// Open watch and keep-alive streams with etcd's require-leader (`hasleader`
     /// metadata, clientv3's `WithRequireLeader`): a member cut off from the majority ends
     /// them with `etcdserver: no leader`, and the client resumes them on another member
@@ -73,6 +77,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("tls", &self.tls.is_some())
             .field("user", &self.user.as_ref().map(|(name, _)| name))
             .field("require_leader", &self.require_leader)
+            .field("auto_sync_interval", &self.auto_sync_interval)
             .finish()
     }
 }
@@ -89,6 +94,7 @@ impl Default for ConnectOptions {
             tls: None,
             user: None,
             require_leader: true,
+            auto_sync_interval: None,
         }
     }
 }
@@ -122,6 +128,11 @@ impl ConnectOptions {
     /// Set [`ConnectOptions::spread`].
     pub fn with_spread(mut self, on: bool) -> Self {
         self.spread = on;
+        self
+    }
+    /// Set [`ConnectOptions::auto_sync_interval`].
+    pub fn with_auto_sync(mut self, every: Duration) -> Self {
+        self.auto_sync_interval = Some(every);
         self
     }
     /// Set [`ConnectOptions::require_leader`].
@@ -177,12 +188,11 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("endpoints", &self.inner.endpoints).finish()
+        f.debug_struct("Client").field("endpoints", &self.endpoints()).finish()
     }
 }
 
 pub(crate) struct Inner {
-    endpoints: Vec<String>,
     pub(crate) opts: ConnectOptions,
     conn: Mutex<Conn>,
     token: Mutex<Token>,
@@ -221,15 +231,15 @@ struct Conn {
     index: usize,
     /// The endpoint the last call went to.
     last: usize,
-    /// One per endpoint.
+    /// One per endpoint, in the list's order.
     slots: Vec<Slot>,
     /// Bumped on every new connection, so a failure reported for an old one is ignored.
     generation: u64,
 }
 
-/// The connection to one endpoint, if any, and whether it failed just now.
-#[derive(Default)]
+/// One endpoint: its URL, its connection if any, and whether it failed just now.
 struct Slot {
+    url: String,
     channel: Option<Channel>,
     generation: u64,
     /// After a failure, calls avoid this endpoint until then (while others answer).
@@ -290,23 +300,68 @@ impl Client {
         }
         let token = Mutex::new(if opts.user.is_some() { Token::Unknown } else { Token::NotNeeded });
         let first = if opts.spread && !opts.prefer_leader { random_below(list.len()) } else { 0 };
-        let slots = list.iter().map(|_| Slot::default()).collect();
+        let slots = list.into_iter().map(Slot::new).collect();
         let conn = Mutex::new(Conn { index: first, last: first, slots, generation: 0 });
-        let inner = Inner { endpoints: list, opts, conn, token };
+        let inner = Inner { opts, conn, token };
         let client = Client { inner: Arc::new(inner), ns: None };
         client.inner.conn().await?;
+        if let Some(every) = client.inner.opts.auto_sync_interval {
+            tokio::spawn(auto_sync(Arc::downgrade(&client.inner), every));
+        }
         Ok(client)
     }
 
-    /// The endpoints this client was given (as URLs).
-    pub fn endpoints(&self) -> &[String] {
-        &self.inner.endpoints
+    /// The endpoints in use (as URLs): those given, or the members' client URLs once
+    /// [`ConnectOptions::auto_sync_interval`] synced them.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.lock().slots.iter().map(|s| s.url.clone()).collect()
     }
 
     /// The endpoint the client's last call went to (staying on one member: the one in use).
-    pub fn current_endpoint(&self) -> &str {
-        let i = self.inner.lock().last;
-        &self.inner.endpoints[i]
+    pub fn current_endpoint(&self) -> String {
+        let c = self.inner.lock();
+        c.slots.get(c.last).map(|s| s.url.clone()).unwrap_or_default()
+    }
+}
+
+/// Every `every`, replace the client's endpoints with its members' client URLs (while the
+/// client lives). Connections to members still listed are kept.
+async fn auto_sync(inner: std::sync::Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let client = Client { inner, ns: None };
+        let members = match client.member_list().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%e, "auto-sync: no member list; keeping the endpoints");
+                continue;
+            }
+        };
+        let mut urls: Vec<String> = members.into_iter().flat_map(|m| m.client_ur_ls).collect();
+        urls.sort();
+        urls.dedup();
+        if urls.is_empty() {
+            continue;
+        }
+        let mut c = client.inner.lock();
+        let mut current: Vec<String> = c.slots.iter().map(|s| s.url.clone()).collect();
+        current.sort();
+        if current == urls {
+            continue;
+        }
+        tracing::debug!(?urls, "auto-sync: new endpoints");
+        let mut old: Vec<Slot> = std::mem::take(&mut c.slots);
+        c.slots = urls
+            .into_iter()
+            .map(|u| match old.iter().position(|s| s.url == u) {
+                Some(i) => old.swap_remove(i),
+                None => Slot::new(u),
+            })
+            .collect();
+        let n = c.slots.len();
+        c.index %= n;
+        c.last %= n;
     }
 }
 
@@ -320,6 +375,12 @@ fn random_below(n: usize) -> usize {
 }
 
 impl Conn {
+    /// The connection to `url` for a call, if there is one.
+    fn existing_for(&mut self, url: &str) -> Option<Raw> {
+        let i = self.slots.iter().position(|s| s.url == url)?;
+        self.existing(i)
+    }
+
     /// Slot `i`'s connection for a call, if it has one.
     fn existing(&mut self, i: usize) -> Option<Raw> {
         let s = &self.slots[i];
@@ -330,6 +391,10 @@ impl Conn {
 }
 
 impl Slot {
+    fn new(url: String) -> Slot {
+        Slot { url, channel: None, generation: 0, avoid_until: None, failures: 0 }
+    }
+
     fn avoided(&self, now: Instant) -> bool {
         self.avoid_until.is_some_and(|t| t > now)
     }
@@ -347,14 +412,12 @@ impl Inner {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn endpoint(&self, i: usize) -> Result<Endpoint> {
+    fn endpoint(&self, url: &str) -> Result<Endpoint> {
         let o = &self.opts;
-        let mut e = Endpoint::from_shared(self.endpoints[i].clone())
-            .map_err(|err| Error::InvalidArgument(format!("endpoint {}: {err}", self.endpoints[i])))?;
-        if let (Some(tls), true) = (&o.tls, self.endpoints[i].starts_with("https://")) {
-            e = e
-                .tls_config(tls.clone())
-                .map_err(|err| Error::InvalidArgument(format!("endpoint {}: {err}", self.endpoints[i])))?;
+        let mut e = Endpoint::from_shared(url.to_string())
+            .map_err(|err| Error::InvalidArgument(format!("endpoint {url}: {err}")))?;
+        if let (Some(tls), true) = (&o.tls, url.starts_with("https://")) {
+            e = e.tls_config(tls.clone()).map_err(|err| Error::InvalidArgument(format!("endpoint {url}: {err}")))?;
         }
         Ok(e.connect_timeout(o.dial_timeout)
             .tcp_nodelay(true)
@@ -363,16 +426,16 @@ impl Inner {
             .keep_alive_while_idle(true))
     }
 
-    async fn dial(&self, i: usize) -> Result<Channel> {
-        let e = self.endpoint(i)?;
-        tracing::debug!(endpoint = %self.endpoints[i], "dialling");
+    async fn dial(&self, url: &str) -> Result<Channel> {
+        let e = self.endpoint(url)?;
+        tracing::debug!(endpoint = %url, "dialling");
         match tokio::time::timeout(self.opts.dial_timeout, e.connect()).await {
             Ok(Ok(ch)) => {
-                tracing::debug!(endpoint = %self.endpoints[i], "connected");
+                tracing::debug!(endpoint = %url, "connected");
                 Ok(ch)
             }
             Ok(Err(err)) => {
-                tracing::debug!(endpoint = %self.endpoints[i], %err, "dial failed");
+                tracing::debug!(endpoint = %url, %err, "dial failed");
                 Err(err.into())
             }
             Err(_) => Err(Error::Unavailable(format!(
@@ -432,7 +495,7 @@ impl Inner {
 
     /// Whether calls spread over the members ([`ConnectOptions::spread`]).
     fn spreading(&self) -> bool {
-        self.opts.spread && !self.opts.prefer_leader && self.endpoints.len() > 1
+        self.opts.spread && !self.opts.prefer_leader
     }
 
     /// A connection for the next call: spreading, the next endpoint in turn that has not
@@ -440,10 +503,10 @@ impl Inner {
     /// endpoints in turn (from the current one) if there is none — with `prefer_leader`,
     /// the leader's endpoint wins when it is among them.
     async fn raw_conn(&self) -> Result<Raw> {
-        let n = self.endpoints.len();
         let spreading = self.spreading();
-        let order = {
+        let (n, order) = {
             let mut c = self.lock();
+            let n = c.slots.len();
             let now = Instant::now();
             let start = c.index;
             if spreading {
@@ -458,42 +521,51 @@ impl Inner {
             // Endpoints to dial: those that did not just fail first, the others after.
             let (fresh, avoided): (Vec<usize>, Vec<usize>) =
                 (0..n).map(|k| (start + k) % n).partition(|i| !c.slots[*i].avoided(now));
-            fresh.into_iter().chain(avoided).collect::<Vec<_>>()
+            let order: Vec<(usize, String)> =
+                fresh.into_iter().chain(avoided).map(|i| (i, c.slots[i].url.clone())).collect();
+            (n, order)
         };
         let mut errors = Vec::new();
         let mut reachable = Vec::new();
-        for i in order {
+        for (i, url) in order {
             if spreading {
-                if let Some(raw) = self.lock().existing(i) {
+                if let Some(raw) = self.lock().existing_for(&url) {
                     return Ok(raw);
                 }
             }
-            match self.dial(i).await {
+            match self.dial(&url).await {
                 Ok(ch) => {
                     if !self.opts.prefer_leader || n == 1 {
-                        return Ok(self.install(i, ch));
+                        return Ok(self.install(&url, ch));
                     }
                     if is_leader(ch.clone(), self.opts.dial_timeout).await {
-                        return Ok(self.install(i, ch));
+                        return Ok(self.install(&url, ch));
                     }
-                    reachable.push((i, ch));
+                    reachable.push((url, ch));
                 }
                 Err(e) => {
-                    self.lock().slots[i].avoid();
-                    errors.push(format!("{}: {e}", self.endpoints[i]));
+                    if let Some(slot) = self.lock().slots.get_mut(i).filter(|s| s.url == url) {
+                        slot.avoid();
+                    }
+                    errors.push(format!("{url}: {e}"));
                 }
             }
         }
-        if let Some((i, ch)) = reachable.into_iter().next() {
-            return Ok(self.install(i, ch));
+        if let Some((url, ch)) = reachable.into_iter().next() {
+            return Ok(self.install(&url, ch));
         }
         Err(Error::Unavailable(format!("no endpoint reachable ({})", errors.join("; "))))
     }
 
-    fn install(&self, i: usize, ch: Channel) -> Raw {
+    /// Keep `ch` as the connection to `url` (unless another call connected meanwhile: then
+    /// share that one).
+    fn install(&self, url: &str, ch: Channel) -> Raw {
         let spreading = self.spreading();
         let mut c = self.lock();
-        // Another call connected meanwhile: share its connection.
+        let Some(i) = c.slots.iter().position(|s| s.url == url) else {
+            // Synced away meanwhile: use it for this call only.
+            return Raw { channel: ch, slot: usize::MAX, generation: 0 };
+        };
         let current = if spreading { i } else { c.index };
         if let Some(raw) = c.existing(current) {
             return raw;
@@ -504,7 +576,7 @@ impl Inner {
         c.generation += 1;
         c.last = i;
         let generation = c.generation;
-        c.slots[i] = Slot { channel: Some(ch.clone()), generation, avoid_until: None, failures: 0 };
+        c.slots[i] = Slot { channel: Some(ch.clone()), generation, ..Slot::new(url.to_string()) };
         Raw { channel: ch, slot: i, generation }
     }
 
@@ -512,16 +584,16 @@ impl Inner {
     /// a moment, and (staying on one member) the next endpoint becomes current.
     pub(crate) fn failed(&self, conn: &CallConn) {
         let spreading = self.spreading();
-        let n = self.endpoints.len();
         let mut c = self.lock();
-        let slot = &mut c.slots[conn.slot];
+        let n = c.slots.len();
+        let Some(slot) = c.slots.get_mut(conn.slot) else { return };
         if slot.generation == conn.generation && slot.channel.is_some() {
             slot.channel = None;
             slot.avoid();
+            tracing::debug!(failed = %slot.url, "failing over");
             if !spreading && c.index == conn.slot {
                 c.index = (conn.slot + 1) % n;
             }
-            tracing::debug!(failed = %self.endpoints[conn.slot], "failing over");
         }
     }
 

@@ -5,7 +5,7 @@ use super::harness::Target;
 use cairn_sdk::{Compare, CompareOp, GetOptions, KeyValueExt, PutOptions, Session, Txn, TxnOp, WatchOptions};
 use std::time::Duration;
 
-crate::on_both!(3: watch_and_session_survive_member_death, prefer_leader_connects_to_the_leader, clients_spread_over_the_members);
+crate::on_both!(3: watch_and_session_survive_member_death, prefer_leader_connects_to_the_leader, clients_spread_over_the_members, auto_sync_finds_every_member);
 
 async fn watch_and_session_survive_member_death(mut t: Target) {
     // The watcher connects to the leader, the writer to another member; the leader is
@@ -133,4 +133,37 @@ async fn clients_spread_over_the_members(mut t: Target) {
         assert!(!c.current_endpoint().ends_with(&dead), "a call went to the dead member");
     }
     assert_eq!(answered.len(), 2, "{answered:?}");
+}
+
+/// `with_auto_sync`: a client given one member learns the others from the member list, and
+/// goes on when that member dies.
+async fn auto_sync_finds_every_member(mut t: Target) {
+    let first = t.cluster.members[0].endpoint();
+    let opts = Target::options().with_auto_sync(Duration::from_millis(200));
+    let c = cairn_sdk::Client::connect([first.as_str()], opts).await.unwrap();
+    assert_eq!(c.endpoints().len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.endpoints().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "endpoints not synced: {:?}", c.endpoints());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut want: Vec<String> = t.cluster.members.iter().map(|m| m.client_url.clone()).collect();
+    want.sort();
+    assert_eq!(c.endpoints(), want);
+    t.cluster.members[0].kill();
+    for _ in 0..6 {
+        c.get("sync/k", GetOptions::new().with_serializable()).await.unwrap();
+    }
+    // A write may time out while the others elect a new leader: retryable, and it goes
+    // through once they have.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.put("sync/k", "after", None).await {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
