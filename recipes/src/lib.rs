@@ -11,6 +11,11 @@
 //! | [`Queue`], [`PriorityQueue`] | enqueue; dequeue waits for an item; each item goes to exactly one consumer |
 //! | [`Barrier`], [`DoubleBarrier`] | hold everyone until released; start and finish a group together |
 //! | [`Config`] | a typed `serde` value from a key or prefix, then validated live updates |
+//! | [`Semaphore`] | at most N holders at once, in arrival order |
+//! | [`Counter`], [`AtomicValue`] | a shared integer; a shared typed value changed by compare-and-set |
+//! | [`stm()`] | software transactional memory (clientv3's `NewSTM`, four isolation levels) |
+//! | [`LeaderSelector`] | campaign, lead, and campaign again after losing, until stopped |
+//! | [`WorkQueue`] | at-least-once: an item taken by a consumer that dies comes back |
 //!
 //! Recipes that hold something (locks, leadership, barrier places, registrations) hold it
 //! through a [`cairn_sdk::Session`]: if the process dies, the session's lease expires
@@ -22,19 +27,29 @@
 
 pub mod barrier;
 pub mod config;
+pub mod counter;
 pub mod discovery;
 pub mod election;
 pub mod error;
 pub mod mutex;
 pub mod queue;
 pub mod registry;
+pub mod selector;
+pub mod semaphore;
+pub mod stm;
 mod wait;
+pub mod work_queue;
 
 pub use barrier::{Barrier, DoubleBarrier};
 pub use config::{Config, ConfigUpdate, ConfigWatch};
+pub use counter::{AtomicValue, Counter};
 pub use discovery::{Balancer, DiscoverStream, Discovery, Instance, Instances, Picked, Strategy};
 pub use election::{Election, Leadership, Observe};
 pub use error::{Error, Result};
 pub use mutex::{LockGuard, Mutex, RwMutex};
 pub use queue::{PriorityQueue, Queue};
 pub use registry::{Registration, RegistrationState, Registry};
+pub use selector::{LeaderSelector, Term};
+pub use semaphore::{Permit, Semaphore};
+pub use stm::{stm, Isolation, Stm};
+pub use work_queue::{Job, WorkQueue};

@@ -5,7 +5,11 @@ mod harness;
 
 mod barrier;
 mod config;
+mod counter;
 mod election;
 mod mutex;
 mod queue;
 mod registry;
+mod selector;
+mod semaphore;
+mod work_queue;
