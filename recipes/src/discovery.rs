@@ -1,16 +1,16 @@
-//! Service discovery: a live view of a service's instances, kept current by a prefix watch
-//! that starts at the revision of the initial read (no gap) and re-reads after compaction.
+//! Service discovery: a live view of a service's instances — a [`PrefixCache`] of their
+//! registrations (a prefix watch from the revision of the initial read, read again after
+//! compaction).
 //! On top of the view: pickers ([`Balancer`]), a [`tower::discover::Discover`] stream
 //! ([`Discovery::discover`]) and a load-balanced tonic channel ([`Discovery::channel`]).
 
+use crate::cache::PrefixCache;
 use crate::error::Result;
 use crate::registry::Record;
-use crate::wait::{next, recoverable};
-use cairn_sdk::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use cairn_sdk::{Client, KeyValue};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tower::discover::Change;
 
@@ -32,8 +32,8 @@ pub struct Instance {
 /// The instances of a service, by id.
 pub type Instances = Arc<BTreeMap<String, Instance>>;
 
-fn instance(prefix: &str, kv: &KeyValue) -> Instance {
-    let id = String::from_utf8_lossy(kv.key.strip_prefix(prefix.as_bytes()).unwrap_or(&kv.key)).into_owned();
+fn instance(id: &str, kv: &KeyValue) -> Instance {
+    let id = id.to_string();
     // Registrations made with a plain address as the value are accepted too.
     let (endpoint, metadata) = match serde_json::from_slice::<Record>(&kv.value) {
         Ok(r) => (r.addr, r.metadata),
@@ -57,33 +57,36 @@ fn instance(prefix: &str, kv: &KeyValue) -> Instance {
 /// ```
 #[derive(Debug)]
 pub struct Discovery {
-    view: watch::Receiver<Instances>,
-    task: tokio::task::JoinHandle<()>,
+    cache: PrefixCache<Instance>,
 }
 
 impl Discovery {
     /// Read the instances of `service` (keys under `<service>/`) and keep the view current.
     pub async fn start(client: &Client, service: impl AsRef<str>) -> Result<Discovery> {
         let prefix = format!("{}/", service.as_ref());
-        let (map, revision) = read_all(client, &prefix).await?;
-        let (tx, view) = watch::channel(Arc::new(map));
-        let task = tokio::spawn(follow(client.clone(), prefix, revision, tx));
-        Ok(Discovery { view, task })
+        let cache = PrefixCache::start(client, prefix, |id, kv| Some(instance(id, kv))).await?;
+        Ok(Discovery { cache })
     }
 
     /// The instances now.
     pub fn instances(&self) -> Vec<Instance> {
-        self.view.borrow().values().cloned().collect()
+        self.cache.entries().values().cloned().collect()
     }
 
     /// A receiver of the view: `changed().await` resolves on every change.
     pub fn subscribe(&self) -> watch::Receiver<Instances> {
-        self.view.clone()
+        self.cache.subscribe()
+    }
+
+    /// The underlying cache: its revision and its change events (instances joining,
+    /// changing and leaving).
+    pub fn cache(&self) -> &PrefixCache<Instance> {
+        &self.cache
     }
 
     /// A picker over the live instances.
     pub fn balancer(&self, strategy: Strategy) -> Balancer {
-        Balancer { view: self.view.clone(), strategy, next: AtomicUsize::new(0), load: Mutex::default() }
+        Balancer { view: self.subscribe(), strategy, next: AtomicUsize::new(0), load: Mutex::default() }
     }
 
     /// The view as a stream of [`Change`]s, which is a [`tower::discover::Discover`]: each
@@ -95,7 +98,7 @@ impl Discovery {
         F: FnMut(&Instance) -> Option<S> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(feed(self.view.clone(), make, tx));
+        tokio::spawn(feed(self.subscribe(), make, tx));
         DiscoverStream { rx }
     }
 
@@ -112,7 +115,7 @@ impl Discovery {
     {
         let (channel, changes) = tonic::transport::Channel::balance_channel(64);
         let (tx, mut rx) = mpsc::channel(64);
-        tokio::spawn(feed(self.view.clone(), make, tx));
+        tokio::spawn(feed(self.subscribe(), make, tx));
         tokio::spawn(async move {
             while let Some(Ok(change)) = rx.recv().await {
                 // tonic has its own `Change` type for its balancer.
@@ -126,67 +129,6 @@ impl Discovery {
             }
         });
         channel
-    }
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn read_all(client: &Client, prefix: &str) -> Result<(BTreeMap<String, Instance>, i64)> {
-    let resp = client.get(prefix, GetOptions::new().with_prefix()).await?;
-    let map = resp.kvs.iter().map(|kv| instance(prefix, kv)).map(|i| (i.id.clone(), i)).collect();
-    Ok((map, resp.header.revision))
-}
-
-/// Apply the watch to the view; after compaction or a fatal watch error, read again.
-async fn follow(client: Client, prefix: String, mut revision: i64, view: watch::Sender<Instances>) {
-    loop {
-        match watch_from(&client, &prefix, revision, &view).await {
-            Ok(()) => return, // nobody looks at the view any more
-            Err(e) if recoverable(&e) => tracing::debug!(%e, prefix, "discovery watch ended; reading again"),
-            Err(e) => {
-                tracing::warn!(%e, prefix, "discovery watch failed; reading again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-        match read_all(&client, &prefix).await {
-            Ok((map, rev)) => {
-                revision = rev;
-                view.send_if_modified(|v| {
-                    let changed = **v != map;
-                    *v = Arc::new(map);
-                    changed
-                });
-            }
-            Err(e) => {
-                tracing::warn!(%e, prefix, "discovery read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-async fn watch_from(client: &Client, prefix: &str, revision: i64, view: &watch::Sender<Instances>) -> Result<()> {
-    let mut w = client.watch(prefix, WatchOptions::new().with_prefix().with_start_revision(revision + 1)).await?;
-    loop {
-        if view.is_closed() {
-            return Ok(());
-        }
-        let resp = next(&mut w).await?;
-        view.send_modify(|v| {
-            let map = Arc::make_mut(v);
-            for ev in &resp.events {
-                let kv = ev.kv.clone().unwrap_or_default();
-                let i = instance(prefix, &kv);
-                match ev.r#type() {
-                    EventType::Put => map.insert(i.id.clone(), i),
-                    EventType::Delete => map.remove(&i.id),
-                };
-            }
-        });
     }
 }
 

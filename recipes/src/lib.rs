@@ -4,6 +4,7 @@
 //!
 //! | recipe | what it gives |
 //! |---|---|
+//! | [`PrefixCache`] | a typed, always-current local copy of a prefix, with change events (Curator's CuratorCache) |
 //! | [`Registry`] | register an instance under a lease; kept alive, restored after a lease loss, removed on drop |
 //! | [`Discovery`] | a live view of a service's instances; [`Balancer`] pickers; a `tower` [`Discover`](tower::discover::Discover); a balanced tonic channel |
 //! | [`Election`] | campaign (waits until elected), proclaim, resign, leader, observe |
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod barrier;
+pub mod cache;
 pub mod config;
 pub mod counter;
 pub mod discovery;
@@ -41,6 +43,7 @@ mod wait;
 pub mod work_queue;
 
 pub use barrier::{Barrier, DoubleBarrier};
+pub use cache::{CacheEvent, Entries, PrefixCache};
 pub use config::{Config, ConfigUpdate, ConfigWatch};
 pub use counter::{AtomicValue, Counter};
 pub use discovery::{Balancer, DiscoverStream, Discovery, Instance, Instances, Picked, Strategy};

@@ -229,6 +229,9 @@ impl From<tonic::Status> for Error {
             }
             _ => match s.code() {
                 Code::Unavailable => Error::Unavailable(message.to_string()),
+                // tonic's word for a connection that broke under a call (the member died or
+                // went away): the call may or may not have reached it.
+                Code::Unknown if message == "transport error" => Error::Unavailable(message.to_string()),
                 Code::Unimplemented => Error::Unimplemented(message.to_string()),
                 Code::DeadlineExceeded => Error::ServerTimeout(message.to_string()),
                 code => Error::Server { code, message: message.to_string() },
@@ -279,5 +282,9 @@ mod tests {
         assert_eq!(other, Error::Server { code: Code::Internal, message: "boom".into() });
         assert!(Error::from(tonic::Status::unavailable("error trying to connect: refused")).is_safe_to_retry());
         assert!(!Error::from(tonic::Status::unavailable("etcdserver: leader changed")).is_safe_to_retry());
+        // A connection that broke under the call: a read retries elsewhere, a write may
+        // have applied.
+        let broke = Error::from(tonic::Status::unknown("transport error"));
+        assert!(broke.is_retryable() && !broke.was_not_applied(), "{broke:?}");
     }
 }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod barrier;
+mod cache;
 mod config;
 mod counter;
 mod election;

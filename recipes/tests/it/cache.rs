@@ -1,0 +1,50 @@
+use crate::harness::*;
+use cairn_recipes::{CacheEvent, PrefixCache};
+use cairn_testing::{etcdctl_ok, Cluster};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct Flag {
+    on: bool,
+}
+
+/// A typed cache of a prefix: the initial read, then every put and delete from anywhere
+/// (etcdctl included) as entries and events in order; values that do not parse and keys
+/// outside the prefix are left out; its revision follows the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_cache_follows_puts_and_deletes_with_events() {
+    let c = Cluster::start(3, &[]).await;
+    let ep = c.endpoints();
+    etcdctl_ok(&ep, &["put", "/flags/a", r#"{"on":true}"#]);
+    let cache = PrefixCache::<Flag>::json(&client(&c, 1).await, "/flags/").await.unwrap();
+    assert_eq!(cache.get("a"), Some(Flag { on: true }));
+    let mut events = cache.events();
+    etcdctl_ok(&ep, &["put", "/flags/b", r#"{"on":false}"#]);
+    etcdctl_ok(&ep, &["put", "/flags/a", r#"{"on":false}"#]);
+    etcdctl_ok(&ep, &["put", "/flags/bad", "not json"]);
+    etcdctl_ok(&ep, &["del", "/flags/b"]);
+    etcdctl_ok(&ep, &["put", "/other", "x"]);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(within(Duration::from_secs(5), "event", events.recv()).await.unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            CacheEvent::Put { key: "b".into(), value: Flag { on: false }, prev: None },
+            CacheEvent::Put { key: "a".into(), value: Flag { on: false }, prev: Some(Flag { on: true }) },
+            CacheEvent::Delete { key: "b".into(), prev: Flag { on: false } },
+        ]
+    );
+    assert_eq!(cache.entries().keys().collect::<Vec<_>>(), ["a"], "bad JSON left out, /other not in the prefix");
+    let rev = cache.revision();
+    assert!(rev > 0);
+    // A write from another client: the cache is current to its revision soon after.
+    let cl = client(&c, 0).await;
+    let head = cl.put("/flags/c", r#"{"on":true}"#, None).await.unwrap().header.revision;
+    eventually(Duration::from_secs(5), "the cache caught up", || {
+        let done = cache.revision() >= head && cache.get("c").is_some();
+        async move { done }
+    })
+    .await;
+}
