@@ -20,7 +20,6 @@ macro_rules! call {
     ($client:expr, $idempotent:expr, $method:ident, $req:expr) => {{
         let req = $req;
         $client
-            .inner
             .unary($idempotent, |ch| {
                 let req = req.clone();
                 async move { auth(ch).$method(req).await }

@@ -54,6 +54,9 @@ pub struct ConnectOptions {
     pub tls: Option<ClientTlsConfig>,
     /// User name and password for a cluster with auth enabled (default none).
     pub user: Option<(String, String)>,
+    /// How calls and streams wait between attempts, and how many attempts a unary call
+    /// makes (default: [`RetryPolicy::default`]).
+    pub retry: crate::RetryPolicy,
     /// Replace the endpoint list with the members' client URLs this often (clientv3's
     /// `AutoSyncInterval`), so a client given one member finds the others, and follows
     /// members added and removed (default off).
@@ -78,6 +81,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("user", &self.user.as_ref().map(|(name, _)| name))
             .field("require_leader", &self.require_leader)
             .field("auto_sync_interval", &self.auto_sync_interval)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -95,6 +99,7 @@ impl Default for ConnectOptions {
             user: None,
             require_leader: true,
             auto_sync_interval: None,
+            retry: crate::RetryPolicy::default(),
         }
     }
 }
@@ -128,6 +133,11 @@ impl ConnectOptions {
     /// Set [`ConnectOptions::spread`].
     pub fn with_spread(mut self, on: bool) -> Self {
         self.spread = on;
+        self
+    }
+    /// Set [`ConnectOptions::retry`].
+    pub fn with_retry(mut self, policy: crate::RetryPolicy) -> Self {
+        self.retry = policy;
         self
     }
     /// Set [`ConnectOptions::auto_sync_interval`].
@@ -184,6 +194,8 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
     /// The key prefix of [`Client::with_namespace`], if any.
     pub(crate) ns: Option<crate::namespace::Namespace>,
+    /// The request timeout of [`Client::with_timeout`], if set.
+    pub(crate) timeout: Option<Option<Duration>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -303,12 +315,37 @@ impl Client {
         let slots = list.into_iter().map(Slot::new).collect();
         let conn = Mutex::new(Conn { index: first, last: first, slots, generation: 0 });
         let inner = Inner { opts, conn, token };
-        let client = Client { inner: Arc::new(inner), ns: None };
+        let client = Client { inner: Arc::new(inner), ns: None, timeout: None };
         client.inner.conn().await?;
         if let Some(every) = client.inner.opts.auto_sync_interval {
             tokio::spawn(auto_sync(Arc::downgrade(&client.inner), every));
         }
         Ok(client)
+    }
+
+    /// A client (sharing this one's connections) whose unary calls give up after `timeout`
+    /// (retries included) instead of [`ConnectOptions::request_timeout`]; `None` waits
+    /// as long as it takes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use std::time::Duration;
+    /// let quick = client.with_timeout(Some(Duration::from_millis(300)));
+    /// let _ = quick.get("/config/level", None).await; // Err(Error::Timeout(_)) if slow
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Client {
+        Client { inner: self.inner.clone(), ns: self.ns.clone(), timeout: Some(timeout) }
+    }
+
+    /// A unary call with the retry policy and this client's timeout.
+    pub(crate) async fn unary<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T>
+    where
+        F: FnMut(AuthChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let timeout = self.timeout.unwrap_or(self.inner.opts.request_timeout);
+        self.inner.unary(timeout, idempotent, call).await
     }
 
     /// The endpoints in use (as URLs): those given, or the members' client URLs once
@@ -330,7 +367,7 @@ async fn auto_sync(inner: std::sync::Weak<Inner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
-        let client = Client { inner, ns: None };
+        let client = Client { inner, ns: None, timeout: None };
         let members = match client.member_list().await {
             Ok(m) => m,
             Err(e) => {
@@ -598,15 +635,16 @@ impl Inner {
     }
 
     /// Run a unary call with the retry policy: `idempotent` calls are retried on transient
-    /// errors; others only when they certainly did not apply. Bounded by the request timeout
-    /// (or 20 attempts without one).
-    pub(crate) async fn unary<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
+    /// errors; others only when they certainly did not apply. Bounded by `timeout` (the
+    /// client's request timeout, or a per-call one) and the policy's attempts.
+    pub(crate) async fn unary<T, F, Fut>(&self, timeout: Option<Duration>, idempotent: bool, mut call: F) -> Result<T>
     where
         F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let attempts = async {
-            let mut backoff = Duration::from_millis(25);
+            let mut delays = self.opts.retry.delays();
+            let max_attempts = self.opts.retry.max_attempts();
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -626,15 +664,14 @@ impl Inner {
                 // The request was refused before it could apply, so any call may retry.
                 let relogin = matches!(err, Error::InvalidAuthToken | Error::UserEmpty) && self.token_refused();
                 let retry = relogin || if idempotent { err.is_transient() } else { err.is_safe_to_retry() };
-                if !retry || attempt >= 20 {
+                if !retry || attempt >= max_attempts {
                     return Err(err);
                 }
                 tracing::debug!(%err, attempt, "retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
             }
         };
-        match self.opts.request_timeout {
+        match timeout {
             Some(t) => tokio::time::timeout(t, attempts).await.map_err(|_| Error::Timeout(t))?,
             None => attempts.await,
         }

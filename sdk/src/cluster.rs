@@ -28,25 +28,23 @@ impl Client {
     /// The cluster's members (linearizable), with the header of the member that answered.
     pub async fn member_list_with_header(&self) -> Result<(crate::Header, Vec<Member>)> {
         let req = pb::MemberListRequest { linearizable: true };
-        let r = self.inner.unary(true, |ch| async move { cluster(ch).member_list(req).await }).await?;
+        let r = self.unary(true, |ch| async move { cluster(ch).member_list(req).await }).await?;
         Ok((crate::Header::from(r.header), r.members))
     }
 
     /// Add a member with `peer_urls` (as a learner if `is_learner`).
     pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<pb::MemberAddResponse> {
         let req = pb::MemberAddRequest { peer_ur_ls: peer_urls, is_learner };
-        self.inner
-            .unary(false, |ch| {
-                let req = req.clone();
-                async move { cluster(ch).member_add(req).await }
-            })
-            .await
+        self.unary(false, |ch| {
+            let req = req.clone();
+            async move { cluster(ch).member_add(req).await }
+        })
+        .await
     }
 
     /// Remove a member.
     pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>> {
         Ok(self
-            .inner
             .unary(false, |ch| {
                 let req = pb::MemberRemoveRequest { id };
                 async move { cluster(ch).member_remove(req).await }
@@ -59,7 +57,6 @@ impl Client {
     pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<Vec<Member>> {
         let req = pb::MemberUpdateRequest { id, peer_ur_ls: peer_urls };
         Ok(self
-            .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { cluster(ch).member_update(req).await }
@@ -71,7 +68,6 @@ impl Client {
     /// Promote a learner to a voting member.
     pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>> {
         Ok(self
-            .inner
             .unary(false, |ch| {
                 let req = pb::MemberPromoteRequest { id };
                 async move { cluster(ch).member_promote(req).await }
@@ -82,45 +78,42 @@ impl Client {
 
     /// The connected member's status (version, sizes, leader, Raft indexes).
     pub async fn status(&self) -> Result<pb::StatusResponse> {
-        self.inner
-            .unary(true, |ch| {
-                let req = pb::StatusRequest {};
-                async move { maintenance(ch).status(req).await }
-            })
-            .await
+        self.unary(true, |ch| {
+            let req = pb::StatusRequest {};
+            async move { maintenance(ch).status(req).await }
+        })
+        .await
     }
 
     /// The cluster's active alarms.
     pub async fn alarms(&self) -> Result<Vec<AlarmMember>> {
         let req = pb::AlarmRequest { action: AlarmAction::Get as i32, member_id: 0, alarm: AlarmType::None as i32 };
-        Ok(self.inner.unary(true, |ch| async move { maintenance(ch).alarm(req).await }).await?.alarms)
+        Ok(self.unary(true, |ch| async move { maintenance(ch).alarm(req).await }).await?.alarms)
     }
 
     /// Clear an alarm (`member_id` 0 and `AlarmType::None`: every alarm); returns the
     /// alarms that were cleared.
     pub async fn alarm_disarm(&self, member_id: u64, alarm: AlarmType) -> Result<Vec<AlarmMember>> {
         let req = pb::AlarmRequest { action: AlarmAction::Deactivate as i32, member_id, alarm: alarm as i32 };
-        Ok(self.inner.unary(false, |ch| async move { maintenance(ch).alarm(req).await }).await?.alarms)
+        Ok(self.unary(false, |ch| async move { maintenance(ch).alarm(req).await }).await?.alarms)
     }
 
     /// A hash of the connected member's key-value history up to `revision` (0: current).
     pub async fn hash_kv(&self, revision: i64) -> Result<pb::HashKvResponse> {
-        self.inner
-            .unary(true, |ch| {
-                let req = pb::HashKvRequest { revision };
-                async move { maintenance(ch).hash_kv(req).await }
-            })
-            .await
+        self.unary(true, |ch| {
+            let req = pb::HashKvRequest { revision };
+            async move { maintenance(ch).hash_kv(req).await }
+        })
+        .await
     }
 
     /// Defragment the connected member's store.
     pub async fn defragment(&self) -> Result<()> {
-        self.inner
-            .unary(false, |ch| {
-                let req = pb::DefragmentRequest {};
-                async move { maintenance(ch).defragment(req).await }
-            })
-            .await?;
+        self.unary(false, |ch| {
+            let req = pb::DefragmentRequest {};
+            async move { maintenance(ch).defragment(req).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -140,12 +133,11 @@ impl Client {
 
     /// Hand leadership to member `target_id` (ask the leader).
     pub async fn move_leader(&self, target_id: u64) -> Result<()> {
-        self.inner
-            .unary(false, |ch| {
-                let req = pb::MoveLeaderRequest { target_id };
-                async move { maintenance(ch).move_leader(req).await }
-            })
-            .await?;
+        self.unary(false, |ch| {
+            let req = pb::MoveLeaderRequest { target_id };
+            async move { maintenance(ch).move_leader(req).await }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -77,7 +77,6 @@ impl Client {
     pub async fn unlock(&self, key: impl AsRef<[u8]>) -> Result<Header> {
         let req = lpb::UnlockRequest { key: self.ns_key(key.as_ref()) };
         let r = self
-            .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { LockClient::new(ch).unlock(req).await }
@@ -115,7 +114,6 @@ impl Client {
     pub async fn proclaim(&self, leader: &LeaderKey, value: impl Into<Vec<u8>>) -> Result<Header> {
         let req = epb::ProclaimRequest { leader: Some(self.ns_leader(leader)), value: value.into() };
         let r = self
-            .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { ElectionClient::new(ch).proclaim(req).await }
@@ -128,7 +126,6 @@ impl Client {
     pub async fn resign(&self, leader: &LeaderKey) -> Result<Header> {
         let req = epb::ResignRequest { leader: Some(self.ns_leader(leader)) };
         let r = self
-            .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { ElectionClient::new(ch).resign(req).await }
@@ -141,7 +138,6 @@ impl Client {
     pub async fn leader(&self, name: impl AsRef<[u8]>) -> Result<Option<KeyValue>> {
         let req = epb::LeaderRequest { name: self.ns_key(name.as_ref()) };
         let r = self
-            .inner
             .unary(true, |ch| {
                 let req = req.clone();
                 async move { ElectionClient::new(ch).leader(req).await }

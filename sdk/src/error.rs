@@ -232,6 +232,7 @@ impl From<tonic::Status> for Error {
                 // tonic's word for a connection that broke under a call (the member died or
                 // went away): the call may or may not have reached it.
                 Code::Unknown if message == "transport error" => Error::Unavailable(message.to_string()),
+                Code::Cancelled if message == "operation was canceled" => Error::Unavailable(message.to_string()),
                 Code::Unimplemented => Error::Unimplemented(message.to_string()),
                 Code::DeadlineExceeded => Error::ServerTimeout(message.to_string()),
                 code => Error::Server { code, message: message.to_string() },
@@ -284,7 +285,9 @@ mod tests {
         assert!(!Error::from(tonic::Status::unavailable("etcdserver: leader changed")).is_safe_to_retry());
         // A connection that broke under the call: a read retries elsewhere, a write may
         // have applied.
-        let broke = Error::from(tonic::Status::unknown("transport error"));
-        assert!(broke.is_retryable() && !broke.was_not_applied(), "{broke:?}");
+        for broke in [tonic::Status::unknown("transport error"), tonic::Status::cancelled("operation was canceled")] {
+            let broke = Error::from(broke);
+            assert!(broke.is_retryable() && !broke.was_not_applied(), "{broke:?}");
+        }
     }
 }

@@ -500,7 +500,6 @@ impl Client {
             ns.range_request(&mut req);
         }
         let mut r = self
-            .inner
             .unary(true, |ch| {
                 let req = req.clone();
                 async move { kv(ch).range(req).await }
@@ -524,7 +523,6 @@ impl Client {
             ns.put_request(&mut req);
         }
         let mut r = self
-            .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { kv(ch).put(req).await }
@@ -547,7 +545,6 @@ impl Client {
             ns.delete_request(&mut req);
         }
         let mut r = self
-            .inner
             .unary(false, |ch| {
                 let req = req.clone();
                 async move { kv(ch).delete_range(req).await }
@@ -567,7 +564,6 @@ impl Client {
             ns.txn_request(&mut req);
         }
         let mut r = self
-            .inner
             .unary(read_only, |ch| {
                 let req = req.clone();
                 async move { kv(ch).txn(req).await }
@@ -583,7 +579,7 @@ impl Client {
     /// reclaimed on the answering member.
     pub async fn compact(&self, revision: i64, physical: bool) -> Result<Header> {
         let req = pb::CompactionRequest { revision, physical };
-        let r = self.inner.unary(false, |ch| async move { kv(ch).compact(req).await }).await?;
+        let r = self.unary(false, |ch| async move { kv(ch).compact(req).await }).await?;
         Ok(r.header.into())
     }
 }

@@ -52,7 +52,7 @@ impl Client {
     /// Grant a lease of `ttl` seconds with the given ID (0: the server picks one).
     pub async fn lease_grant_with_id(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
         let req = pb::LeaseGrantRequest { ttl, id };
-        let r = self.inner.unary(false, |ch| async move { lease(ch).lease_grant(req).await }).await?;
+        let r = self.unary(false, |ch| async move { lease(ch).lease_grant(req).await }).await?;
         if !r.error.is_empty() {
             return Err(Error::Server { code: tonic::Code::Unknown, message: r.error });
         }
@@ -62,7 +62,6 @@ impl Client {
     /// Revoke a lease: its keys are deleted.
     pub async fn lease_revoke(&self, id: i64) -> Result<Header> {
         let r = self
-            .inner
             .unary(false, |ch| {
                 let req = pb::LeaseRevokeRequest { id };
                 async move { lease(ch).lease_revoke(req).await }
@@ -74,7 +73,7 @@ impl Client {
     /// A lease's remaining time (and, with `keys`, its attached keys).
     pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
         let req = pb::LeaseTimeToLiveRequest { id, keys };
-        let mut r = self.inner.unary(true, |ch| async move { lease(ch).lease_time_to_live(req).await }).await?;
+        let mut r = self.unary(true, |ch| async move { lease(ch).lease_time_to_live(req).await }).await?;
         if let Some(ns) = &self.ns {
             ns.lease_keys(&mut r.keys);
         }
@@ -90,7 +89,6 @@ impl Client {
     /// The IDs of every live lease.
     pub async fn leases(&self) -> Result<Vec<i64>> {
         let r = self
-            .inner
             .unary(true, |ch| {
                 let req = pb::LeaseLeasesRequest {};
                 async move { lease(ch).lease_leases(req).await }
@@ -190,7 +188,7 @@ async fn keep_alive_round(channel: &crate::client::AuthChannel, id: i64) -> Resu
 async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseState>) {
     // Until the first renewal we do not know the TTL; assume the lease may be short.
     let mut deadline: Option<Instant> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = inner.opts.retry.delays();
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             state.send_replace(LeaseState::Lost);
@@ -200,8 +198,7 @@ async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseS
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(%e, lease = id, "keep-alive: no member reachable");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                 continue;
             }
         };
@@ -219,7 +216,7 @@ async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseS
                 if !refused {
                     inner.failed(&conn);
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                 continue;
             }
         };
@@ -234,7 +231,7 @@ async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseS
                     return;
                 }
                 Ok(Ok(Some(r))) => {
-                    backoff = Duration::from_millis(100);
+                    delays = inner.opts.retry.delays();
                     deadline = Some(sent + Duration::from_secs(r.ttl as u64));
                     state.send_replace(LeaseState::Alive { ttl: Some(r.ttl) });
                     let pause = Duration::from_millis((r.ttl as u64 * 1000 / 3).max(100));
@@ -246,7 +243,7 @@ async fn keep_alive_loop(inner: Arc<Inner>, id: i64, state: watch::Sender<LeaseS
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                     tracing::debug!(lease = id, "keep-alive stream broke; failing over");
                     inner.failed(&conn);
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                     break;
                 }
             }

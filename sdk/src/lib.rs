@@ -40,10 +40,12 @@ pub mod error;
 pub mod kv;
 pub mod lease;
 mod namespace;
+pub mod retry;
 pub mod watch;
 
 pub use auth::{Permission, PermissionType};
 pub use client::{Client, ConnectOptions};
+pub use retry::RetryPolicy;
 
 /// TLS settings for [`ConnectOptions::with_tls`] (tonic's rustls types).
 pub mod tls {

@@ -137,7 +137,7 @@ impl Client {
         let mut full = self.ns.as_ref().map_or_else(Vec::new, |n| n.0.to_vec());
         full.extend_from_slice(prefix.as_ref());
         let ns = if full.is_empty() { None } else { Some(Namespace(full.into())) };
-        Client { inner: self.inner.clone(), ns }
+        Client { inner: self.inner.clone(), ns, timeout: self.timeout }
     }
 
     /// The prefix this client's keys live under (empty without a namespace).

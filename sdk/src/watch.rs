@@ -210,7 +210,7 @@ async fn run(
     progress: Arc<tokio::sync::Notify>,
 ) {
     let mut created_tx = Some(created_tx);
-    let mut backoff = Duration::from_millis(50);
+    let mut delays = inner.opts.retry.delays();
     loop {
         let conn = match inner.conn().await {
             Ok(c) => c,
@@ -219,8 +219,7 @@ async fn run(
                     return;
                 }
                 tracing::debug!(%e, "watch: no member reachable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                 continue;
             }
         };
@@ -235,8 +234,7 @@ async fn run(
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
             }
         }
     }

@@ -11,4 +11,5 @@ mod harness;
 mod kv;
 mod lease;
 mod namespace;
+mod policy;
 mod watch;
