@@ -23,6 +23,8 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Server traits only with the `server` feature: SDK users do not compile them.
+        .server_mod_attribute(".", r#"#[cfg(feature = "server")]"#)
         // RPCs that a later piece of work implements answer UNIMPLEMENTED until then.
         .generate_default_stubs(true)
         .compile_fds(fds)?;
