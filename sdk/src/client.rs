@@ -27,45 +27,49 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// How to connect and how long to wait. `ConnectOptions::default()` suits most programs.
+/// How to connect and how long to wait. `ConnectOptions::default()` suits most programs;
+/// the `with_*` builders change one setting each (new settings come as new builders, so
+/// code that builds options keeps compiling).
 #[derive(Clone)]
 pub struct ConnectOptions {
-    /// How long to wait for one endpoint's connection before trying the next (default 5 s).
-    pub dial_timeout: Duration,
-    /// The longest a unary call may take, retries included (default 15 s); `None` waits
-    /// forever. Watch and keep-alive streams are not limited by it.
-    pub request_timeout: Option<Duration>,
-    /// HTTP/2 keep-alive ping interval, which detects a dead or paused member under an
-    /// otherwise quiet watch (default 10 s).
-    pub keep_alive_interval: Duration,
-    /// How long a keep-alive ping may go unanswered before the connection is dropped and
-    /// the client fails over (default 5 s).
-    pub keep_alive_timeout: Duration,
-    /// Connect to the current leader when (re)connecting, so writes and linearizable reads
-    /// skip the follower's forwarding hop (default off).
-    pub prefer_leader: bool,
-    /// Spread calls over the members (default on): each unary call and each new stream goes
-    /// to the next healthy endpoint in turn, starting at a random one, so neither one
-    /// client's calls nor the clients of many processes all load the first member. Off (or
-    /// with `prefer_leader`), the client stays on one member — the first of the list — until
-    /// a failure moves it to the next.
-    pub spread: bool,
-    /// TLS (rustls): endpoints without a scheme then use `https://` (default none).
-    pub tls: Option<ClientTlsConfig>,
-    /// User name and password for a cluster with auth enabled (default none).
-    pub user: Option<(String, String)>,
-    /// How calls and streams wait between attempts, and how many attempts a unary call
-    /// makes (default: [`RetryPolicy::default`]).
-    pub retry: crate::RetryPolicy,
-    /// Replace the endpoint list with the members' client URLs this often (clientv3's
-    /// `AutoSyncInterval`), so a client given one member finds the others, and follows
-    /// members added and removed (default off).
-    pub auto_sync_interval: Option<Duration>,
-    /// Open watch and keep-alive streams with etcd's require-leader (`hasleader`
-    /// metadata, clientv3's `WithRequireLeader`): a member cut off from the majority ends
-    /// them with `etcdserver: no leader`, and the client resumes them on another member
-    /// instead of waiting quietly on one that will see no more writes (default on).
-    pub require_leader: bool,
+    // How long to wait for one endpoint's connection before trying the next (default 5 s).
+    pub(crate) dial_timeout: Duration,
+    // The longest a unary call may take, retries included (default 15 s); `None` waits
+    // forever. Watch and keep-alive streams are not limited by it.
+    pub(crate) request_timeout: Option<Duration>,
+    // HTTP/2 keep-alive ping interval, which detects a dead or paused member under an
+    // otherwise quiet watch (default 10 s).
+    pub(crate) keep_alive_interval: Duration,
+    // How long a keep-alive ping may go unanswered before the connection is dropped and
+    // the client fails over (default 5 s).
+    pub(crate) keep_alive_timeout: Duration,
+    // Connect to the current leader when (re)connecting, so writes and linearizable reads
+    // skip the follower's forwarding hop (default off).
+    pub(crate) prefer_leader: bool,
+    // Spread calls over the members (default on): each unary call and each new stream goes
+    // to the next healthy endpoint in turn, starting at a random one, so neither one
+    // client's calls nor the clients of many processes all load the first member. Off (or
+    // with `prefer_leader`), the client stays on one member — the first of the list — until
+    // a failure moves it to the next.
+    pub(crate) spread: bool,
+    // TLS (rustls; [`ConnectOptions::with_tls_pem`], [`ConnectOptions::with_tls_files`],
+    // [`ConnectOptions::with_system_roots`]): endpoints without a scheme then use
+    // `https://` (default none).
+    pub(crate) tls: Option<ClientTlsConfig>,
+    // User name and password for a cluster with auth enabled (default none).
+    pub(crate) user: Option<(String, String)>,
+    // How calls and streams wait between attempts, and how many attempts a unary call
+    // makes (default: [`RetryPolicy::default`]).
+    pub(crate) retry: crate::RetryPolicy,
+    // Replace the endpoint list with the members' client URLs this often (clientv3's
+    // `AutoSyncInterval`), so a client given one member finds the others, and follows
+    // members added and removed (default off).
+    pub(crate) auto_sync_interval: Option<Duration>,
+    // Open watch and keep-alive streams with etcd's require-leader (`hasleader`
+    // metadata, clientv3's `WithRequireLeader`): a member cut off from the majority ends
+    // them with `etcdserver: no leader`, and the client resumes them on another member
+    // instead of waiting quietly on one that will see no more writes (default on).
+    pub(crate) require_leader: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -109,43 +113,59 @@ impl ConnectOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Set [`ConnectOptions::dial_timeout`].
+    /// How long to wait for one endpoint's connection before trying the next (default 5 s).
     pub fn with_dial_timeout(mut self, t: Duration) -> Self {
         self.dial_timeout = t;
         self
     }
-    /// Set [`ConnectOptions::request_timeout`].
+    /// The longest a unary call may take, retries included (default 15 s); `None` waits
+    /// forever. Watch and keep-alive streams are not limited by it.
     pub fn with_request_timeout(mut self, t: Option<Duration>) -> Self {
         self.request_timeout = t;
         self
     }
-    /// Set [`ConnectOptions::keep_alive_interval`] and [`ConnectOptions::keep_alive_timeout`].
+    /// HTTP/2 keep-alive ping interval, which detects a dead or paused member under an
+    /// otherwise quiet watch (default 10 s).
+    ///
+    /// And how long a keep-alive ping may go unanswered before the connection is dropped and
+    /// the client fails over (default 5 s).
     pub fn with_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive_interval = interval;
         self.keep_alive_timeout = timeout;
         self
     }
-    /// Set [`ConnectOptions::prefer_leader`].
+    /// Connect to the current leader when (re)connecting, so writes and linearizable reads
+    /// skip the follower's forwarding hop (default off).
     pub fn with_prefer_leader(mut self, on: bool) -> Self {
         self.prefer_leader = on;
         self
     }
-    /// Set [`ConnectOptions::spread`].
+    /// Spread calls over the members (default on): each unary call and each new stream goes
+    /// to the next healthy endpoint in turn, starting at a random one, so neither one
+    /// client's calls nor the clients of many processes all load the first member. Off (or
+    /// with `prefer_leader`), the client stays on one member — the first of the list — until
+    /// a failure moves it to the next.
     pub fn with_spread(mut self, on: bool) -> Self {
         self.spread = on;
         self
     }
-    /// Set [`ConnectOptions::retry`].
+    /// How calls and streams wait between attempts, and how many attempts a unary call
+    /// makes (default: [`crate::RetryPolicy::default`]).
     pub fn with_retry(mut self, policy: crate::RetryPolicy) -> Self {
         self.retry = policy;
         self
     }
-    /// Set [`ConnectOptions::auto_sync_interval`].
+    /// Replace the endpoint list with the members' client URLs this often (clientv3's
+    /// `AutoSyncInterval`), so a client given one member finds the others, and follows
+    /// members added and removed (default off).
     pub fn with_auto_sync(mut self, every: Duration) -> Self {
         self.auto_sync_interval = Some(every);
         self
     }
-    /// Set [`ConnectOptions::require_leader`].
+    /// Open watch and keep-alive streams with etcd's require-leader (`hasleader`
+    /// metadata, clientv3's `WithRequireLeader`): a member cut off from the majority ends
+    /// them with `etcdserver: no leader`, and the client resumes them on another member
+    /// instead of waiting quietly on one that will see no more writes (default on).
     pub fn with_require_leader(mut self, on: bool) -> Self {
         self.require_leader = on;
         self
@@ -155,26 +175,41 @@ impl ConnectOptions {
         self.user = Some((name.into(), password.into()));
         self
     }
-    /// Set [`ConnectOptions::tls`].
-    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
     /// TLS trusting the system's root certificates (a cluster whose certificates a public
     /// or company-wide CA signed), as etcdctl does without `--cacert`.
-    pub fn with_system_roots(self) -> Self {
-        self.with_tls(ClientTlsConfig::new().with_native_roots())
+    pub fn with_system_roots(mut self) -> Self {
+        self.tls = Some(ClientTlsConfig::new().with_native_roots());
+        self
+    }
+    /// TLS from PEM text: trust the CA certificate(s) `ca` (the system's roots when `None`)
+    /// and, for client-certificate auth, present `cert` with its `key`.
+    pub fn with_tls_pem(mut self, ca: Option<&[u8]>, cert_and_key: Option<(&[u8], &[u8])>) -> Self {
+        let mut tls = match ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some((cert, key)) = cert_and_key {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        self.tls = Some(tls);
+        self
     }
     /// TLS from PEM files, as etcdctl's `--cacert`, `--cert` and `--key`: trust `ca` (the
     /// CA that signed the server's certificate) and, for client-certificate auth, present
     /// `cert` with `key`.
     pub fn with_tls_files(self, ca: &Path, cert_and_key: Option<(&Path, &Path)>) -> Result<Self> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())));
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let Some((cert, key)) = cert_and_key {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        Ok(self.with_tls(tls))
+        let ca = read(ca)?;
+        let identity = match cert_and_key {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        Ok(self.with_tls_pem(Some(&ca), identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()))))
+    }
+
+    /// How long a unary call may take ([`ConnectOptions::with_request_timeout`]).
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
     }
 }
 
@@ -287,7 +322,7 @@ pub(crate) const MAX_DECODE: usize = i32::MAX as usize;
 
 impl Client {
     /// Connect to a cluster. `endpoints` are `host:port` or `http://host:port`; at least one
-    /// must answer within [`ConnectOptions::dial_timeout`].
+    /// must answer within [`ConnectOptions::with_dial_timeout`].
     pub async fn connect<E, S>(endpoints: E, opts: ConnectOptions) -> Result<Client>
     where
         E: IntoIterator<Item = S>,
@@ -324,7 +359,7 @@ impl Client {
     }
 
     /// A client (sharing this one's connections) whose unary calls give up after `timeout`
-    /// (retries included) instead of [`ConnectOptions::request_timeout`]; `None` waits
+    /// (retries included) instead of [`ConnectOptions::with_request_timeout`]; `None` waits
     /// as long as it takes.
     ///
     /// ```no_run
@@ -349,7 +384,7 @@ impl Client {
     }
 
     /// The endpoints in use (as URLs): those given, or the members' client URLs once
-    /// [`ConnectOptions::auto_sync_interval`] synced them.
+    /// [`ConnectOptions::with_auto_sync`] synced them.
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.lock().slots.iter().map(|s| s.url.clone()).collect()
     }
@@ -530,7 +565,7 @@ impl Inner {
         true
     }
 
-    /// Whether calls spread over the members ([`ConnectOptions::spread`]).
+    /// Whether calls spread over the members ([`ConnectOptions::with_spread`]).
     fn spreading(&self) -> bool {
         self.opts.spread && !self.opts.prefer_leader
     }
@@ -679,7 +714,7 @@ impl Inner {
 }
 
 /// A request for a watch or keep-alive stream, with require-leader metadata if asked
-/// ([`ConnectOptions::require_leader`]).
+/// ([`ConnectOptions::with_require_leader`]).
 pub(crate) fn stream_request<T>(body: T, require_leader: bool) -> tonic::Request<T> {
     let mut req = tonic::Request::new(body);
     if require_leader {

@@ -47,10 +47,6 @@ pub use auth::{Permission, PermissionType};
 pub use client::{Client, ConnectOptions};
 pub use retry::RetryPolicy;
 
-/// TLS settings for [`ConnectOptions::with_tls`] (tonic's rustls types).
-pub mod tls {
-    pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-}
 pub use cluster::{AlarmMember, AlarmType, Member};
 pub use coord::{LeaderKey, Observe};
 pub use error::{Error, Result};
