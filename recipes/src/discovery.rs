@@ -29,6 +29,30 @@ pub struct Instance {
     pub revision: i64,
 }
 
+impl Instance {
+    /// The metadata as a `T` (the type it was registered with, see
+    /// [`crate::Registry::register_typed`]).
+    pub fn metadata_as<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.metadata.clone())
+            .map_err(|e| crate::Error::Invalid { key: self.id.clone(), reason: e.to_string() })
+    }
+
+    /// Its endpoint as a URL: as registered if it has a scheme (`https://...`), else
+    /// `http://<endpoint>`.
+    pub fn url(&self) -> String {
+        if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            format!("http://{}", self.endpoint)
+        }
+    }
+
+    /// Whether it asked to get no new work ([`crate::Registration::drain`]).
+    pub fn is_draining(&self) -> bool {
+        self.metadata.get("drain").and_then(|d| d.as_bool()).unwrap_or(false)
+    }
+}
+
 /// The instances of a service, by id.
 pub type Instances = Arc<BTreeMap<String, Instance>>;
 
@@ -102,10 +126,11 @@ impl Discovery {
         DiscoverStream { rx }
     }
 
-    /// A tonic channel that balances calls across the live instances (connecting to
-    /// `http://<endpoint>`); instances that leave stop receiving calls.
+    /// A tonic channel that balances calls across the live instances (connecting to their
+    /// endpoint if it is a URL, else `http://<endpoint>`); instances that leave stop
+    /// receiving calls. (https:// instances need TLS settings: [`Discovery::channel_with`].)
     pub fn channel(&self) -> tonic::transport::Channel {
-        self.channel_with(|i| tonic::transport::Endpoint::from_shared(format!("http://{}", i.endpoint)).ok())
+        self.channel_with(|i| tonic::transport::Endpoint::from_shared(i.url()).ok())
     }
 
     /// [`Discovery::channel`] with your own endpoint settings (TLS, timeouts, ...).
@@ -220,10 +245,14 @@ impl Drop for Picked {
 }
 
 impl Balancer {
-    /// An instance to call, or `None` while the service has none.
+    /// An instance to call, or `None` while the service has none. Draining instances are
+    /// picked only when no other is up.
     pub fn pick(&self) -> Option<Picked> {
         let view = self.view.borrow().clone();
-        let all: Vec<&Instance> = view.values().collect();
+        let mut all: Vec<&Instance> = view.values().filter(|i| !i.is_draining()).collect();
+        if all.is_empty() {
+            all = view.values().collect();
+        }
         if all.is_empty() {
             return None;
         }

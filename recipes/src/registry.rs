@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use cairn_sdk::{Client, PutOptions, Session};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
@@ -56,7 +57,10 @@ pub enum RegistrationState {
 /// [`Registration::deregister`] does so and waits.
 #[derive(Debug)]
 pub struct Registration {
+    client: Client,
     key: String,
+    /// The stored record (what a re-registration after a lease loss writes).
+    record: Arc<Mutex<Record>>,
     state: watch::Receiver<RegistrationState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<()>>>,
@@ -84,20 +88,43 @@ impl Registry {
         metadata: serde_json::Value,
     ) -> Result<Registration> {
         let key = format!("{}/{}", service.as_ref(), instance_id.as_ref());
-        let record = Record { addr: endpoint.into(), metadata };
-        let value = serde_json::to_string(&record).unwrap_or_default();
-        let session = register_once(&self.client, self.ttl, &key, &value).await?;
+        let record = Arc::new(Mutex::new(Record { addr: endpoint.into(), metadata }));
+        let session = register_once(&self.client, self.ttl, &key, &record).await?;
         let (state_tx, state) = watch::channel(RegistrationState::Registered { lease: session.lease_id() });
         let (stop, stop_rx) = oneshot::channel();
-        let upkeep = Upkeep { client: self.client.clone(), ttl: self.ttl, key: key.clone(), value, state: state_tx };
+        let upkeep = Upkeep {
+            client: self.client.clone(),
+            ttl: self.ttl,
+            key: key.clone(),
+            record: record.clone(),
+            state: state_tx,
+        };
         let task = tokio::spawn(upkeep.run(session, stop_rx));
-        Ok(Registration { key, state, stop: Some(stop), task: Some(task) })
+        Ok(Registration { client: self.client.clone(), key, record, state, stop: Some(stop), task: Some(task) })
+    }
+
+    /// [`Registry::register`] with typed metadata (any `serde` type; read back with
+    /// [`crate::Instance::metadata_as`]).
+    pub async fn register_typed<M: Serialize>(
+        &self,
+        service: impl AsRef<str>,
+        instance_id: impl AsRef<str>,
+        endpoint: impl Into<String>,
+        metadata: &M,
+    ) -> Result<Registration> {
+        let metadata = serde_json::to_value(metadata)
+            .map_err(|e| Error::Invalid { key: service.as_ref().to_string(), reason: e.to_string() })?;
+        self.register(service, instance_id, endpoint, metadata).await
     }
 }
 
-async fn register_once(client: &Client, ttl: i64, key: &str, value: &str) -> Result<Session> {
+fn stored(record: &Mutex<Record>) -> String {
+    serde_json::to_string(&*record.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
+}
+
+async fn register_once(client: &Client, ttl: i64, key: &str, record: &Mutex<Record>) -> Result<Session> {
     let session = Session::new(client, ttl).await?;
-    client.put(key, value, PutOptions::new().with_lease(session.lease_id())).await?;
+    client.put(key, stored(record), PutOptions::new().with_lease(session.lease_id())).await?;
     Ok(session)
 }
 
@@ -105,7 +132,7 @@ struct Upkeep {
     client: Client,
     ttl: i64,
     key: String,
-    value: String,
+    record: Arc<Mutex<Record>>,
     state: watch::Sender<RegistrationState>,
 }
 
@@ -128,7 +155,7 @@ impl Upkeep {
             let mut backoff = Duration::from_millis(200);
             session = loop {
                 let attempt = tokio::select! {
-                    r = register_once(&self.client, self.ttl, &self.key, &self.value) => r,
+                    r = register_once(&self.client, self.ttl, &self.key, &self.record) => r,
                     _ = &mut stop => return Ok(()),
                 };
                 match attempt {
@@ -160,6 +187,45 @@ impl Registration {
     /// A receiver of state changes (lost, registered again).
     pub fn subscribe(&self) -> watch::Receiver<RegistrationState> {
         self.state.clone()
+    }
+
+    /// Change the registration in place — a new endpoint (`Some`) and/or metadata — under
+    /// the same lease: watchers see one update, not a leave and a join. A re-registration
+    /// after a lease loss writes the new values too.
+    pub async fn update(&self, endpoint: Option<String>, metadata: serde_json::Value) -> Result<()> {
+        {
+            let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = endpoint {
+                r.addr = e;
+            }
+            r.metadata = metadata;
+        }
+        self.rewrite().await
+    }
+
+    /// Mark the instance as draining (`"drain": true` in its metadata): [`crate::Balancer`]s
+    /// stop picking it while others are up, so it can finish its work and deregister.
+    pub async fn drain(&self) -> Result<()> {
+        {
+            let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+            if !r.metadata.is_object() {
+                r.metadata = serde_json::json!({});
+            }
+            if let Some(m) = r.metadata.as_object_mut() {
+                m.insert("drain".into(), serde_json::Value::Bool(true));
+            }
+        }
+        self.rewrite().await
+    }
+
+    /// Write the current record under the current lease (if registered now; otherwise the
+    /// re-registration in progress writes it).
+    async fn rewrite(&self) -> Result<()> {
+        if let RegistrationState::Registered { lease } = self.state() {
+            let value = stored(&self.record);
+            self.client.put(self.key.as_str(), value, PutOptions::new().with_lease(lease)).await?;
+        }
+        Ok(())
     }
 
     /// Remove the registration now and wait until it is gone.

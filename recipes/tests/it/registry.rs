@@ -84,3 +84,68 @@ async fn registrations_come_and_go_and_come_back_after_a_partition() {
     drop(flaky);
     eventually(Duration::from_secs(3), "dropped registration leaves", || async { ids(&discovery).is_empty() }).await;
 }
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    zone: String,
+    version: u32,
+}
+
+/// Typed metadata, an update in place (watchers see one change, the instance never
+/// leaves), draining (balancers pass it over while another instance is up), and URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_instances_update_in_place_and_drain() {
+    use cairn_recipes::CacheEvent;
+    let c = Cluster::start(1, &[]).await;
+    let cl = client(&c, 0).await;
+    let registry = Registry::new(&cl).with_ttl(5);
+    let a = registry
+        .register_typed("/svc/typed", "a", "10.0.0.1:80", &Meta { zone: "x".into(), version: 1 })
+        .await
+        .unwrap();
+    let _b = registry
+        .register_typed("/svc/typed", "b", "https://10.0.0.2:443", &Meta { zone: "y".into(), version: 1 })
+        .await
+        .unwrap();
+    let view = Discovery::start(&cl, "/svc/typed").await.unwrap();
+    let ia = view.instances().into_iter().find(|i| i.id == "a").expect("a");
+    assert_eq!(ia.metadata_as::<Meta>().unwrap(), Meta { zone: "x".into(), version: 1 });
+    assert_eq!(ia.url(), "http://10.0.0.1:80");
+    assert_eq!(
+        view.instances().into_iter().find(|i| i.id == "b").map(|i| i.url()).as_deref(),
+        Some("https://10.0.0.2:443")
+    );
+
+    let mut events = view.cache().events();
+    a.update(Some("10.0.0.9:80".into()), serde_json::to_value(Meta { zone: "x".into(), version: 2 }).unwrap())
+        .await
+        .unwrap();
+    let ev = within(Duration::from_secs(5), "update event", events.recv()).await.unwrap();
+    match ev {
+        CacheEvent::Put { key, value, prev: Some(prev) } => {
+            assert_eq!(key, "a");
+            assert_eq!((value.endpoint.as_str(), prev.endpoint.as_str()), ("10.0.0.9:80", "10.0.0.1:80"));
+            assert_eq!(value.metadata_as::<Meta>().unwrap().version, 2);
+            assert_eq!(value.lease, prev.lease, "same lease: updated in place");
+        }
+        other => panic!("one in-place update expected: {other:?}"),
+    }
+
+    a.drain().await.unwrap();
+    eventually(Duration::from_secs(5), "a drains", || {
+        let draining = view.instances().iter().any(|i| i.id == "a" && i.is_draining());
+        async move { draining }
+    })
+    .await;
+    let balancer = view.balancer(Strategy::RoundRobin);
+    for _ in 0..6 {
+        assert_eq!(balancer.pick().expect("an instance").instance.id, "b", "draining a is passed over");
+    }
+    drop(_b);
+    eventually(Duration::from_secs(5), "b gone", || {
+        let alone = view.instances().len() == 1;
+        async move { alone }
+    })
+    .await;
+    assert_eq!(balancer.pick().expect("a, draining, is all there is").instance.id, "a");
+}
