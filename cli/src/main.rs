@@ -71,6 +71,14 @@ struct Cli {
     /// Print keys and values as hex-escaped bytes (`\x66\x6f\x6f`), as etcdctl's --hex.
     #[arg(long, env = "CAIRNCTL_HEX", global = true)]
     hex: bool,
+    /// etcdctl's switch for plain connections to endpoints without a scheme (accepted for
+    /// scripts: cairnctl uses TLS when an endpoint is https:// or a TLS flag is given).
+    #[arg(long, env = "CAIRNCTL_INSECURE_TRANSPORT", global = true, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    insecure_transport: bool,
+    /// Accept any server certificate (still encrypted, but unauthenticated: anyone on the
+    /// path can pose as the server). For test clusters with self-signed certificates only.
+    #[arg(long, env = "CAIRNCTL_INSECURE_SKIP_TLS_VERIFY", global = true)]
+    insecure_skip_tls_verify: bool,
     /// Log what the client does (connections, endpoints, retries) on stderr.
     #[arg(long, env = "CAIRNCTL_DEBUG", global = true)]
     debug: bool,
@@ -85,6 +93,8 @@ struct Creds<'a> {
     key: Option<&'a std::path::Path>,
     user: Option<&'a str>,
     password: Option<&'a str>,
+    /// `--insecure-skip-tls-verify`.
+    insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -531,6 +541,8 @@ fn adopt_etcdctl_env() {
         "PASSWORD",
         "HEX",
         "DEBUG",
+        "INSECURE_SKIP_TLS_VERIFY",
+        "INSECURE_TRANSPORT",
     ] {
         let ours = format!("CAIRNCTL_{name}");
         if std::env::var_os(&ours).is_none() {
@@ -597,6 +609,7 @@ impl Cli {
             key: self.key.as_deref(),
             user: self.user.as_deref(),
             password: self.password.as_deref(),
+            insecure: self.insecure_skip_tls_verify,
         };
         self.connect(endpoints, &creds, "").await
     }
@@ -607,14 +620,19 @@ impl Cli {
         let mut opts = ConnectOptions::default()
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(Some(self.command_timeout));
-        if let Some(ca) = creds.cacert {
-            let pair = creds.cert.zip(creds.key);
-            opts = opts.with_tls_files(ca, pair)?;
-        } else if creds.cert.is_some() {
-            return Err(BadArgs(format!(
-                "--{flag}cert needs --{flag}cacert (the CA that signed the server's certificate)"
-            ))
-            .into());
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let identity = match (creds.cert, creds.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+        if creds.insecure {
+            opts = opts.with_insecure_skip_verify(identity);
+        } else if let Some(ca) = creds.cacert {
+            opts = opts.with_tls_pem(Some(&read(ca)?), identity);
+        } else if identity.is_some() || endpoints.iter().any(|e| e.starts_with("https://")) {
+            // As etcdctl: https:// without --cacert trusts the system's root certificates.
+            opts = opts.with_tls_pem(None, identity);
         }
         if let Some(user) = creds.user {
             let (name, password) = match (user.split_once(':'), creds.password) {

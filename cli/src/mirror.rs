@@ -69,6 +69,7 @@ pub async fn make_mirror(cli: &Cli, a: &MirrorArgs) -> anyhow::Result<()> {
         key: a.dest_key.as_deref(),
         user: a.dest_user.as_deref(),
         password: a.dest_password.as_deref(),
+        insecure: false,
     };
     let dest = cli.connect(&endpoints, &creds, "dest-").await?;
     let src = cli.client().await?;

@@ -56,6 +56,9 @@ pub struct ConnectOptions {
     // [`ConnectOptions::with_system_roots`]): endpoints without a scheme then use
     // `https://` (default none).
     pub(crate) tls: Option<ClientTlsConfig>,
+    // Accept any server certificate (etcdctl's --insecure-skip-tls-verify), with this
+    // client certificate and key (PEM) if any.
+    pub(crate) insecure: Option<Option<(Vec<u8>, Vec<u8>)>>,
     // User name and password for a cluster with auth enabled (default none).
     pub(crate) user: Option<(String, String)>,
     // How calls and streams wait between attempts, and how many attempts a unary call
@@ -100,6 +103,7 @@ impl Default for ConnectOptions {
             prefer_leader: false,
             spread: true,
             tls: None,
+            insecure: None,
             user: None,
             require_leader: true,
             auto_sync_interval: None,
@@ -192,6 +196,14 @@ impl ConnectOptions {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         self.tls = Some(tls);
+        self
+    }
+    /// TLS that accepts any server certificate, as etcdctl's `--insecure-skip-tls-verify`
+    /// (still encrypted, but anyone on the path can pose as the server: for test clusters
+    /// with self-signed certificates only), presenting `cert_and_key` (PEM) if given.
+    pub fn with_insecure_skip_verify(mut self, cert_and_key: Option<(&[u8], &[u8])>) -> Self {
+        self.tls = Some(ClientTlsConfig::new());
+        self.insecure = Some(cert_and_key.map(|(c, k)| (c.to_vec(), k.to_vec())));
         self
     }
     /// TLS from PEM files, as etcdctl's `--cacert`, `--cert` and `--key`: trust `ca` (the
@@ -485,7 +497,10 @@ impl Inner {
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        let o = &self.opts;
+        Inner::endpoint_with(&self.opts, url)
+    }
+
+    fn endpoint_with(o: &ConnectOptions, url: &str) -> Result<Endpoint> {
         let mut e = Endpoint::from_shared(url.to_string())
             .map_err(|err| Error::InvalidArgument(format!("endpoint {url}: {err}")))?;
         if let (Some(tls), true) = (&o.tls, url.starts_with("https://")) {
@@ -499,9 +514,26 @@ impl Inner {
     }
 
     async fn dial(&self, url: &str) -> Result<Channel> {
-        let e = self.endpoint(url)?;
         tracing::debug!(endpoint = %url, "dialling");
-        match tokio::time::timeout(self.opts.dial_timeout, e.connect()).await {
+        let connect = match (&self.opts.insecure, url.strip_prefix("https://")) {
+            // Our own TLS under a plain http:// endpoint (tonic would insist on its own).
+            (Some(identity), Some(rest)) => {
+                let tls = crate::insecure::config(identity.as_ref())?;
+                let mut plain = self.opts.clone();
+                plain.tls = None;
+                let e = Inner::endpoint_with(&plain, &format!("http://{rest}"))?;
+                let connector = crate::insecure::connector(tls, self.opts.dial_timeout);
+                Box::pin(async move { e.connect_with_connector(connector).await })
+                    as std::pin::Pin<
+                        Box<dyn Future<Output = std::result::Result<Channel, tonic::transport::Error>> + Send>,
+                    >
+            }
+            _ => {
+                let e = self.endpoint(url)?;
+                Box::pin(async move { e.connect().await })
+            }
+        };
+        match tokio::time::timeout(self.opts.dial_timeout, connect).await {
             Ok(Ok(ch)) => {
                 tracing::debug!(endpoint = %url, "connected");
                 Ok(ch)

@@ -37,6 +37,7 @@ pub mod client;
 pub mod cluster;
 pub mod coord;
 pub mod error;
+mod insecure;
 pub mod kv;
 pub mod lease;
 mod namespace;

@@ -735,3 +735,39 @@ async fn debug_logs_on_stderr() {
     let quiet = cairnctl(&ep, &["get", "d"], None);
     assert!(quiet.stderr.is_empty());
 }
+
+/// `--insecure-skip-tls-verify` (and ETCDCTL_INSECURE_SKIP_TLS_VERIFY): a member with a
+/// self-signed certificate (`--auto-tls`) is refused without it and served with it, as with
+/// etcdctl.
+#[tokio::test]
+async fn insecure_skip_tls_verify_accepts_a_self_signed_member() {
+    let mut c = Cluster::prepare_tls(1, &["--auto-tls"], false);
+    c.members[0].start();
+    let ep = c.members[0].client_url.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cairnctl(&ep, &["--insecure-skip-tls-verify", "put", "tls", "ok"], None).status.success() {
+        assert!(Instant::now() < deadline, "no answer over TLS:\n{}", c.members[0].log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ok(&ep, &["--insecure-skip-tls-verify", "get", "tls", "--print-value-only"]), "ok\n");
+    let flags = ["--insecure-skip-tls-verify", "--insecure-transport=false", "get", "tls", "--print-value-only"];
+    assert_eq!(ok(&ep, &flags), "ok\n", "etcdctl's spelling works too");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args([&format!("--endpoints={ep}"), "get", "tls", "--print-value-only"])
+        .env("ETCDCTL_INSECURE_SKIP_TLS_VERIFY", "true")
+        .output()
+        .expect("cairnctl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", String::from_utf8_lossy(&out.stderr));
+    // Verified (the system's roots): the self-signed certificate is refused.
+    let refused = cairnctl(&ep, &["get", "tls", "--dial-timeout=1s", "--command-timeout=2s"], None);
+    assert!(!refused.status.success(), "a self-signed certificate was trusted");
+    // etcdctl agrees on both.
+    let theirs = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        // (etcdctl applies the skip only with --insecure-transport=false; cairnctl takes it.)
+        .args([&format!("--endpoints={ep}"), "--insecure-skip-tls-verify", "--insecure-transport=false"])
+        .args(["get", "tls", "--print-value-only"])
+        .output()
+        .expect("etcdctl");
+    assert_eq!(String::from_utf8_lossy(&theirs.stdout), "ok\n", "{}", String::from_utf8_lossy(&theirs.stderr));
+}
