@@ -129,3 +129,29 @@ async fn stm_transfers_keep_the_total() {
     .unwrap();
     assert_eq!(runs.into_inner(), 1);
 }
+
+/// Processes: three counters of 20 increments each and three STM transferers leave 60
+/// and the same total behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_count_and_transfer_without_losing_anything() {
+    let c = Cluster::start(3, &[]).await;
+    let setup = client(&c, 0).await;
+    for a in 0..3 {
+        setup.put(format!("/pacct/{a}"), "50", None).await.unwrap();
+    }
+    let counters: Vec<_> = (0..3).map(|_| example(&c, "recipe_worker", &["counter", "/pctr", "20"], "10")).collect();
+    let movers: Vec<_> =
+        (0..3).map(|_| example(&c, "recipe_worker", &["transfer", "/pacct/", "3", "10"], "10")).collect();
+    let mut finals: Vec<i64> = counters.iter().map(|p| p.take(1)[0].parse().expect("a number")).collect();
+    finals.sort();
+    assert_eq!(finals[2], 60, "the last increment saw every other: {finals:?}");
+    for m in &movers {
+        assert_eq!(m.take(1), ["done"]);
+    }
+    let mut total = 0;
+    for a in 0..3 {
+        let v = setup.get(format!("/pacct/{a}"), None).await.unwrap();
+        total += String::from_utf8_lossy(&v.kvs[0].value).parse::<i64>().unwrap();
+    }
+    assert_eq!(total, 150);
+}

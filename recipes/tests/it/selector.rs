@@ -53,3 +53,37 @@ async fn one_leads_at_a_time_and_leadership_comes_back_around() {
     })
     .await;
 }
+
+/// Processes: three selectors, one leads; `kill -9` the leader and another leads once its
+/// lease (2 s) expires, with a higher revision (the fencing token grows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_process_is_replaced() {
+    let c = Cluster::start(3, &[]).await;
+    let mut procs: Vec<_> =
+        (0..3).map(|i| example(&c, "recipe_worker", &["selector", "/psel", &format!("p{i}")], "2")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (leader, first) = loop {
+        assert!(std::time::Instant::now() < deadline, "nobody leads");
+        if let Some((i, l)) =
+            procs.iter().enumerate().find_map(|(i, p)| p.try_line(Duration::from_millis(100)).map(|l| (i, l)))
+        {
+            break (i, l);
+        }
+    };
+    let rev = |l: &str| l.strip_prefix("leading ").and_then(|r| r.parse::<i64>().ok()).expect("leading <revision>");
+    let first = rev(&first);
+    procs[leader].kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let next = loop {
+        assert!(std::time::Instant::now() < deadline, "nobody took over");
+        if let Some(l) = procs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .find_map(|(_, p)| p.try_line(Duration::from_millis(100)))
+        {
+            break rev(&l);
+        }
+    };
+    assert!(next > first, "{next} <= {first}");
+}

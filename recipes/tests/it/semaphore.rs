@@ -48,3 +48,33 @@ async fn at_most_n_holders_and_a_lost_session_frees_its_place() {
     a.lease_revoke(s1.lease_id()).await.unwrap();
     within(Duration::from_secs(10), "the freed place", waiting).await.unwrap().unwrap();
 }
+
+/// Processes: five holders of a two-place semaphore never overlap more than two at a
+/// time (by their wall-clock in/out times), and a holder killed with `kill -9` gives its
+/// place back once its lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_two_places_and_a_killed_holder_frees_one() {
+    let c = Cluster::start(3, &[]).await;
+    let procs: Vec<_> =
+        (0..5).map(|_| example(&c, "recipe_worker", &["semaphore", "/psem", "2", "300"], "10")).collect();
+    let mut spans = Vec::new();
+    for p in &procs {
+        let lines = p.take(2);
+        let t = |l: &str| l.split(' ').nth(1).and_then(|n| n.parse::<u128>().ok()).expect("a time");
+        spans.push((t(&lines[0]), t(&lines[1])));
+    }
+    for (i, (a_in, a_out)) in spans.iter().enumerate() {
+        let overlapping = spans.iter().filter(|(b_in, b_out)| b_in < a_out && b_out > a_in).count();
+        assert!(overlapping <= 2, "holder {i} overlapped {overlapping} holders (itself included): {spans:?}");
+    }
+    // Two holders that never leave (one is killed), a third waits until the killed one's
+    // lease (2 s) expires.
+    let mut killed = example(&c, "recipe_worker", &["semaphore", "/psem2", "2", "60000"], "2");
+    assert!(killed.take(1)[0].starts_with("in "));
+    let stays = example(&c, "recipe_worker", &["semaphore", "/psem2", "2", "60000"], "10");
+    assert!(stays.take(1)[0].starts_with("in "));
+    let third = example(&c, "recipe_worker", &["semaphore", "/psem2", "2", "10"], "10");
+    assert!(third.try_line(Duration::from_millis(500)).is_none(), "a third holder got in");
+    killed.kill();
+    assert!(third.take(1)[0].starts_with("in "), "the killed holder's place came back");
+}

@@ -5,14 +5,8 @@ use cairn_testing::{Cluster, Streaming};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The example worker (`recipes/examples/work_queue_worker.rs`, built by `cargo test`).
 fn worker(c: &Cluster, args: &[&str], ttl: &str) -> Streaming {
-    let deps = std::env::current_exe().expect("test binary");
-    let bin = deps.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join("work_queue_worker");
-    assert!(bin.exists(), "{} is missing: `cargo test -p cairn-recipes` builds it", bin.display());
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(args).env("CAIRN_ENDPOINTS", c.endpoints()).env("WORKER_TTL", ttl);
-    Streaming::spawn(cmd)
+    example(c, "work_queue_worker", args, ttl)
 }
 
 /// At least once, across processes: a worker process that takes a job and is killed
