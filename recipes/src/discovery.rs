@@ -47,6 +47,12 @@ impl Instance {
         }
     }
 
+    /// Its weight for [`Strategy::Weighted`]: `"weight"` in its metadata
+    /// ([`crate::Registration::set_weight`]), 1 if absent.
+    pub fn weight(&self) -> u64 {
+        self.metadata.get("weight").and_then(|w| w.as_u64()).unwrap_or(1)
+    }
+
     /// Whether it asked to get no new work ([`crate::Registration::drain`]).
     pub fn is_draining(&self) -> bool {
         self.metadata.get("drain").and_then(|d| d.as_bool()).unwrap_or(false)
@@ -218,6 +224,8 @@ pub enum Strategy {
     Random,
     /// The less loaded (fewer picks in flight) of two chosen at random.
     PowerOfTwoChoices,
+    /// At random, in proportion to each instance's weight ([`Instance::weight`]).
+    Weighted,
 }
 
 /// Picks among the live instances of a [`Discovery`].
@@ -263,6 +271,23 @@ impl Balancer {
         let chosen = match self.strategy {
             Strategy::RoundRobin => all[self.next.fetch_add(1, Ordering::Relaxed) % all.len()],
             Strategy::Random => all[rand::random_range(0..all.len())],
+            Strategy::Weighted => {
+                let total: u64 = all.iter().map(|i| i.weight()).sum();
+                if total == 0 {
+                    all[rand::random_range(0..all.len())]
+                } else {
+                    let mut at = rand::random_range(0..total);
+                    let mut chosen = all[all.len() - 1];
+                    for i in &all {
+                        if at < i.weight() {
+                            chosen = i;
+                            break;
+                        }
+                        at -= i.weight();
+                    }
+                    chosen
+                }
+            }
             Strategy::PowerOfTwoChoices => {
                 let a = all[rand::random_range(0..all.len())];
                 let b = all[rand::random_range(0..all.len())];

@@ -203,16 +203,27 @@ impl Registration {
         self.rewrite().await
     }
 
+    /// Set the instance's weight (`"weight": n` in its metadata), which
+    /// [`crate::Strategy::Weighted`] balancers pick it in proportion to.
+    pub async fn set_weight(&self, weight: u64) -> Result<()> {
+        self.set_flag("weight", serde_json::Value::from(weight)).await
+    }
+
     /// Mark the instance as draining (`"drain": true` in its metadata): [`crate::Balancer`]s
     /// stop picking it while others are up, so it can finish its work and deregister.
     pub async fn drain(&self) -> Result<()> {
+        self.set_flag("drain", serde_json::Value::Bool(true)).await
+    }
+
+    /// Set one field of the metadata (made an object if it was not) and write it.
+    async fn set_flag(&self, name: &str, value: serde_json::Value) -> Result<()> {
         {
             let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
             if !r.metadata.is_object() {
                 r.metadata = serde_json::json!({});
             }
             if let Some(m) = r.metadata.as_object_mut() {
-                m.insert("drain".into(), serde_json::Value::Bool(true));
+                m.insert(name.into(), value);
             }
         }
         self.rewrite().await

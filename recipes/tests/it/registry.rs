@@ -141,6 +141,23 @@ async fn typed_instances_update_in_place_and_drain() {
     for _ in 0..6 {
         assert_eq!(balancer.pick().expect("an instance").instance.id, "b", "draining a is passed over");
     }
+    // Weights: c gets three times b's share.
+    let c3 = registry.register("/svc/typed", "c", "10.0.0.3:80", serde_json::json!({})).await.unwrap();
+    c3.set_weight(3).await.unwrap();
+    eventually(Duration::from_secs(5), "c weighs 3", || {
+        let ready = view.instances().iter().any(|i| i.id == "c" && i.weight() == 3);
+        async move { ready }
+    })
+    .await;
+    let weighted = view.balancer(Strategy::Weighted);
+    let mut picks = std::collections::HashMap::new();
+    for _ in 0..400 {
+        *picks.entry(weighted.pick().expect("an instance").instance.id.clone()).or_insert(0) += 1;
+    }
+    let (b, c) = (picks.get("b").copied().unwrap_or(0), picks.get("c").copied().unwrap_or(0));
+    assert!(!picks.contains_key("a"), "draining a picked: {picks:?}");
+    assert!((60..=140).contains(&b) && b + c == 400, "b should get about a quarter: {picks:?}");
+    drop(c3);
     drop(_b);
     eventually(Duration::from_secs(5), "b gone", || {
         let alone = view.instances().len() == 1;
