@@ -152,7 +152,7 @@ impl Upkeep {
             }
             tracing::warn!(key = self.key, "registration lost with its lease; registering again");
             self.state.send_replace(RegistrationState::Lost);
-            let mut backoff = Duration::from_millis(200);
+            let mut delays = self.client.options().retry().delays();
             session = loop {
                 let attempt = tokio::select! {
                     r = register_once(&self.client, self.ttl, &self.key, &self.record) => r,
@@ -162,8 +162,7 @@ impl Upkeep {
                     Ok(s) => break s,
                     Err(e) => {
                         tracing::debug!(%e, key = self.key, "registering again failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                     }
                 }
             };

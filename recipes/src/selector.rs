@@ -111,7 +111,7 @@ async fn run<F, Fut>(
     F: FnMut(Term) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = client.options().retry().delays();
     while !*stop.borrow() {
         let round = async {
             let session = Session::new(&client, ttl).await?;
@@ -134,14 +134,13 @@ async fn run<F, Fut>(
         };
         leading.send_replace(false);
         match ended {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => delays = client.options().retry().delays(),
             Err(e) => {
                 tracing::debug!(%e, "leader selector: campaign failed; trying again");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))) => {}
                     _ = stop.wait_for(|s| *s) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -219,6 +219,11 @@ impl ConnectOptions {
         Ok(self.with_tls_pem(Some(&ca), identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()))))
     }
 
+    /// The retry policy ([`ConnectOptions::with_retry`]).
+    pub fn retry(&self) -> crate::RetryPolicy {
+        self.retry
+    }
+
     /// How long a unary call may take ([`ConnectOptions::with_request_timeout`]).
     pub fn request_timeout(&self) -> Option<Duration> {
         self.request_timeout
@@ -393,6 +398,11 @@ impl Client {
     {
         let timeout = self.timeout.unwrap_or(self.inner.opts.request_timeout);
         self.inner.unary(timeout, idempotent, call).await
+    }
+
+    /// The options the client was connected with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.inner.opts
     }
 
     /// The endpoints in use (as URLs): those given, or the members' client URLs once

@@ -54,9 +54,9 @@ impl RetryPolicy {
         self.attempts
     }
 
-    /// The delays between attempts, without end (streams); a unary call stops after
-    /// [`RetryPolicy::max_attempts`].
-    pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+    /// The delays between attempts, without end (streams and recipes that retry for as
+    /// long as they live); a unary call stops after [`RetryPolicy::max_attempts`].
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         let mut b = ExponentialBuilder::default().with_min_delay(self.min).with_max_delay(self.max).without_max_times();
         if self.jitter {
             b = b.with_jitter();
