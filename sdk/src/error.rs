@@ -1,10 +1,57 @@
 //! One error type for every call: etcd's errors (matched on the exact message etcd sends,
 //! as every etcd client does) become variants you can `match` on.
 
-use tonic::Code;
-
 /// The result of an SDK call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A gRPC status code: the class of error the server answered with (the SDK's own type, so
+/// the API does not tie users to a gRPC library's version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum Code {
+    Ok,
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl From<tonic::Code> for Code {
+    fn from(c: tonic::Code) -> Code {
+        match c {
+            tonic::Code::Ok => Code::Ok,
+            tonic::Code::Cancelled => Code::Cancelled,
+            tonic::Code::Unknown => Code::Unknown,
+            tonic::Code::InvalidArgument => Code::InvalidArgument,
+            tonic::Code::DeadlineExceeded => Code::DeadlineExceeded,
+            tonic::Code::NotFound => Code::NotFound,
+            tonic::Code::AlreadyExists => Code::AlreadyExists,
+            tonic::Code::PermissionDenied => Code::PermissionDenied,
+            tonic::Code::ResourceExhausted => Code::ResourceExhausted,
+            tonic::Code::FailedPrecondition => Code::FailedPrecondition,
+            tonic::Code::Aborted => Code::Aborted,
+            tonic::Code::OutOfRange => Code::OutOfRange,
+            tonic::Code::Unimplemented => Code::Unimplemented,
+            tonic::Code::Internal => Code::Internal,
+            tonic::Code::Unavailable => Code::Unavailable,
+            tonic::Code::DataLoss => Code::DataLoss,
+            tonic::Code::Unauthenticated => Code::Unauthenticated,
+        }
+    }
+}
 
 /// What went wrong. Server errors keep etcd's message in their `Display`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -227,7 +274,7 @@ impl From<tonic::Status> for Error {
             {
                 Error::Auth(m.to_string())
             }
-            _ => match s.code() {
+            _ => match Code::from(s.code()) {
                 Code::Unavailable => Error::Unavailable(message.to_string()),
                 // tonic's word for a connection that broke under a call (the member died or
                 // went away): the call may or may not have reached it.
@@ -265,21 +312,21 @@ mod tests {
     fn etcd_messages_map_to_variants_and_keep_their_code() {
         let cases = [
             (
-                Code::OutOfRange,
+                tonic::Code::OutOfRange,
                 "etcdserver: mvcc: required revision has been compacted",
                 Error::Compacted { compact_revision: 0 },
             ),
-            (Code::NotFound, "etcdserver: requested lease not found", Error::LeaseNotFound),
-            (Code::Unavailable, "etcdserver: no leader", Error::NoLeader),
-            (Code::PermissionDenied, "etcdserver: permission denied", Error::PermissionDenied),
-            (Code::InvalidArgument, "etcdserver: key is not provided", Error::EmptyKey),
+            (tonic::Code::NotFound, "etcdserver: requested lease not found", Error::LeaseNotFound),
+            (tonic::Code::Unavailable, "etcdserver: no leader", Error::NoLeader),
+            (tonic::Code::PermissionDenied, "etcdserver: permission denied", Error::PermissionDenied),
+            (tonic::Code::InvalidArgument, "etcdserver: key is not provided", Error::EmptyKey),
         ];
         for (code, msg, want) in cases {
             let got = Error::from(tonic::Status::new(code, msg));
             assert_eq!(got, want);
-            assert_eq!(got.code(), code, "{msg}");
+            assert_eq!(got.code(), Code::from(code), "{msg}");
         }
-        let other = Error::from(tonic::Status::new(Code::Internal, "boom"));
+        let other = Error::from(tonic::Status::new(tonic::Code::Internal, "boom"));
         assert_eq!(other, Error::Server { code: Code::Internal, message: "boom".into() });
         assert!(Error::from(tonic::Status::unavailable("error trying to connect: refused")).is_safe_to_retry());
         assert!(!Error::from(tonic::Status::unavailable("etcdserver: leader changed")).is_safe_to_retry());

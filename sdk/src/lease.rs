@@ -54,7 +54,7 @@ impl Client {
         let req = pb::LeaseGrantRequest { ttl, id };
         let r = self.unary(false, |ch| async move { lease(ch).lease_grant(req).await }).await?;
         if !r.error.is_empty() {
-            return Err(Error::Server { code: tonic::Code::Unknown, message: r.error });
+            return Err(Error::Server { code: crate::error::Code::Unknown, message: r.error });
         }
         Ok(LeaseGrantResponse { header: r.header.into(), id: r.id, ttl: r.ttl })
     }

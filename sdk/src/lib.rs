@@ -50,7 +50,7 @@ pub use retry::RetryPolicy;
 
 pub use cluster::{AlarmMember, AlarmType, Member};
 pub use coord::{LeaderKey, Observe};
-pub use error::{Error, Result};
+pub use error::{Code, Error, Result};
 pub use kv::{
     prefix_end, Compare, CompareOp, DeleteOptions, DeleteResponse, GetOptions, GetResponse, Header, KeyValueExt,
     PutOptions, PutResponse, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,

@@ -333,7 +333,7 @@ async fn fail(
     let relogin = matches!(err, Error::InvalidAuthToken);
     if relogin
         || err.is_transient()
-        || matches!(err, Error::Server { code: tonic::Code::Cancelled | tonic::Code::Unknown, .. })
+        || matches!(err, Error::Server { code: crate::error::Code::Cancelled | crate::error::Code::Unknown, .. })
     {
         Ended::Broken(err)
     } else {
