@@ -775,3 +775,31 @@ async fn is_leader(ch: Channel, timeout: Duration) -> bool {
         _ => false,
     }
 }
+
+impl Client {
+    /// A client (sharing this one's connection) whose key space is `prefix`: `get("a")`
+    /// reads `<prefix>a`, a prefix read of `""` lists the namespace, keys come back without
+    /// the prefix. For tenants or applications sharing a cluster; recipes built on a
+    /// namespaced client keep their keys inside it. Namespaces nest: the prefixes join.
+    /// Not a security boundary (use auth roles for that).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// let tenant = client.with_namespace("/tenant-a/");
+    /// tenant.put("config", "v1", None).await?; // writes /tenant-a/config
+    /// let r = tenant.get("config", None).await?;
+    /// assert_eq!(r.kvs[0].key, b"config");
+    /// # Ok(()) }
+    /// ```
+    pub fn with_namespace(&self, prefix: impl AsRef<[u8]>) -> Client {
+        let mut full = self.ns.as_ref().map_or_else(Vec::new, |n| n.0.to_vec());
+        full.extend_from_slice(prefix.as_ref());
+        let ns = if full.is_empty() { None } else { Some(crate::namespace::Namespace(full.into())) };
+        Client { inner: self.inner.clone(), ns, timeout: self.timeout }
+    }
+
+    /// The prefix this client's keys live under (empty without a namespace).
+    pub fn namespace(&self) -> &[u8] {
+        self.ns.as_ref().map_or(&[], |n| &n.0)
+    }
+}

@@ -2,17 +2,17 @@
 //! the cluster's, as clientv3's `namespace` package and etcd's `--namespace` proxy give.
 //! Keys are prefixed on the way out and the prefix is taken off every key that comes back
 //! (ranges, previous values, transactions at any depth, watch events, a lease's keys); a
-//! range to the end of the key space (`\0`) ends at the end of the namespace.
+//! range to the end of the key space (`\0`) ends at the end of the namespace. (The
+//! `Client` side, `with_namespace`, is in `client.rs`: this module knows only prefixes.)
 
-use crate::kv::prefix_end;
-use crate::Client;
 use cairn_api::etcdserverpb as pb;
 use cairn_api::mvccpb::{Event, KeyValue};
+use cairn_api::prefix_end;
 use std::sync::Arc;
 
 /// The prefix a namespaced client lives under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Namespace(Arc<[u8]>);
+pub(crate) struct Namespace(pub(crate) Arc<[u8]>);
 
 impl Namespace {
     pub(crate) fn key(&self, key: &[u8]) -> Vec<u8> {
@@ -115,34 +115,6 @@ impl Namespace {
     pub(crate) fn lease_keys(&self, keys: &mut Vec<Vec<u8>>) {
         keys.retain(|k| k.starts_with(&self.0));
         keys.iter_mut().for_each(|k| self.strip(k));
-    }
-}
-
-impl Client {
-    /// A client (sharing this one's connection) whose key space is `prefix`: `get("a")`
-    /// reads `<prefix>a`, a prefix read of `""` lists the namespace, keys come back without
-    /// the prefix. For tenants or applications sharing a cluster; recipes built on a
-    /// namespaced client keep their keys inside it. Namespaces nest: the prefixes join.
-    /// Not a security boundary (use auth roles for that).
-    ///
-    /// ```no_run
-    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
-    /// let tenant = client.with_namespace("/tenant-a/");
-    /// tenant.put("config", "v1", None).await?; // writes /tenant-a/config
-    /// let r = tenant.get("config", None).await?;
-    /// assert_eq!(r.kvs[0].key, b"config");
-    /// # Ok(()) }
-    /// ```
-    pub fn with_namespace(&self, prefix: impl AsRef<[u8]>) -> Client {
-        let mut full = self.ns.as_ref().map_or_else(Vec::new, |n| n.0.to_vec());
-        full.extend_from_slice(prefix.as_ref());
-        let ns = if full.is_empty() { None } else { Some(Namespace(full.into())) };
-        Client { inner: self.inner.clone(), ns, timeout: self.timeout }
-    }
-
-    /// The prefix this client's keys live under (empty without a namespace).
-    pub fn namespace(&self) -> &[u8] {
-        self.ns.as_ref().map_or(&[], |n| &n.0)
     }
 }
 
