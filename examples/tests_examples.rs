@@ -18,12 +18,7 @@ async fn client(c: &Cluster, first: usize) -> Client {
 }
 
 fn example(name: &str, endpoints: &str) -> Command {
-    // The test binary is target/<profile>/deps/examples-*; examples are target/<profile>/examples/.
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).map(|d| d.join("examples")).unwrap_or_default();
-    let bin = dir.join(name);
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p cairn-examples --examples`", bin.display());
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(cairn_testing::example_binary(name));
     cmd.arg(format!("--endpoints={endpoints}"));
     cmd
 }

@@ -507,10 +507,7 @@ impl Inner {
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        Inner::endpoint_with(&self.opts, url)
-    }
-
-    fn endpoint_with(o: &ConnectOptions, url: &str) -> Result<Endpoint> {
+        let o = &self.opts;
         let mut e = Endpoint::from_shared(url.to_string())
             .map_err(|err| Error::InvalidArgument(format!("endpoint {url}: {err}")))?;
         if let (Some(tls), true) = (&o.tls, url.starts_with("https://")) {
@@ -529,9 +526,8 @@ impl Inner {
             // Our own TLS under a plain http:// endpoint (tonic would insist on its own).
             (Some(identity), Some(rest)) => {
                 let tls = crate::insecure::config(identity.as_ref())?;
-                let mut plain = self.opts.clone();
-                plain.tls = None;
-                let e = Inner::endpoint_with(&plain, &format!("http://{rest}"))?;
+                // An http:// endpoint: tonic adds no TLS of its own to it.
+                let e = self.endpoint(&format!("http://{rest}"))?;
                 let connector = crate::insecure::connector(tls, self.opts.dial_timeout);
                 Box::pin(async move { e.connect_with_connector(connector).await })
                     as std::pin::Pin<

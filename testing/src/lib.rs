@@ -61,6 +61,16 @@ pub fn cairn_binary() -> PathBuf {
     bin
 }
 
+/// An example program (`<crate>/examples/<name>.rs`) of the crate under test: `cargo test`
+/// builds a crate's examples into `target/<profile>/examples/`, beside the test binary's
+/// `deps/`. Panics saying how to build it when missing.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("examples").join(name)).unwrap_or_default();
+    assert!(bin.exists(), "{} is missing: `cargo test` (or `cargo build --examples`) builds it", bin.display());
+    bin
+}
+
 /// The `cairnctl` binary next to `cairn` (built by `cargo build --bins`).
 pub fn cairnctl_binary() -> PathBuf {
     let bin = cairn_binary().with_file_name(format!("cairnctl{}", std::env::consts::EXE_SUFFIX));

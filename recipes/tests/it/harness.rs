@@ -61,10 +61,7 @@ where
 /// A recipes example program (`recipes/examples/<name>.rs`, built by `cargo test`) started
 /// against `c` with `args`, its output read line by line; killed on drop.
 pub fn example(c: &Cluster, name: &str, args: &[&str], ttl: &str) -> Streaming {
-    let deps = std::env::current_exe().expect("test binary");
-    let bin = deps.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(name);
-    assert!(bin.exists(), "{} is missing: `cargo test -p cairn-recipes` builds it", bin.display());
-    let mut cmd = std::process::Command::new(bin);
+    let mut cmd = std::process::Command::new(cairn_testing::example_binary(name));
     cmd.args(args).env("CAIRN_ENDPOINTS", c.endpoints()).env("WORKER_TTL", ttl);
     Streaming::spawn(cmd)
 }

@@ -2,23 +2,12 @@
 //! a real server and print what they promise.
 
 use super::harness::Target;
-use std::path::PathBuf;
+use cairn_testing::example_binary;
 
 crate::on_both!(1: every_example_runs);
 
-fn example(name: &str) -> PathBuf {
-    let deps = std::env::current_exe().expect("test binary path");
-    let bin = deps.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test -p cairn-sdk` (or `cargo build --examples`) builds it",
-        bin.display()
-    );
-    bin
-}
-
 fn run(t: &Target, name: &str) -> String {
-    let out = std::process::Command::new(example(name))
+    let out = std::process::Command::new(example_binary(name))
         .env("CAIRN_ENDPOINTS", t.cluster.endpoints())
         .output()
         .expect("running the example");
