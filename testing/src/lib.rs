@@ -21,14 +21,37 @@ use tonic::transport::Channel;
 /// (32768-60999): a port the kernel hands out may be taken as the source port of some
 /// outgoing connection before the member binds it ("Address already in use"), which the
 /// many connections of parallel cluster tests made happen.
+///
+/// A port handed out is also reserved for two minutes across processes (a file in
+/// `$TMPDIR/cairn-test-ports/`), so that two tests running at once (nextest runs each in
+/// its own process) are never given the same port in the moment before either binds it.
 pub fn free_port() -> std::io::Result<u16> {
     for _ in 0..1000 {
         let port = 10_000 + rand::random::<u16>() % 22_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && reserve(port) {
             return Ok(port);
         }
     }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Take `port` for this process unless another took it less than two minutes ago.
+fn reserve(port: u16) -> bool {
+    const HELD: Duration = Duration::from_secs(120);
+    let dir = std::env::temp_dir().join("cairn-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true; // no shared place to reserve in: the bind check alone decides
+    }
+    let file = dir.join(port.to_string());
+    let age = std::fs::metadata(&file).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+    match age {
+        Some(age) if age < HELD => return false,
+        Some(_) => {
+            let _ = std::fs::remove_file(&file); // stale; whoever creates it next wins
+        }
+        None => {}
+    }
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&file).is_ok()
 }
 
 /// Wait until something listens on 127.0.0.1:`port` (a process `what` just started);
