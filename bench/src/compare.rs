@@ -77,7 +77,7 @@ impl Proc {
 
 impl Drop for Proc {
     /// Stop the process and remove its data directory (its log stays beside it): each start
-    /// preallocates write-ahead log segments (64 MiB and a spare, for etcd and Cairn alike),
+    /// preallocates write-ahead log segments (a segment and a spare: 2 x 64 MiB for etcd, 2 x 16 MiB for Cairn),
     /// so a comparison that kept every run's directory would fill a small disk.
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -301,13 +301,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Disk space used under `p`, as `du` counts it: allocated blocks, not file lengths (a
+/// sparse file, such as redb's after it grows, has a length well beyond what it occupies).
 fn dir_size(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(p)
         .map(|rd| {
             rd.flatten()
                 .map(|e| match e.metadata() {
                     Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
+                    Ok(m) => m.blocks() * 512,
                     Err(_) => 0,
                 })
                 .sum()

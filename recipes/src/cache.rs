@@ -2,7 +2,8 @@
 //! change events — Curator's `CuratorCache`, clientv3's `mirror`. It reads the prefix,
 //! then follows a watch from the revision of that read (nothing missed in between); after
 //! a compaction or a lost watch it reads again and reports what changed meanwhile.
-//! [`crate::Discovery`] is one, of service instances.
+//! [`crate::Discovery`] is one, of service instances; [`crate::Config`] follows one over
+//! its key or prefix ([`PrefixCache::key`] follows a single key).
 
 use crate::error::Result;
 use crate::wait::{next, recoverable};
@@ -76,8 +77,19 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> PrefixCache<T> {
         prefix: impl AsRef<str>,
         decode: impl Fn(&str, &KeyValue) -> Option<T> + Send + Sync + 'static,
     ) -> Result<PrefixCache<T>> {
-        let prefix = prefix.as_ref().to_string();
-        let decode: Decode<T> = Arc::new(decode);
+        Self::follow_scope(client, Scope { key: prefix.as_ref().to_string(), prefix: true }, Arc::new(decode)).await
+    }
+
+    /// Follow the single key `key` (its entry is named `""`), decoding it with `decode`.
+    pub async fn key(
+        client: &Client,
+        key: impl AsRef<str>,
+        decode: impl Fn(&str, &KeyValue) -> Option<T> + Send + Sync + 'static,
+    ) -> Result<PrefixCache<T>> {
+        Self::follow_scope(client, Scope { key: key.as_ref().to_string(), prefix: false }, Arc::new(decode)).await
+    }
+
+    async fn follow_scope(client: &Client, prefix: Scope, decode: Decode<T>) -> Result<PrefixCache<T>> {
         let (map, rev) = read_all(client, &prefix, &decode).await?;
         let (tx, view) = watch::channel(Arc::new(map));
         let revision = Arc::new(AtomicI64::new(rev));
@@ -120,7 +132,8 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> PrefixCache<T> {
         self.view.borrow().clone()
     }
 
-    /// The store revision the cache is current to (at least).
+    /// The store revision the cache is current to (at least); when a receiver of
+    /// [`PrefixCache::subscribe`] sees a change, this already covers it.
     pub fn revision(&self) -> i64 {
         self.revision.load(Ordering::Acquire)
     }
@@ -143,11 +156,42 @@ impl<T> Drop for PrefixCache<T> {
     }
 }
 
-async fn read_all<T>(client: &Client, prefix: &str, decode: &Decode<T>) -> Result<(BTreeMap<String, T>, i64)> {
-    let resp = client.get(prefix, GetOptions::new().with_prefix()).await?;
+/// What a cache follows: every key under `key`, or `key` alone.
+struct Scope {
+    key: String,
+    prefix: bool,
+}
+
+impl Scope {
+    fn get(&self) -> GetOptions {
+        if self.prefix {
+            GetOptions::new().with_prefix()
+        } else {
+            GetOptions::new()
+        }
+    }
+
+    fn watch(&self, from: i64) -> WatchOptions {
+        let opts = WatchOptions::new().with_start_revision(from);
+        if self.prefix {
+            opts.with_prefix()
+        } else {
+            opts
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+async fn read_all<T>(client: &Client, scope: &Scope, decode: &Decode<T>) -> Result<(BTreeMap<String, T>, i64)> {
+    let resp = client.get(scope.key.as_str(), scope.get()).await?;
     let mut map = BTreeMap::new();
     for kv in &resp.kvs {
-        let key = relative(prefix, &kv.key);
+        let key = relative(&scope.key, &kv.key);
         if let Some(v) = decode(&key, kv) {
             map.insert(key, v);
         }
@@ -161,7 +205,7 @@ fn relative(prefix: &str, key: &[u8]) -> String {
 
 struct Follower<T> {
     client: Client,
-    prefix: String,
+    prefix: Scope,
     decode: Decode<T>,
     view: watch::Sender<Entries<T>>,
     revision: Arc<AtomicI64>,
@@ -176,21 +220,21 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Follower<T> {
             match self.follow(revision).await {
                 Ok(()) => return, // nobody looks at the cache any more
                 Err(e) if recoverable(&e) => {
-                    tracing::debug!(%e, prefix = self.prefix, "cache watch ended; reading again")
+                    tracing::debug!(%e, prefix = %self.prefix, "cache watch ended; reading again")
                 }
                 Err(e) => {
-                    tracing::warn!(%e, prefix = self.prefix, "cache watch failed; reading again");
+                    tracing::warn!(%e, prefix = %self.prefix, "cache watch failed; reading again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
             match read_all(&self.client, &self.prefix, &self.decode).await {
                 Ok((map, rev)) => {
                     revision = rev;
-                    self.replace(map);
                     self.revision.store(rev, Ordering::Release);
+                    self.replace(map);
                 }
                 Err(e) => {
-                    tracing::warn!(%e, prefix = self.prefix, "cache read failed; retrying");
+                    tracing::warn!(%e, prefix = %self.prefix, "cache read failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -198,19 +242,20 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Follower<T> {
     }
 
     async fn follow(&self, revision: i64) -> Result<()> {
-        let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        let mut w = self.client.watch(self.prefix.as_str(), opts).await?;
+        let mut w = self.client.watch(self.prefix.key.as_str(), self.prefix.watch(revision + 1)).await?;
         loop {
             if self.view.is_closed() {
                 return Ok(());
             }
             let resp = next(&mut w).await?;
             let mut changes = Vec::new();
+            // Before the view changes, so a reader woken by the change sees its revision.
+            self.revision.store(resp.header.revision, Ordering::Release);
             self.view.send_if_modified(|v| {
                 let map = Arc::make_mut(v);
                 for ev in &resp.events {
                     let kv = ev.kv.clone().unwrap_or_default();
-                    let key = relative(&self.prefix, &kv.key);
+                    let key = relative(&self.prefix.key, &kv.key);
                     let new = match ev.r#type() {
                         EventType::Put => (self.decode)(&key, &kv),
                         EventType::Delete => None,
@@ -229,7 +274,6 @@ impl<T: Clone + PartialEq + Send + Sync + 'static> Follower<T> {
                 }
                 !changes.is_empty()
             });
-            self.revision.store(resp.header.revision, Ordering::Release);
             for c in changes {
                 let _ = self.events.send(c);
             }

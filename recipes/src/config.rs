@@ -1,21 +1,20 @@
 //! Configuration subscription: a key (or every key under a prefix) read into a typed
-//! `serde` value, then kept current by a watch. Each new publication is parsed and
-//! validated; one that fails is reported and the last good value stays in force. The
-//! watch resumes where it left off after reconnects (the SDK's watch does that) and, if the
-//! history it needs was compacted, the configuration is read afresh.
+//! `serde` value, then kept current by a [`PrefixCache`] of its keys. Each new publication
+//! is parsed and validated; one that fails is reported and the last good value stays in
+//! force. The watch resumes where it left off after reconnects (the SDK's watch does that)
+//! and, if the history it needs was compacted, the configuration is read afresh.
 //!
 //! A prefix becomes a JSON object: `<prefix>log/level = "debug"` and
 //! `<prefix>limits/max_conns = 100` read as `{"log":{"level":"debug"},"limits":{"max_conns":100}}`.
 //! Every value (of a key or under a prefix) is JSON if it parses as JSON, else a string.
 
+use crate::cache::PrefixCache;
 use crate::error::{Error, Result};
-use crate::wait::{next, recoverable};
-use cairn_sdk::{Client, EventType, GetOptions, WatchOptions};
+use cairn_sdk::{Client, KeyValue};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 type Validator<T> = Arc<dyn Fn(&T) -> std::result::Result<(), String> + Send + Sync>;
@@ -106,15 +105,19 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Config<T> {
     /// Read the configuration and start following it. Fails if the current one is missing
     /// or invalid: there is no last good value to fall back on yet.
     pub async fn subscribe(self, client: &Client) -> Result<ConfigWatch<T>> {
-        let mut source =
-            Source { client: client.clone(), key: self.key.clone(), prefix: self.prefix, raw: BTreeMap::new() };
-        let revision = source.read().await?;
-        let doc = source.document();
-        let value = self.validate_doc(&doc).map_err(|reason| Error::Invalid { key: source.key.clone(), reason })?;
+        let raw = |_: &str, kv: &KeyValue| Some(kv.value.clone());
+        let cache = if self.prefix {
+            PrefixCache::start(client, &self.key, raw).await?
+        } else {
+            PrefixCache::key(client, &self.key, raw).await?
+        };
+        let revision = cache.revision();
+        let doc = document(self.prefix, &cache.entries());
+        let value = self.validate_doc(&doc).map_err(|reason| Error::Invalid { key: self.key.clone(), reason })?;
         let (current_tx, current) = watch::channel((Arc::new(value), revision));
         let (updates_tx, updates) = mpsc::channel(UPDATES);
-        let follower = Follower { source, check: self, doc, current: current_tx, updates: updates_tx };
-        let task = tokio::spawn(follower.run(revision));
+        let follower = Follower { check: self, doc, current: current_tx, updates: updates_tx };
+        let task = tokio::spawn(follower.run(cache));
         Ok(ConfigWatch { current, updates, task })
     }
 
@@ -157,61 +160,37 @@ impl<T> Drop for ConfigWatch<T> {
     }
 }
 
-/// The stored keys behind a configuration.
-struct Source {
-    client: Client,
-    key: String,
-    prefix: bool,
-    /// Key (relative to the prefix; empty for a single key) -> raw value.
-    raw: BTreeMap<String, Vec<u8>>,
-}
-
 /// A stored value as JSON: itself if it is JSON, else a JSON string.
 fn leaf(raw: &[u8]) -> Value {
     serde_json::from_slice(raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
 }
 
-impl Source {
-    fn relative(&self, key: &[u8]) -> String {
-        let key = String::from_utf8_lossy(key);
-        key.strip_prefix(self.key.as_str()).unwrap_or(&key).to_string()
+/// The stored configuration as one JSON document (`None` if nothing is stored): the value
+/// of the key, or the keys under the prefix (relative) as nested objects.
+fn document(prefix: bool, raw: &BTreeMap<String, Vec<u8>>) -> Option<Value> {
+    if !prefix {
+        return raw.get("").map(|v| leaf(v));
     }
-
-    /// Read everything afresh; the revision of the read.
-    async fn read(&mut self) -> Result<i64> {
-        let opts = if self.prefix { GetOptions::new().with_prefix() } else { GetOptions::new() };
-        let resp = self.client.get(self.key.as_str(), opts).await?;
-        self.raw = resp.kvs.into_iter().map(|kv| (self.relative(&kv.key), kv.value)).collect();
-        Ok(resp.header.revision)
+    if raw.is_empty() {
+        return None;
     }
-
-    /// The stored configuration as one JSON document (`None` if nothing is stored).
-    fn document(&self) -> Option<Value> {
-        if !self.prefix {
-            return self.raw.get("").map(|v| leaf(v));
-        }
-        if self.raw.is_empty() {
-            return None;
-        }
-        let mut root = Value::Object(Default::default());
-        for (key, raw) in &self.raw {
-            let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
-            let Some((last, parents)) = parts.split_last() else { continue };
-            let mut node = &mut root;
-            for p in parents {
-                if !node.get(*p).is_some_and(Value::is_object) {
-                    node[*p] = Value::Object(Default::default());
-                }
-                node = &mut node[*p];
+    let mut root = Value::Object(Default::default());
+    for (key, raw) in raw {
+        let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
+        let Some((last, parents)) = parts.split_last() else { continue };
+        let mut node = &mut root;
+        for p in parents {
+            if !node.get(*p).is_some_and(Value::is_object) {
+                node[*p] = Value::Object(Default::default());
             }
-            node[*last] = leaf(raw);
+            node = &mut node[*p];
         }
-        Some(root)
+        node[*last] = leaf(raw);
     }
+    Some(root)
 }
 
 struct Follower<T> {
-    source: Source,
     check: Config<T>,
     /// The last document judged (applied or rejected), to report each publication once.
     doc: Option<Value>,
@@ -220,62 +199,19 @@ struct Follower<T> {
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
-    async fn run(mut self, mut revision: i64) {
-        loop {
-            match self.follow(revision).await {
-                Ok(()) => return,
-                Err(e) if recoverable(&e) => {
-                    tracing::info!(%e, key = self.source.key, "config watch ended; re-reading")
-                }
-                Err(e) => {
-                    tracing::warn!(%e, key = self.source.key, "config watch failed; re-reading");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            match self.source.read().await {
-                Ok(rev) => {
-                    revision = rev;
-                    self.judge(rev);
-                }
-                Err(e) => {
-                    tracing::warn!(%e, key = self.source.key, "reading the config failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-
-    /// Follow the watch from `revision`; `Ok` once nobody holds the subscription.
-    async fn follow(&mut self, revision: i64) -> Result<()> {
-        let mut opts = WatchOptions::new().with_start_revision(revision + 1);
-        if self.source.prefix {
-            opts = opts.with_prefix();
-        }
-        let mut w = self.source.client.watch(self.source.key.as_str(), opts).await?;
-        loop {
-            if self.current.is_closed() {
-                return Ok(());
-            }
-            let resp = next(&mut w).await?;
-            let Some(rev) = resp.events.last().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision) else {
-                continue;
-            };
-            for ev in resp.events {
-                let kind = ev.r#type();
-                let kv = ev.kv.unwrap_or_default();
-                let key = self.source.relative(&kv.key);
-                match kind {
-                    EventType::Put => self.source.raw.insert(key, kv.value),
-                    EventType::Delete => self.source.raw.remove(&key),
-                };
-            }
-            self.judge(rev);
+    /// Judge the stored document whenever the cache of its keys changes (the cache reads
+    /// again after a compaction or a lost watch); ends when nobody holds the subscription.
+    async fn run(mut self, cache: PrefixCache<Vec<u8>>) {
+        let mut view = cache.subscribe();
+        while !self.current.is_closed() && view.changed().await.is_ok() {
+            let entries = view.borrow_and_update().clone();
+            self.judge(&entries, cache.revision());
         }
     }
 
     /// Parse and validate the stored document if it changed; apply or report it.
-    fn judge(&mut self, revision: i64) {
-        let doc = self.source.document();
+    fn judge(&mut self, raw: &BTreeMap<String, Vec<u8>>, revision: i64) {
+        let doc = document(self.check.prefix, raw);
         if doc == self.doc {
             return;
         }
@@ -286,13 +222,13 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
                 ConfigUpdate::Applied { value, revision }
             }
             Err(reason) => {
-                tracing::warn!(key = self.source.key, revision, reason, "refused a config publication");
+                tracing::warn!(key = self.check.key, revision, reason, "refused a config publication");
                 ConfigUpdate::Rejected { reason, revision }
             }
         };
         self.doc = doc;
         if self.updates.try_send(update).is_err() {
-            tracing::debug!(key = self.source.key, "config update not queued: nobody reads updates");
+            tracing::debug!(key = self.check.key, "config update not queued: nobody reads updates");
         }
     }
 }

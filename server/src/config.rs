@@ -82,7 +82,7 @@ pub struct Flags {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Number of committed entries between snapshots (after which the log is purged).
+    /// Number of committed requests between snapshots (after which the log is purged).
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Maximum client request size in bytes the server will accept.

@@ -241,6 +241,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let mut sm =
         StateMachine::open(engine.clone(), snap_dir.clone(), config.max_request_bytes, lessor, headers.clone())?;
     sm.slow_apply = config.warning_apply_duration;
+    sm.pace.every = config.snapshot_count;
+    sm.pace.saved = Some(metrics.snap_save.clone());
+    let snapshot_due = sm.pace.due.clone();
     sm.hub.set_max_watchers_per_stream(config.max_watchers_per_stream);
     let contacts = Contacts::default();
     let peer_dial = PeerDial::of(&config)?;
@@ -262,6 +265,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let lease = config.lease_reads.then_some(config.election_timeout);
     let batcher = Batcher::start(raft.clone(), floor, lease, &tasks, shutdown.clone());
     let quiet_until = quiet_start(&config, &raft, &tasks).await?;
+    tasks.spawn(snapshot_by_requests(raft.clone(), snapshot_due, shutdown.clone()));
     let replica = Arc::new(Replica::new(raft, sm, engine, batcher, headers, snap_dir));
     let layers = Layers::build(&config, replica.clone(), peer_dial, contacts, metrics, &tasks, &shutdown);
     let started = async {
@@ -348,6 +352,21 @@ async fn quiet_start(config: &Config, raft: &Raft, tasks: &TaskTracker) -> anyho
         raft.runtime_config().elect(true);
     });
     Ok(Some(Instant::now() + quiet))
+}
+
+/// Ask openraft for a snapshot whenever the state machine says `--snapshot-count` requests
+/// have applied on a lone member (`SnapshotPace`); openraft then purges the log.
+async fn snapshot_by_requests(raft: Raft, due: Arc<tokio::sync::Notify>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = due.notified() => {}
+        }
+        if let Err(e) = raft.trigger().snapshot().await {
+            tracing::debug!("snapshot by request count: {e}");
+            return;
+        }
+    }
 }
 
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {

@@ -112,6 +112,8 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// Latency of making the backend's applied state durable.
     pub backend_commit: Histogram,
+    /// Time to build a Raft snapshot (one observation per snapshot).
+    pub snap_save: Histogram,
     db_size: IntGauge,
     db_size_in_use: IntGauge,
     keys: IntGauge,
@@ -246,6 +248,11 @@ impl Metrics {
             backend_commit: histogram!(
                 "etcd_disk_backend_commit_duration_seconds",
                 "The latency distributions of commit called by backend.",
+                disk()
+            ),
+            snap_save: histogram!(
+                "etcd_debugging_snap_save_total_duration_seconds",
+                "The total latency distributions of save called by snapshot.",
                 disk()
             ),
             db_size: gauge!(

@@ -36,8 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 const HEADER: usize = 16;
-/// Default segment size.
-pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Default segment size. Smaller than etcd's 64 MiB: a purge frees whole segments, so the
+/// log kept between snapshots is at most about one segment more than the entries it must
+/// keep, and a fresh member preallocates 32 MiB (a segment and its spare), not 128.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 
 fn io(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("wal {what}: {e}"))

@@ -48,3 +48,34 @@ async fn a_prefix_cache_follows_puts_and_deletes_with_events() {
     })
     .await;
 }
+
+/// A cache of one key follows that key only (not the keys it prefixes), names its entry
+/// `""`, and reads again after the history it needs is compacted away while it is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_cache_follows_one_key_and_recovers_from_compaction() {
+    let c = Cluster::start(1, &[]).await;
+    let writer = client(&c, 0).await;
+    writer.put("/mode", "\"a\"", None).await.unwrap();
+    let (reader, proxy) = client_via_proxy(&c, 0).await;
+    let cache =
+        PrefixCache::<String>::key(&reader, "/mode", |_, kv| serde_json::from_slice(&kv.value).ok()).await.unwrap();
+    assert_eq!(cache.entries().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), [("", "a")]);
+    let mut events = cache.events();
+    writer.put("/modes", "\"other\"", None).await.unwrap();
+    writer.put("/mode", "\"b\"", None).await.unwrap();
+    let ev = within(Duration::from_secs(5), "event", events.recv()).await.unwrap();
+    assert_eq!(ev, CacheEvent::Put { key: "".into(), value: "b".into(), prev: Some("a".into()) });
+    assert_eq!(cache.entries().len(), 1, "/modes is not /mode");
+
+    // Cut off, the key changes twice and the history is compacted: the cache reads again.
+    proxy.cut();
+    writer.put("/mode", "\"c\"", None).await.unwrap();
+    let last = writer.put("/mode", "\"d\"", None).await.unwrap();
+    writer.compact(last.header.revision, true).await.unwrap();
+    proxy.heal();
+    eventually(Duration::from_secs(20), "the cache read the key again", || {
+        let done = cache.get("").as_deref() == Some("d") && cache.revision() >= last.header.revision;
+        async move { done }
+    })
+    .await;
+}

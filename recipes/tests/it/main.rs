@@ -13,4 +13,5 @@ mod queue;
 mod registry;
 mod selector;
 mod semaphore;
+mod stm_interop;
 mod work_queue;

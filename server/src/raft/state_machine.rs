@@ -62,6 +62,51 @@ pub struct StateMachine {
     marker: Arc<Mutex<Option<SnapshotMeta<u64, Member>>>>,
     /// An applied batch slower than this is logged (`--experimental-warning-apply-duration`).
     pub slow_apply: std::time::Duration,
+    /// Paces snapshots by client requests as well as by Raft entries (see [`SnapshotPace`]).
+    pub pace: SnapshotPace,
+}
+
+/// Snapshots paced by client requests, as etcd's `--snapshot-count` counts them.
+///
+/// openraft counts Raft entries, and group commit folds many requests into one entry
+/// (about 14 under 64 clients), so its `LogsSinceLast(snapshot_count)` alone let the log
+/// grow to ten times what etcd keeps before it was purged. A member alone in its membership
+/// builds a snapshot at no cost (the store is the snapshot; see the module notes), so there
+/// it is also built once `snapshot_count` requests have applied: `due` is notified and the
+/// member's task asks openraft to build. A member with peers dumps its store when it builds,
+/// so it stays paced by entries only.
+#[derive(Clone, Default)]
+pub struct SnapshotPace {
+    /// Requests between snapshots; 0 = by entries only.
+    pub every: u64,
+    /// Requests applied since the last snapshot was built.
+    since: Arc<std::sync::atomic::AtomicU64>,
+    /// Notified when `every` requests have applied on a lone member.
+    pub due: Arc<tokio::sync::Notify>,
+    /// Observes how long each snapshot took to build (etcd's snapshot-save series).
+    pub saved: Option<prometheus::Histogram>,
+}
+
+impl SnapshotPace {
+    fn applied(&self, requests: u64, alone: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let since = self.since.fetch_add(requests, Relaxed) + requests;
+        if alone && self.every > 0 && since >= self.every {
+            self.due.notify_one();
+        }
+    }
+
+    fn built(&self) {
+        self.since.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Client requests in an entry: a group-committed batch counts each of its requests.
+fn requests_in(req: &cairn_api::cairnpb::RaftRequest) -> u64 {
+    match &req.request {
+        Some(cairn_api::cairnpb::raft_request::Request::Batch(b)) => b.requests.len() as u64,
+        _ => 1,
+    }
 }
 
 /// Create the snapshot directory, or empty it of Raft snapshot files left by an earlier run:
@@ -119,6 +164,7 @@ impl StateMachine {
             current: Arc::new(Mutex::new(None)),
             marker: Arc::new(Mutex::new(None)),
             slow_apply: SLOW_APPLY,
+            pace: SnapshotPace::default(),
         })
     }
 
@@ -236,6 +282,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// openraft uses only the metadata of what this returns (to purge the log); the data
     /// of a snapshot it sends comes from `get_current_snapshot`. See the module notes.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.pace.built();
+        let _timer = self.pace.saved.as_ref().map(|h| h.start_timer());
         let (meta, alone) = {
             let st = self.read();
             (Self::meta_of(&st), st.membership.membership().nodes().count() <= 1)
@@ -267,7 +315,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         let started = std::time::Instant::now();
-        let (rev, events, lease_changes, auth_changed) = {
+        let mut requests = 0;
+        let (rev, events, lease_changes, auth_changed, alone) = {
             let mut st = self.write();
             let auth_before = (st.auth.enabled, st.auth.revision);
             for entry in entries {
@@ -275,7 +324,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 st.last_applied = Some(log_id);
                 let resp = match entry.payload {
                     EntryPayload::Blank => RaftResponse::default(),
-                    EntryPayload::Normal(req) => apply(&mut st, &req.0).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                    EntryPayload::Normal(req) => {
+                        requests += requests_in(&req.0);
+                        apply(&mut st, &req.0).map_err(|e| sm_err(ErrorVerb::Write, e))?
+                    }
                     EntryPayload::Membership(m) => {
                         st.membership = StoredMembership::new(Some(log_id), m);
                         RaftResponse::default()
@@ -286,8 +338,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let extra = st.applied_batch();
             st.mvcc.commit(extra, false).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             let auth_changed = auth_before != (st.auth.enabled, st.auth.revision);
-            (st.mvcc.current_revision(), st.mvcc.take_events(), st.take_lease_changes(), auth_changed)
+            let alone = st.membership.membership().nodes().nth(1).is_none();
+            (st.mvcc.current_revision(), st.mvcc.take_events(), st.take_lease_changes(), auth_changed, alone)
         };
+        self.pace.applied(requests, alone);
         if auth_changed {
             // Before these events go out: a watcher its user may no longer read gets none.
             let denied = {
