@@ -1,8 +1,9 @@
 //! `auth`, `user` and `role`: etcdctl's auth management commands, printed as etcdctl
 //! prints them.
 
+use crate::output::{self, Format};
 use crate::{BadArgs, Cli};
-use cairn_sdk::{prefix_end, Error, PermissionType};
+use cairn_sdk::{prefix_end, Error, Header, PermissionType};
 use clap::{ArgAction, Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -166,18 +167,19 @@ pub async fn auth(cli: &Cli, cmd: &AuthCmd) -> anyhow::Result<()> {
     let c = cli.client().await?;
     match cmd {
         AuthCmd::Enable => {
-            if let Err(Error::Auth(m)) = c.auth_enable().await {
-                if m != "etcdserver: root user does not have root role" {
-                    return Err(Error::Auth(m).into());
+            match c.auth_enable().await {
+                Ok(_) => {}
+                Err(Error::Auth(m)) if m == "etcdserver: root user does not have root role" => {
+                    // As etcdctl: give root the root role, then try again.
+                    match c.role_add("root").await {
+                        Ok(_) => {}
+                        Err(Error::Auth(m)) if m == "etcdserver: role name already exists" => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    c.user_grant_role("root", "root").await?;
+                    c.auth_enable().await?;
                 }
-                // As etcdctl: give root the root role, then try again.
-                match c.role_add("root").await {
-                    Ok(()) => {}
-                    Err(Error::Auth(m)) if m == "etcdserver: role name already exists" => {}
-                    Err(e) => return Err(e.into()),
-                }
-                c.user_grant_role("root", "root").await?;
-                c.auth_enable().await?;
+                Err(e) => return Err(e.into()),
             }
             println!("Authentication Enabled");
         }
@@ -195,22 +197,22 @@ pub async fn auth(cli: &Cli, cmd: &AuthCmd) -> anyhow::Result<()> {
 
 pub async fn user(cli: &Cli, cmd: &UserCmd) -> anyhow::Result<()> {
     let c = cli.client().await?;
+    let done = |h: Header, simple: String| output::print_done(cli.write_out, &h, || println!("{simple}"));
     match cmd {
         UserCmd::Add { user, password, no_password } => {
             let (name, given) = match user.split_once(':') {
                 Some((n, p)) => (n, Some(p)),
                 None => (user.as_str(), None),
             };
-            if *no_password {
-                c.user_add(name, None).await?;
+            let h = if *no_password {
+                c.user_add(name, None).await?
             } else {
-                c.user_add(name, Some(&password.password(given)?)).await?;
-            }
-            println!("User {name} created");
+                c.user_add(name, Some(&password.password(given)?)).await?
+            };
+            done(h, format!("User {name} created"));
         }
         UserCmd::Delete { name } => {
-            c.user_delete(name).await?;
-            println!("User {name} deleted");
+            done(c.user_delete(name).await?, format!("User {name} deleted"));
         }
         UserCmd::Get { name } => {
             let roles = c.user_get(name).await?;
@@ -219,16 +221,13 @@ pub async fn user(cli: &Cli, cmd: &UserCmd) -> anyhow::Result<()> {
         }
         UserCmd::List => c.user_list().await?.iter().for_each(|u| println!("{u}")),
         UserCmd::Passwd { name, password } => {
-            c.user_change_password(name, &password.password(None)?).await?;
-            println!("Password updated");
+            done(c.user_change_password(name, &password.password(None)?).await?, "Password updated".into());
         }
         UserCmd::GrantRole { user, role } => {
-            c.user_grant_role(user, role).await?;
-            println!("Role {role} is granted to user {user}");
+            done(c.user_grant_role(user, role).await?, format!("Role {role} is granted to user {user}"));
         }
         UserCmd::RevokeRole { user, role } => {
-            c.user_revoke_role(user, role).await?;
-            println!("Role {role} is revoked from user {user}");
+            done(c.user_revoke_role(user, role).await?, format!("Role {role} is revoked from user {user}"));
         }
     }
     Ok(())
@@ -250,17 +249,28 @@ fn print_range(key: &[u8], end: &[u8]) {
 
 pub async fn role(cli: &Cli, cmd: &RoleCmd) -> anyhow::Result<()> {
     let c = cli.client().await?;
+    let w = cli.write_out;
+    let done = |h: Header, simple: String| output::print_done(w, &h, || println!("{simple}"));
     match cmd {
-        RoleCmd::Add { name } => {
-            c.role_add(name).await?;
-            println!("Role {name} created");
-        }
-        RoleCmd::Delete { name } => {
-            c.role_delete(name).await?;
-            println!("Role {name} deleted");
-        }
+        RoleCmd::Add { name } => done(c.role_add(name).await?, format!("Role {name} created")),
+        RoleCmd::Delete { name } => done(c.role_delete(name).await?, format!("Role {name} deleted")),
         RoleCmd::Get { name } => {
-            let perms = c.role_get(name).await?;
+            let (h, perms) = c.role_get_with_header(name).await?;
+            if w == Format::Json {
+                println!("{}", output::list_json(&h, "perm", perms.iter().map(output::permission_json).collect()));
+                return Ok(());
+            }
+            if w == Format::Fields {
+                output::fields_header(&h);
+                for p in &perms {
+                    let kind = PermissionType::try_from(p.perm_type).map_or("UNKNOWN", |t| t.as_str_name());
+                    // etcdctl's Println puts two spaces after this colon.
+                    println!("\"PermType\" :  {kind}");
+                    output::field("Key", output::go_quote(&p.key));
+                    output::field("RangeEnd", output::go_quote(&p.range_end));
+                }
+                return Ok(());
+            }
             println!("Role {name}");
             for (title, wanted) in [("KV Read:", PermissionType::Read), ("KV Write:", PermissionType::Write)] {
                 println!("{title}");
@@ -272,7 +282,20 @@ pub async fn role(cli: &Cli, cmd: &RoleCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        RoleCmd::List => c.role_list().await?.iter().for_each(|r| println!("{r}")),
+        RoleCmd::List => {
+            let (h, roles) = c.role_list_with_header().await?;
+            match w {
+                Format::Json => {
+                    println!("{}", output::list_json(&h, "roles", roles.iter().map(|r| serde_json::json!(r)).collect()))
+                }
+                Format::Fields => {
+                    output::fields_header(&h);
+                    let quoted: String = roles.iter().map(|r| format!(" {}", output::go_quote(r.as_bytes()))).collect();
+                    println!("\"Roles\" :{quoted}");
+                }
+                _ => roles.iter().for_each(|r| println!("{r}")),
+            }
+        }
         RoleCmd::GrantPermission { role, perm, range } => {
             let perm = match perm.to_ascii_lowercase().as_str() {
                 "read" => PermissionType::Read,
@@ -283,17 +306,16 @@ pub async fn role(cli: &Cli, cmd: &RoleCmd) -> anyhow::Result<()> {
                 }
             };
             let (key, end) = range.bounds()?;
-            c.role_grant_permission(role, perm, key, end).await?;
-            println!("Role {role} updated");
+            done(c.role_grant_permission(role, perm, key, end).await?, format!("Role {role} updated"));
         }
         RoleCmd::RevokePermission { role, range } => {
             let (key, end) = range.bounds()?;
-            c.role_revoke_permission(role, key.clone(), end.clone()).await?;
+            let h = c.role_revoke_permission(role, key.clone(), end.clone()).await?;
             let (k, e) = (String::from_utf8_lossy(&key), String::from_utf8_lossy(&end));
             if end.is_empty() {
-                println!("Permission of key {k} is revoked from role {role}");
+                done(h, format!("Permission of key {k} is revoked from role {role}"));
             } else {
-                println!("Permission of range [{k}, {e}) is revoked from role {role}");
+                done(h, format!("Permission of range [{k}, {e}) is revoked from role {role}"));
             }
         }
     }

@@ -864,13 +864,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Alarm(a) => {
             let c = cli.client().await?;
-            let alarms = match a {
-                AlarmCmd::List => c.alarms().await?,
-                AlarmCmd::Disarm => c.alarm_disarm(0, AlarmType::None).await?,
+            let (header, alarms) = match a {
+                AlarmCmd::List => c.alarms_with_header().await?,
+                AlarmCmd::Disarm => c.alarm_disarm_with_header(0, AlarmType::None).await?,
             };
-            for al in alarms {
-                let name = AlarmType::try_from(al.alarm).map_or("UNKNOWN".to_string(), |t| t.as_str_name().to_string());
-                println!("memberID:{} alarm:{name}", al.member_id);
+            let name =
+                |al: &cairn_sdk::AlarmMember| AlarmType::try_from(al.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+            match cli.write_out {
+                Format::Json => {
+                    let items = alarms
+                        .iter()
+                        .map(|al| serde_json::json!({"memberID": al.member_id, "alarm": al.alarm}))
+                        .collect();
+                    println!("{}", output::list_json(&header, "alarms", items));
+                }
+                Format::Fields => {
+                    output::fields_header(&header);
+                    for al in &alarms {
+                        output::field("MemberID", al.member_id);
+                        output::field("AlarmType", name(al));
+                        println!();
+                    }
+                }
+                _ => alarms.iter().for_each(|al| println!("memberID:{} alarm:{}", al.member_id, name(al))),
             }
         }
     }
@@ -1098,8 +1114,8 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
         }
         LeaseCmd::Revoke { id } => {
             let id = parse_lease(id)?;
-            c.lease_revoke(id).await?;
-            println!("lease {} revoked", lease_hex(id));
+            let h = c.lease_revoke(id).await?;
+            output::print_done(w, &h, || println!("lease {} revoked", lease_hex(id)));
         }
         LeaseCmd::Timetolive { id, keys } => {
             let id = parse_lease(id)?;
@@ -1129,9 +1145,17 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
             }
         }
         LeaseCmd::List => {
-            let ids = c.leases().await?;
+            let (h, ids) = c.leases_with_header().await?;
             match w {
-                Format::Json => println!("{}", serde_json::json!({"leases": ids})),
+                // etcdctl's JSON of this answer has the header's fields inline.
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision, "raft_term": h.raft_term, "leases": ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>()})
+                ),
+                Format::Fields => {
+                    output::fields_header(&h);
+                    ids.iter().for_each(|id| output::field("ID", id));
+                }
                 _ => {
                     println!("found {} leases", ids.len());
                     ids.iter().for_each(|id| println!("{}", lease_hex(*id)));
@@ -1141,8 +1165,20 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
         LeaseCmd::KeepAlive { id, once } => {
             let id = parse_lease(id)?;
             if *once {
-                let ttl = c.lease_keep_alive_once(id).await?;
-                println!("lease {} keepalived with TTL({ttl})", lease_hex(id));
+                let (h, ttl) = c.lease_keep_alive_once_with_header(id).await?;
+                match w {
+                    Format::Fields => {
+                        output::fields_header(&h);
+                        output::field("ID", id);
+                        output::field("TTL", ttl);
+                    }
+                    // etcdctl's JSON of a keep-alive answer has the header's fields inline.
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::json!({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision, "raft_term": h.raft_term, "ID": id, "TTL": ttl})
+                    ),
+                    _ => println!("lease {} keepalived with TTL({ttl})", lease_hex(id)),
+                }
                 return Ok(());
             }
             let ka = c.lease_keep_alive(id);

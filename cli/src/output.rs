@@ -47,6 +47,26 @@ fn obj(pairs: Vec<(&str, Value)>) -> Value {
     Value::Object(m)
 }
 
+/// A change whose answer is only a header (auth changes, lease revoke): `fields` and
+/// `json` print the header as etcdctl does, the other formats run `simple`.
+pub fn print_done(format: Format, h: &Header, simple: impl FnOnce()) {
+    match format {
+        Format::Fields => fields_header(h),
+        Format::Json => println!("{}", obj(vec![("header", header_json(h))])),
+        _ => simple(),
+    }
+}
+
+/// A permission as etcdctl's `json` prints it (keys in base64, zero values left out).
+pub fn permission_json(p: &cairn_sdk::Permission) -> Value {
+    obj(vec![("permType", json!(p.perm_type)), ("key", json!(b64(&p.key))), ("range_end", json!(b64(&p.range_end)))])
+}
+
+/// A response of a header and one list (`name`) as etcdctl's `json` prints it.
+pub fn list_json(h: &Header, name: &str, items: Vec<Value>) -> Value {
+    obj(vec![("header", header_json(h)), (name, Value::Array(items))])
+}
+
 pub fn header_json(h: &Header) -> Value {
     obj(vec![
         ("cluster_id", json!(h.cluster_id)),

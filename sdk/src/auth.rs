@@ -1,9 +1,11 @@
 //! Managing auth: turning it on and off, users, roles and their permissions on key ranges
 //! (etcdctl's `auth`, `user` and `role` commands). Only `root` may call most of these once
-//! auth is on; log in with [`crate::ConnectOptions::with_user`].
+//! auth is on; log in with [`crate::ConnectOptions::with_user`]. Changes return the
+//! [`Header`] of the member that made them.
 
 use crate::client::{AuthChannel, Client};
 use crate::error::Result;
+use crate::Header;
 use cairn_api::authpb;
 use cairn_api::etcdserverpb as pb;
 use cairn_api::etcdserverpb::auth_client::AuthClient;
@@ -30,13 +32,13 @@ macro_rules! call {
 
 impl Client {
     /// Turn auth on (needs a `root` user with the `root` role).
-    pub async fn auth_enable(&self) -> Result<()> {
-        call!(self, false, auth_enable, pb::AuthEnableRequest {}).map(|_| ())
+    pub async fn auth_enable(&self) -> Result<Header> {
+        call!(self, false, auth_enable, pb::AuthEnableRequest {}).map(|r| Header::from(r.header))
     }
 
     /// Turn auth off (root only).
-    pub async fn auth_disable(&self) -> Result<()> {
-        call!(self, false, auth_disable, pb::AuthDisableRequest {}).map(|_| ())
+    pub async fn auth_disable(&self) -> Result<Header> {
+        call!(self, false, auth_disable, pb::AuthDisableRequest {}).map(|r| Header::from(r.header))
     }
 
     /// Whether auth is on, and the auth revision (bumped by every auth change).
@@ -47,29 +49,29 @@ impl Client {
 
     /// Add a user with a password (`None`: no password — it can only be a client
     /// certificate's common name).
-    pub async fn user_add(&self, name: &str, password: Option<&str>) -> Result<()> {
+    pub async fn user_add(&self, name: &str, password: Option<&str>) -> Result<Header> {
         let req = pb::AuthUserAddRequest {
             name: name.into(),
             password: password.unwrap_or_default().into(),
             options: Some(authpb::UserAddOptions { no_password: password.is_none() }),
             hashed_password: String::new(),
         };
-        call!(self, false, user_add, req).map(|_| ())
+        call!(self, false, user_add, req).map(|r| Header::from(r.header))
     }
 
     /// Delete a user.
-    pub async fn user_delete(&self, name: &str) -> Result<()> {
-        call!(self, false, user_delete, pb::AuthUserDeleteRequest { name: name.into() }).map(|_| ())
+    pub async fn user_delete(&self, name: &str) -> Result<Header> {
+        call!(self, false, user_delete, pb::AuthUserDeleteRequest { name: name.into() }).map(|r| Header::from(r.header))
     }
 
     /// Change a user's password.
-    pub async fn user_change_password(&self, name: &str, password: &str) -> Result<()> {
+    pub async fn user_change_password(&self, name: &str, password: &str) -> Result<Header> {
         let req = pb::AuthUserChangePasswordRequest {
             name: name.into(),
             password: password.into(),
             hashed_password: String::new(),
         };
-        call!(self, false, user_change_password, req).map(|_| ())
+        call!(self, false, user_change_password, req).map(|r| Header::from(r.header))
     }
 
     /// A user's roles.
@@ -83,35 +85,47 @@ impl Client {
     }
 
     /// Grant `role` to `user`.
-    pub async fn user_grant_role(&self, user: &str, role: &str) -> Result<()> {
+    pub async fn user_grant_role(&self, user: &str, role: &str) -> Result<Header> {
         let req = pb::AuthUserGrantRoleRequest { user: user.into(), role: role.into() };
-        call!(self, false, user_grant_role, req).map(|_| ())
+        call!(self, false, user_grant_role, req).map(|r| Header::from(r.header))
     }
 
     /// Take `role` from `user`.
-    pub async fn user_revoke_role(&self, user: &str, role: &str) -> Result<()> {
+    pub async fn user_revoke_role(&self, user: &str, role: &str) -> Result<Header> {
         let req = pb::AuthUserRevokeRoleRequest { name: user.into(), role: role.into() };
-        call!(self, false, user_revoke_role, req).map(|_| ())
+        call!(self, false, user_revoke_role, req).map(|r| Header::from(r.header))
     }
 
     /// Add a role (with no permissions).
-    pub async fn role_add(&self, name: &str) -> Result<()> {
-        call!(self, false, role_add, pb::AuthRoleAddRequest { name: name.into() }).map(|_| ())
+    pub async fn role_add(&self, name: &str) -> Result<Header> {
+        call!(self, false, role_add, pb::AuthRoleAddRequest { name: name.into() }).map(|r| Header::from(r.header))
     }
 
     /// Delete a role (and take it from every user).
-    pub async fn role_delete(&self, name: &str) -> Result<()> {
-        call!(self, false, role_delete, pb::AuthRoleDeleteRequest { role: name.into() }).map(|_| ())
+    pub async fn role_delete(&self, name: &str) -> Result<Header> {
+        call!(self, false, role_delete, pb::AuthRoleDeleteRequest { role: name.into() }).map(|r| Header::from(r.header))
     }
 
     /// A role's permissions.
     pub async fn role_get(&self, name: &str) -> Result<Vec<Permission>> {
-        Ok(call!(self, true, role_get, pb::AuthRoleGetRequest { role: name.into() })?.perm)
+        Ok(self.role_get_with_header(name).await?.1)
+    }
+
+    /// A role's permissions, with the header of the member that answered.
+    pub async fn role_get_with_header(&self, name: &str) -> Result<(Header, Vec<Permission>)> {
+        let r = call!(self, true, role_get, pb::AuthRoleGetRequest { role: name.into() })?;
+        Ok((r.header.into(), r.perm))
     }
 
     /// Every role's name.
     pub async fn role_list(&self) -> Result<Vec<String>> {
-        Ok(call!(self, true, role_list, pb::AuthRoleListRequest {})?.roles)
+        Ok(self.role_list_with_header().await?.1)
+    }
+
+    /// Every role's name, with the header of the member that answered.
+    pub async fn role_list_with_header(&self) -> Result<(Header, Vec<String>)> {
+        let r = call!(self, true, role_list, pb::AuthRoleListRequest {})?;
+        Ok((r.header.into(), r.roles))
     }
 
     /// Let `role` do `perm` on `[key, range_end)` (`range_end` empty: the key alone;
@@ -122,10 +136,10 @@ impl Client {
         perm: PermissionType,
         key: impl Into<Vec<u8>>,
         range_end: impl Into<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<Header> {
         let perm = Permission { perm_type: perm as i32, key: key.into(), range_end: range_end.into() };
         let req = pb::AuthRoleGrantPermissionRequest { name: role.into(), perm: Some(perm) };
-        call!(self, false, role_grant_permission, req).map(|_| ())
+        call!(self, false, role_grant_permission, req).map(|r| Header::from(r.header))
     }
 
     /// Take the permission on exactly `[key, range_end)` from `role`.
@@ -134,9 +148,9 @@ impl Client {
         role: &str,
         key: impl Into<Vec<u8>>,
         range_end: impl Into<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<Header> {
         let req =
             pb::AuthRoleRevokePermissionRequest { role: role.into(), key: key.into(), range_end: range_end.into() };
-        call!(self, false, role_revoke_permission, req).map(|_| ())
+        call!(self, false, role_revoke_permission, req).map(|r| Header::from(r.header))
     }
 }

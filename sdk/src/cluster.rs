@@ -87,15 +87,31 @@ impl Client {
 
     /// The cluster's active alarms.
     pub async fn alarms(&self) -> Result<Vec<AlarmMember>> {
+        Ok(self.alarms_with_header().await?.1)
+    }
+
+    /// The cluster's active alarms, with the header of the member that answered.
+    pub async fn alarms_with_header(&self) -> Result<(crate::Header, Vec<AlarmMember>)> {
         let req = pb::AlarmRequest { action: AlarmAction::Get as i32, member_id: 0, alarm: AlarmType::None as i32 };
-        Ok(self.unary(true, |ch| async move { maintenance(ch).alarm(req).await }).await?.alarms)
+        let r = self.unary(true, |ch| async move { maintenance(ch).alarm(req).await }).await?;
+        Ok((r.header.into(), r.alarms))
     }
 
     /// Clear an alarm (`member_id` 0 and `AlarmType::None`: every alarm); returns the
     /// alarms that were cleared.
     pub async fn alarm_disarm(&self, member_id: u64, alarm: AlarmType) -> Result<Vec<AlarmMember>> {
+        Ok(self.alarm_disarm_with_header(member_id, alarm).await?.1)
+    }
+
+    /// [`Client::alarm_disarm`], with the header of the member that answered.
+    pub async fn alarm_disarm_with_header(
+        &self,
+        member_id: u64,
+        alarm: AlarmType,
+    ) -> Result<(crate::Header, Vec<AlarmMember>)> {
         let req = pb::AlarmRequest { action: AlarmAction::Deactivate as i32, member_id, alarm: alarm as i32 };
-        Ok(self.unary(false, |ch| async move { maintenance(ch).alarm(req).await }).await?.alarms)
+        let r = self.unary(false, |ch| async move { maintenance(ch).alarm(req).await }).await?;
+        Ok((r.header.into(), r.alarms))
     }
 
     /// A hash of the connected member's key-value history up to `revision` (0: current).

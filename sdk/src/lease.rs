@@ -88,18 +88,28 @@ impl Client {
 
     /// The IDs of every live lease.
     pub async fn leases(&self) -> Result<Vec<i64>> {
+        Ok(self.leases_with_header().await?.1)
+    }
+
+    /// The IDs of every live lease, with the header of the member that answered.
+    pub async fn leases_with_header(&self) -> Result<(Header, Vec<i64>)> {
         let r = self
             .unary(true, |ch| {
                 let req = pb::LeaseLeasesRequest {};
                 async move { lease(ch).lease_leases(req).await }
             })
             .await?;
-        Ok(r.leases.into_iter().map(|l| l.id).collect())
+        Ok((r.header.into(), r.leases.into_iter().map(|l| l.id).collect()))
     }
 
     /// Renew a lease once; returns its new TTL. A lease that no longer exists gives
     /// [`Error::LeaseNotFound`].
     pub async fn lease_keep_alive_once(&self, id: i64) -> Result<i64> {
+        Ok(self.lease_keep_alive_once_with_header(id).await?.1)
+    }
+
+    /// [`Client::lease_keep_alive_once`], with the header of the member that answered.
+    pub async fn lease_keep_alive_once_with_header(&self, id: i64) -> Result<(Header, i64)> {
         let conn = self.inner.conn().await?;
         let once = keep_alive_round(&conn.channel, id);
         let r = match self.inner.opts.request_timeout {
@@ -110,8 +120,8 @@ impl Client {
             self.inner.failed(&conn);
         }
         match r? {
-            ttl if ttl <= 0 => Err(Error::LeaseNotFound),
-            ttl => Ok(ttl),
+            (_, ttl) if ttl <= 0 => Err(Error::LeaseNotFound),
+            answer => Ok(answer),
         }
     }
 
@@ -175,12 +185,12 @@ impl Drop for KeepAlive {
 }
 
 /// One request-response on a fresh keep-alive stream: the TTL the server answered.
-async fn keep_alive_round(channel: &crate::client::AuthChannel, id: i64) -> Result<i64> {
+async fn keep_alive_round(channel: &crate::client::AuthChannel, id: i64) -> Result<(Header, i64)> {
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
     let mut s = LeaseClient::new(channel.clone()).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
     match s.message().await? {
-        Some(r) => Ok(r.ttl),
+        Some(r) => Ok((r.header.into(), r.ttl)),
         None => Err(Error::Unavailable("keep-alive stream closed".into())),
     }
 }
