@@ -65,3 +65,34 @@ pub fn example(c: &Cluster, name: &str, args: &[&str], ttl: &str) -> Streaming {
     cmd.args(args).env("CAIRN_ENDPOINTS", c.endpoints()).env("WORKER_TTL", ttl);
     Streaming::spawn(cmd)
 }
+
+/// Build the Go program `recipes/tests/go/<name>` (etcd 3.4's clientv3 and contrib/recipes
+/// from Debian's golang-etcd-server-dev, GOPATH mode) into `target/go/<name>`; panics saying
+/// what to install when Go or those sources are missing (./scripts/test installs them).
+pub async fn go_program(name: &str) -> std::path::PathBuf {
+    const GOPATH: &str = "/usr/share/gocode";
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let sources = std::path::Path::new(GOPATH).join("src/go.etcd.io/etcd/clientv3/concurrency");
+        let go = std::process::Command::new("go").arg("version").output();
+        assert!(
+            sources.is_dir() && go.is_ok(),
+            "Go and etcd's Go sources are needed: ./scripts/test installs them (apt-get install golang-go golang-etcd-server-dev)"
+        );
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = root.join("../target/go").join(&name);
+        let status = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(root.join("tests/go").join(&name))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", GOPATH)
+            .status()
+            .expect("running go build");
+        assert!(status.success(), "go build of recipes/tests/go/{name} failed");
+        out
+    })
+    .await
+    .expect("go build task")
+}

@@ -6,6 +6,7 @@ mod harness;
 mod barrier;
 mod cache;
 mod config;
+mod contrib_interop;
 mod counter;
 mod election;
 mod mutex;

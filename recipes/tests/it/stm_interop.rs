@@ -8,30 +8,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// Build `recipes/tests/go/stm` (GOPATH mode, etcd 3.4's clientv3 from
-/// golang-etcd-server-dev) into target/; panics saying what to install when Go is missing.
-fn go_stm() -> PathBuf {
-    const GOPATH: &str = "/usr/share/gocode";
-    let clientv3 = PathBuf::from(GOPATH).join("src/go.etcd.io/etcd/clientv3/concurrency");
-    assert!(
-        clientv3.is_dir() && Command::new("go").arg("version").output().is_ok(),
-        "Go and etcd's Go sources are needed: ./scripts/test installs them (apt-get install golang-go golang-etcd-server-dev)"
-    );
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("../target/go-stm/stm");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(root.join("tests/go/stm"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", GOPATH)
-        .status()
-        .expect("running go build");
-    assert!(status.success(), "go build of tests/go/stm failed");
-    out
-}
-
 fn go(bin: &PathBuf, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin);
     cmd.args(args);
@@ -58,7 +34,7 @@ async fn number(cl: &cairn_sdk::Client, key: &str) -> i64 {
 /// conflict with the other's write and runs again, seeing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stm_and_clientv3_stm_commit_against_each_other() {
-    let bin = tokio::task::spawn_blocking(go_stm).await.unwrap();
+    let bin = go_program("stm").await;
     let c = Cluster::start(3, &[]).await;
     let ep = c.members[0].endpoint();
     let cl = client(&c, 1).await;
