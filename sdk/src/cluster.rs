@@ -21,6 +21,14 @@ fn maintenance(ch: AuthChannel) -> MaintenanceClient<AuthChannel> {
 
 impl Client {
     /// The cluster's members (linearizable: asked of the leader).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// for m in client.member_list().await? {
+    ///     println!("{:x} {} {:?}", m.id, m.name, m.client_ur_ls);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn member_list(&self) -> Result<Vec<Member>> {
         Ok(self.member_list_with_header().await?.1)
     }

@@ -494,6 +494,16 @@ fn kv(ch: AuthChannel) -> KvClient<AuthChannel> {
 
 impl Client {
     /// Read a key, or a range of keys with [`GetOptions`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use cairn_sdk::GetOptions;
+    /// let one = client.get("/config/db", None).await?;
+    /// let value = one.kvs.first().map(|kv| kv.value.clone());
+    /// let all = client.get("/config/", GetOptions::new().with_prefix().with_limit(100)).await?;
+    /// println!("{value:?}; {} keys under /config/ at revision {}", all.count, all.header.revision);
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, key: impl Into<Vec<u8>>, opts: impl Into<Option<GetOptions>>) -> Result<GetResponse> {
         let mut req = opts.into().unwrap_or_default().request(key.into());
         if let Some(ns) = &self.ns {
@@ -512,6 +522,15 @@ impl Client {
     }
 
     /// Write a key.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use cairn_sdk::PutOptions;
+    /// client.put("/config/db", "postgres://db:5432", None).await?;
+    /// let r = client.put("/config/db", "postgres://db2:5432", PutOptions::new().with_prev_kv()).await?;
+    /// println!("replaced {:?} at revision {}", r.prev_kv.map(|kv| kv.value), r.header.revision);
+    /// # Ok(()) }
+    /// ```
     pub async fn put(
         &self,
         key: impl Into<Vec<u8>>,
@@ -535,6 +554,14 @@ impl Client {
     }
 
     /// Delete a key, or a range of keys with [`DeleteOptions`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use cairn_sdk::DeleteOptions;
+    /// let gone = client.delete("/sessions/", DeleteOptions::new().with_prefix()).await?.deleted;
+    /// println!("{gone} sessions removed");
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(
         &self,
         key: impl Into<Vec<u8>>,

@@ -44,7 +44,17 @@ fn lease(ch: crate::client::AuthChannel) -> LeaseClient<crate::client::AuthChann
 }
 
 impl Client {
-    /// Grant a lease of `ttl` seconds with a server-chosen ID.
+    /// Grant a lease of `ttl` seconds with a server-chosen ID. Keys put with the lease
+    /// are deleted when it expires or is revoked.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use cairn_sdk::PutOptions;
+    /// let lease = client.lease_grant(10).await?;
+    /// client.put("/services/api/1", "10.0.0.7:80", PutOptions::new().with_lease(lease.id)).await?;
+    /// let _alive = client.lease_keep_alive(lease.id); // renewed until dropped
+    /// # Ok(()) }
+    /// ```
     pub async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
         self.lease_grant_with_id(ttl, 0).await
     }
@@ -127,6 +137,21 @@ impl Client {
 
     /// Keep a lease alive in the background (renewing at a third of its TTL, failing over
     /// between members) until the returned handle is dropped or the lease is lost.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use cairn_sdk::LeaseState;
+    /// let lease = client.lease_grant(5).await?;
+    /// let alive = client.lease_keep_alive(lease.id);
+    /// let mut state = alive.subscribe();
+    /// while state.changed().await.is_ok() {
+    ///     if *state.borrow() == LeaseState::Lost {
+    ///         eprintln!("lease lost: register again");
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn lease_keep_alive(&self, id: i64) -> KeepAlive {
         let (state_tx, state_rx) = watch::channel(LeaseState::Alive { ttl: None });
         let task = tokio::spawn(keep_alive_loop(self.inner.clone(), id, state_tx));

@@ -149,6 +149,19 @@ impl Drop for WatchStream {
 impl Client {
     /// Watch a key (or a range, with [`WatchOptions`]). Returns once the server has
     /// created the watch, so every change after this call returns is delivered.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: cairn_sdk::Client) -> cairn_sdk::Result<()> {
+    /// use cairn_sdk::WatchOptions;
+    /// let start = client.get("/config/", None).await?.header.revision;
+    /// // Every change after that read, even ones made before the watch was opened.
+    /// let mut w = client.watch("/config/", WatchOptions::new().with_prefix().with_start_revision(start + 1)).await?;
+    /// while let Some(resp) = w.message().await {
+    ///     let resp = resp?;
+    ///     println!("{} events at revision {}", resp.events.len(), resp.header.revision);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn watch(&self, key: impl Into<Vec<u8>>, opts: impl Into<Option<WatchOptions>>) -> Result<WatchStream> {
         let opts = opts.into().unwrap_or_default();
         let (key, range_end) = opts.span.apply(key.into());
