@@ -31,7 +31,6 @@ pub(crate) mod conn;
 pub(crate) mod data_dir;
 pub(crate) mod discovery;
 pub(crate) mod error;
-pub(crate) mod failover;
 pub mod etcd_flags;
 pub mod fuzz;
 pub(crate) mod gateway;

@@ -268,23 +268,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     tasks.spawn(snapshot_by_requests(raft.clone(), snapshot_due, shutdown.clone()));
     let replica = Arc::new(Replica::new(raft, sm, engine, batcher, headers, snap_dir));
     let layers = Layers::build(&config, replica.clone(), peer_dial, contacts, metrics, &tasks, &shutdown);
-    let contact = Arc::new(crate::failover::Contact::default());
-    tasks.spawn(crate::failover::run(
-        replica.clone(),
-        layers.ctx.router.clone(),
-        contact.clone(),
-        raft_lease(&config),
-        config.heartbeat,
-        shutdown.clone(),
-    ));
     let started = async {
         let serving = Serving { http2: config.http2, shutdown: shutdown.clone() };
         for (b, tls) in peer_ports.into_iter().zip(peer_tls) {
             warn_if_exposed(&b.url, tls.is_some(), "peer");
             let service = PeerService::new(replica.clone(), layers.leases.clone(), layers.membership.clone())
                 .received_failures(layers.metrics.peer.received_failures.clone())
-                .quiet_until(quiet_until)
-                .contact(contact.clone());
+                .quiet_until(quiet_until);
             tasks.spawn(crate::peer::serve(service, b.listener, tls, config.http2, shutdown.clone()));
         }
         if config.new_cluster && !replica.raft().is_initialized().await? {
@@ -379,19 +369,13 @@ async fn snapshot_by_requests(raft: Raft, due: Arc<tokio::sync::Notify>, shutdow
     }
 }
 
-/// openraft's leader lease: followers refuse votes this long after a leader's last message
-/// (openraft 0.9 takes it from `election_timeout_max`).
-fn raft_lease(config: &Config) -> std::time::Duration {
-    config.election_timeout * 3 / 2
-}
-
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let et = config.election_timeout.as_millis() as u64;
     Ok(openraft::Config {
         cluster_name: config.cluster_token.clone(),
         heartbeat_interval: config.heartbeat.as_millis() as u64,
         election_timeout_min: et,
-        election_timeout_max: raft_lease(config).as_millis() as u64,
+        election_timeout_max: et * 3 / 2,
         install_snapshot_timeout: 10_000.max(et * 10),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         // Keep some entries after a snapshot so a briefly lagging follower catches up

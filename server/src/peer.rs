@@ -5,7 +5,6 @@
 //! HashKv and LeaseFloors. Every message must carry this cluster's id, and Raft messages
 //! this member's id; anything else is refused without touching Raft.
 
-use crate::failover::Contact;
 use crate::lease::leader::Leases;
 use crate::membership::Membership;
 use crate::raft::{decode, encode};
@@ -13,8 +12,7 @@ use crate::replica::Replica;
 use crate::router::Failed;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
 use cairn_api::cairnpb::{
-    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaderContactRequest,
-    LeaderContactResponse, LeaseFloorsRequest,
+    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaseFloorsRequest,
     LeaseFloorsResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, MembersRequest, MembersResponse,
     PeerMember, ProposeRequest, RaftPayload, RaftResponse, ReadIndexRequest, ReadIndexResponse,
 };
@@ -33,19 +31,12 @@ pub struct PeerService {
     quiet_until: Option<Instant>,
     /// Counts Raft messages that could not be taken, by sender.
     received_failures: Option<prometheus::IntCounterVec>,
-    /// When a leader was last heard from (`crate::failover`).
-    contact: Arc<Contact>,
 }
 
 impl PeerService {
     /// The peer service over these layers.
     pub fn new(replica: Arc<Replica>, leases: Arc<Leases>, membership: Arc<Membership>) -> PeerService {
-        PeerService { replica, leases, membership, quiet_until: None, received_failures: None, contact: Arc::default() }
-    }
-
-    /// Record leaders' AppendEntries in `contact` (and answer `LeaderContact` from it).
-    pub fn contact(self, contact: Arc<Contact>) -> PeerService {
-        PeerService { contact, ..self }
+        PeerService { replica, leases, membership, quiet_until: None, received_failures: None }
     }
 
     /// Count Raft messages that cannot be taken in `failures` (label `From`).
@@ -130,12 +121,7 @@ impl PeerService {
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = self.payload(req.get_ref())?;
-        let answer = self.replica.raft().append_entries(rpc).await;
-        // Taken from a leader of at least this member's term: it is alive.
-        if !matches!(answer, Ok(openraft::raft::AppendEntriesResponse::HigherVote(_)) | Err(_)) {
-            self.contact.heard();
-        }
-        Ok(self.reply(&answer))
+        Ok(self.reply(&self.replica.raft().append_entries(rpc).await))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -218,15 +204,6 @@ impl Peer for PeerService {
     async fn lease_floors(&self, req: Request<LeaseFloorsRequest>) -> Result<Response<LeaseFloorsResponse>, Status> {
         self.check(req.get_ref().cluster_id, None)?;
         Ok(Response::new(self.leases.floors()))
-    }
-
-    async fn leader_contact(
-        &self,
-        req: Request<LeaderContactRequest>,
-    ) -> Result<Response<LeaderContactResponse>, Status> {
-        self.check(req.get_ref().cluster_id, None)?;
-        let leader = self.replica.leader() == Some(self.replica.id());
-        Ok(Response::new(self.contact.answer(leader)))
     }
 }
 
