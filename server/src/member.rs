@@ -106,11 +106,24 @@ impl MemberHandle {
     }
 }
 
+/// How long a stop waits for Raft and every task to finish before giving up on them.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stop gracefully, within [`STOP_GRACE`]: what has not finished by then (a client stream
+/// held open, a call to a peer that does not answer) is abandoned and logged, as etcd's
+/// graceful gRPC stop turns into a hard stop after a timeout. Nothing acknowledged depends on
+/// it: every acknowledged write is in the fsynced WAL, replayed at the next start.
 async fn stop(shutdown: &CancellationToken, tasks: &TaskTracker, replica: &Replica) {
     shutdown.cancel();
     tasks.close();
-    replica.stop().await;
-    tasks.wait().await;
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    if tokio::time::timeout_at(deadline, replica.stop()).await.is_err() {
+        tracing::warn!(grace = ?STOP_GRACE, "Raft did not stop in time; stopping anyway");
+        return;
+    }
+    if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
+        tracing::warn!(grace = ?STOP_GRACE, unfinished = tasks.len(), "tasks did not stop in time; stopping anyway");
+    }
 }
 
 /// A listener bound for one URL.
