@@ -151,27 +151,13 @@ impl Leases {
         let mut metrics = self.replica.raft().server_metrics();
         let mut was_leader = false;
         loop {
-            let (is_leader, term) = {
-                let m = metrics.borrow();
-                (m.current_leader == Some(self.replica.id()), m.vote.leader_id().get_term())
-            };
+            let is_leader = metrics.borrow().current_leader == Some(self.replica.id());
             if is_leader != was_leader {
                 if is_leader {
                     // Wait until this term's first entry is applied, so the lease table
                     // holds everything committed before the election.
                     let _ = self.router.read_barrier().await;
                     self.lower_floors_from_peers().await;
-                    // Leadership may have moved on during those waits (a quick election):
-                    // a lessor promoted then would expire leases on floors that miss the
-                    // new leader's renewals. Look again instead.
-                    let still = {
-                        let m = metrics.borrow();
-                        m.current_leader == Some(self.replica.id()) && m.vote.leader_id().get_term() == term
-                    };
-                    if !still {
-                        tracing::info!(term, "leadership moved on before the lessor was promoted");
-                        continue;
-                    }
                     self.lessor.promote();
                     tracing::info!(leases = self.lessor.len(), "lessor promoted: this member now expires leases");
                 } else {
@@ -248,9 +234,7 @@ impl Leases {
                 let this = self.clone();
                 proposals.spawn(async move {
                     let req = RaftRequest::internal(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id }));
-                    // Never forwarded: a lessor that has just lost leadership must not
-                    // have the new leader revoke on its (possibly stale) expiry.
-                    match this.router.propose_as_leader(req).await {
+                    match this.writer.propose(req).await {
                         Ok(_) => {}
                         // Already gone (revoked by a client): the apply removed it.
                         Err(e) if is_lease_not_found(&e) => {}
