@@ -752,6 +752,11 @@ pub async fn run_chaos(cfg: &Config) -> Report {
     for t in tasks {
         let _ = t.await;
     }
+    // Said now as well: if recovery below cannot bring a member back, it panics before the
+    // report is printed, and these usually say why.
+    for p in &nemesis_problems {
+        eprintln!("cairn-chaos: nemesis problem: {p}");
+    }
     let mut report = Report { seed: cfg.seed, faults, partitions_skipped: skipped, ..Default::default() };
     report.problems.extend(nemesis_problems);
 

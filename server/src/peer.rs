@@ -203,7 +203,7 @@ impl Peer for PeerService {
 
     async fn lease_floors(&self, req: Request<LeaseFloorsRequest>) -> Result<Response<LeaseFloorsResponse>, Status> {
         self.check(req.get_ref().cluster_id, None)?;
-        Ok(Response::new(self.leases.floors()))
+        Ok(Response::new(self.leases.floors_after(req.get_ref().applied_index).await))
     }
 }
 

@@ -247,6 +247,21 @@ impl Router {
         }
     }
 
+    /// Replicate a write of this member's leader-only duties (revoking expired leases) only
+    /// if this member leads: refused ([`Error::NotLeader`]) rather than forwarded, so a duty
+    /// still running on leadership already lost can never reach the new leader.
+    pub async fn propose_as_leader(&self, req: RaftRequest) -> Result<RaftResponse> {
+        let deadline = self.deadline();
+        let resp = match bounded(deadline, self.replica.propose_local(req)).await.map_err(|_| Error::Timeout)? {
+            Ok(resp) => resp,
+            Err(_) => return Err(Error::NotLeader),
+        };
+        match resp.response {
+            Some(raft_response::Response::Error(e)) => Err(Error::Remote { code: e.code, message: e.message }),
+            _ => Ok(resp),
+        }
+    }
+
     /// Wait until this member has applied everything committed before the call, as
     /// confirmed by the leader (read index): after it, a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<()> {

@@ -126,6 +126,21 @@ impl Leases {
         })
     }
 
+    /// [`Leases::floors`] once this member has applied `index` (a new leader's applied
+    /// index: the leader skips floors older than its own, and a follower learns that the
+    /// new term's first entry committed only with the leader's next message, so answering
+    /// at once would often be skipped and leave the leader with its own floors — late by
+    /// however long ago it restarted). Waits at most half an election timeout (the leader
+    /// gives up on an answer after a whole one).
+    pub async fn floors_after(&self, index: u64) -> LeaseFloorsResponse {
+        if index > self.replica.applied_index() {
+            let deadline = Instant::now() + self.election_timeout / 2;
+            // Answered either way: the leader decides what an older answer is worth.
+            let _ = self.replica.wait_applied(index, deadline, "lease floors").await;
+        }
+        self.floors()
+    }
+
     /// This member's lease floors as remaining time, with the index they are as new as
     /// (the peer port's answer to a new leader).
     pub fn floors(&self) -> LeaseFloorsResponse {
@@ -151,13 +166,27 @@ impl Leases {
         let mut metrics = self.replica.raft().server_metrics();
         let mut was_leader = false;
         loop {
-            let is_leader = metrics.borrow().current_leader == Some(self.replica.id());
+            let (is_leader, term) = {
+                let m = metrics.borrow();
+                (m.current_leader == Some(self.replica.id()), m.vote.leader_id().get_term())
+            };
             if is_leader != was_leader {
                 if is_leader {
                     // Wait until this term's first entry is applied, so the lease table
                     // holds everything committed before the election.
                     let _ = self.router.read_barrier().await;
                     self.lower_floors_from_peers().await;
+                    // Leadership may have moved on during those waits (a quick election):
+                    // a lessor promoted then would expire leases on floors that miss the
+                    // new leader's renewals. Look again instead.
+                    let still = {
+                        let m = metrics.borrow();
+                        m.current_leader == Some(self.replica.id()) && m.vote.leader_id().get_term() == term
+                    };
+                    if !still {
+                        tracing::info!(term, "leadership moved on before the lessor was promoted");
+                        continue;
+                    }
                     self.lessor.promote();
                     tracing::info!(leases = self.lessor.len(), "lessor promoted: this member now expires leases");
                 } else {
@@ -184,7 +213,10 @@ impl Leases {
         let applied = self.replica.applied_index();
         let mut asks = tokio::task::JoinSet::new();
         for (_, mut c) in self.router.peers() {
-            let mut req = tonic::Request::new(LeaseFloorsRequest { cluster_id: self.replica.cluster_id() });
+            let mut req = tonic::Request::new(LeaseFloorsRequest {
+                cluster_id: self.replica.cluster_id(),
+                applied_index: applied,
+            });
             req.set_timeout(self.election_timeout);
             asks.spawn(async move {
                 let r = c.lease_floors(req).await;
@@ -234,7 +266,9 @@ impl Leases {
                 let this = self.clone();
                 proposals.spawn(async move {
                     let req = RaftRequest::internal(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id }));
-                    match this.writer.propose(req).await {
+                    // Never forwarded: a lessor that has just lost leadership must not
+                    // have the new leader revoke on its (possibly stale) expiry.
+                    match this.router.propose_as_leader(req).await {
                         Ok(_) => {}
                         // Already gone (revoked by a client): the apply removed it.
                         Err(e) if is_lease_not_found(&e) => {}

@@ -6,7 +6,7 @@ use cairn_api::etcdserverpb::watch_client::WatchClient;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+    MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
 };
 use cairn_api::mvccpb::event::EventType;
 use std::time::{Duration, Instant};
@@ -341,6 +341,83 @@ async fn attachments_follow_puts_and_txns() {
 /// earlier than its last keepalive + TTL and no later than that + max(1 s, TTL/10) + 2
 /// election timeouts, however many leaders die meanwhile. (It used to get a fresh TTL from
 /// each new leader: TTL 16, leader killed 8 s in -> revoked ~26 s after the keepalive.)
+/// When `key` is first seen gone, looking every 50 ms on whichever member answers (members
+/// may be down); `None` after 60 s.
+fn when_gone(c: &Cluster, key: &str) -> tokio::task::JoinHandle<Option<Instant>> {
+    let urls: Vec<String> = c.members.iter().map(|m| m.client_url.clone()).collect();
+    let key = key.to_string();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            for u in &urls {
+                let range = async {
+                    let ch = tonic::transport::Endpoint::from_shared(u.clone()).ok()?.connect().await.ok()?;
+                    let mut kv = cairn_api::etcdserverpb::kv_client::KvClient::new(ch);
+                    let r = kv.range(RangeRequest { key: key.clone().into(), ..Default::default() }).await.ok()?;
+                    Some(r.into_inner().count)
+                };
+                if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(300), range).await {
+                    if n == 0 {
+                        return Some(Instant::now());
+                    }
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    })
+}
+
+/// A restarted member re-applied its lease records at startup, so its own floors are late
+/// by how long ago the last keepalive was; promoted, it must take its up-to-date peers'
+/// floors. They learn that the new term's first entry committed only with its next
+/// message, so they wait to apply as far before answering (else the new leader skipped
+/// their answers and revoked this lease seconds late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_made_leader_takes_its_peers_lease_floors() {
+    let mut c = Cluster::start(3, &[]).await;
+    let (ttl, slack) = (5u64, 1u64);
+    let leader = c.leader().await;
+    let url = c.members[leader].client_url.clone();
+    let id = grant(&url, ttl as i64).await;
+    c.kv(leader)
+        .await
+        .put(PutRequest { key: "floors/k".into(), value: "v".into(), lease: id, ..Default::default() })
+        .await
+        .expect("put");
+    let sent = Instant::now();
+    let mut lc = lease_client(&url).await;
+    let mut replies =
+        lc.lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id })).await.expect("keepalive").into_inner();
+    let reply = replies.message().await.expect("keepalive reply").expect("a reply");
+    let answered = Instant::now();
+    assert_eq!(reply.ttl, ttl as i64);
+    drop(replies);
+
+    // 2.5 s later a follower restarts (its floors now run 2.5 s late) and is made leader.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let target = (leader + 1) % 3;
+    c.members[target].kill();
+    c.members[target].start();
+    c.wait_ready(target).await;
+    let status = c.maintenance(target).await.status(StatusRequest {}).await.expect("status");
+    let target_id = status.get_ref().header.as_ref().map_or(0, |h| h.member_id);
+    c.maintenance(leader).await.move_leader(MoveLeaderRequest { target_id }).await.expect("move leader");
+    assert_eq!(c.leader().await, target, "the leadership moved");
+
+    let at = when_gone(&c, "floors/k").await.expect("poll task").expect("the lease was never revoked in 60 s");
+    assert!(at >= sent + Duration::from_secs(ttl), "revoked {:?} early", sent + Duration::from_secs(ttl) - at);
+    // 1 s more for the expiry tick, the revocation's commit and the polling.
+    let latest = answered + Duration::from_secs(ttl + slack + 1);
+    assert!(
+        at <= latest,
+        "revoked {:?} after its bound; the new leader's log:\n{}",
+        at - latest,
+        c.members[target].log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_lease_is_revoked_within_its_bound_after_two_leader_kills() {
     let mut c = Cluster::start(3, &[]).await;
@@ -364,29 +441,8 @@ async fn an_idle_lease_is_revoked_within_its_bound_after_two_leader_kills() {
     assert_eq!(reply.ttl, ttl as i64);
     drop(replies);
 
-    // Look for the revocation every 50 ms on whichever member answers (members die below).
-    let urls: Vec<String> = c.members.iter().map(|m| m.client_url.clone()).collect();
-    let deleted = tokio::spawn(async move {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            for u in &urls {
-                let range = async {
-                    let ch = tonic::transport::Endpoint::from_shared(u.clone()).ok()?.connect().await.ok()?;
-                    let mut kv = cairn_api::etcdserverpb::kv_client::KvClient::new(ch);
-                    let r = kv.range(RangeRequest { key: "bound/k".into(), ..Default::default() }).await.ok()?;
-                    Some(r.into_inner().count)
-                };
-                if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(300), range).await {
-                    if n == 0 {
-                        return Some(Instant::now());
-                    }
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    });
+    // Members die below: look on whichever answers.
+    let deleted = when_gone(&c, "bound/k");
 
     // Two leader kills, 4 s apart, each member restarted before the next kill.
     for _ in 0..2 {
