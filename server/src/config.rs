@@ -63,10 +63,19 @@ pub struct Flags {
     /// HTTP proxy to reach the --discovery service through (`host:port` or a URL).
     #[arg(long, env = "ETCD_DISCOVERY_PROXY", default_value = "")]
     pub discovery_proxy: String,
-    /// What to do when --discovery fails (the cluster is full): `exit`. etcd's `proxy`
-    /// (become a v2 proxy) is accepted and does the same: Cairn has no v2 proxy.
+    /// What to do when --discovery finds the cluster full: `exit`, or `proxy` (serve as
+    /// `--proxy=on` in front of the cluster found, as etcd).
     #[arg(long, env = "ETCD_DISCOVERY_FALLBACK", default_value = "proxy", value_parser = ["exit", "proxy"])]
     pub discovery_fallback: String,
+    /// etcd's proxy mode: `off` (run a member), `on` (no member: serve etcd's v3 API on
+    /// --listen-client-urls in front of the cluster named by --initial-cluster, as
+    /// `cairn grpc-proxy start` does) or `readonly` (the same, refusing every request that
+    /// would change something).
+    #[arg(long, env = "ETCD_PROXY", default_value = "off", value_parser = ["off", "on", "readonly"])]
+    pub proxy: String,
+    /// Proxy mode: how long dialing a member may take (milliseconds).
+    #[arg(long, env = "ETCD_PROXY_DIAL_TIMEOUT", default_value_t = 1000)]
+    pub proxy_dial_timeout: u64,
     /// Suffix of the SRV service names: `_etcd-server[-ssl]-<name>._tcp.<domain>`.
     #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
     pub discovery_srv_name: String,

@@ -11,9 +11,7 @@
 //!   are then ignored (and Cairn says so);
 //! - takes out every etcd 3.5 flag Cairn does not implement. A flag set to etcd's default
 //!   changes nothing and passes quietly; one that only tunes etcd's internals (bbolt, v2,
-//!   pprof, log rotation) is accepted and named on one warning line; one whose absence would
-//!   leave the member less safe or unable to do what it asks (narrower client certificates,
-//!   revocation lists, the v2 proxy mode) stops the start with a short error;
+//!   pprof, log rotation) is accepted and named on one warning line (never refused);
 //! - names `ETCD_*` environment variables that match no flag, as etcd does.
 //!
 //! Unknown flags are then clap's to refuse, with a short error.
@@ -24,31 +22,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// What to do with an etcd flag Cairn does not implement, when set to something other
-/// than etcd's default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Policy {
-    /// Accept it and name it on the warning line.
-    Ignore,
-    /// Refuse to start: ignoring it would widen access or silently do something else.
-    Refuse,
-}
-
-/// An etcd 3.5 flag Cairn does not implement: name, whether it is a boolean, etcd's
-/// default (as given on a command line), and the policy.
+/// An etcd 3.5 flag Cairn does not implement: name, whether it is a boolean, and etcd's
+/// default (as given on a command line). Set to anything else, it is named on the warning
+/// line.
 struct EtcdOnly {
     name: &'static str,
     boolean: bool,
     default: &'static str,
-    policy: Policy,
 }
 
 const fn ignore(name: &'static str, boolean: bool, default: &'static str) -> EtcdOnly {
-    EtcdOnly { name, boolean, default, policy: Policy::Ignore }
-}
-
-const fn refuse(name: &'static str, boolean: bool, default: &'static str) -> EtcdOnly {
-    EtcdOnly { name, boolean, default, policy: Policy::Refuse }
+    EtcdOnly { name, boolean, default }
 }
 
 /// Every flag of etcd 3.5 (3.5.1 to 3.5.33) that Cairn's [`Flags`] lacks, plus the v2-era
@@ -88,8 +72,6 @@ const ETCD_ONLY: &[EtcdOnly] = &[
     ignore("max-wals", false, "5"),
     ignore("metrics", false, "basic"),
     ignore("pre-vote", true, "true"),
-    refuse("proxy", false, "off"),
-    ignore("proxy-dial-timeout", false, "1000"),
     ignore("proxy-failure-wait", false, "5000"),
     ignore("proxy-read-timeout", false, "0"),
     ignore("proxy-refresh-interval", false, "30000"),
@@ -289,17 +271,8 @@ fn check_etcd_only(f: &EtcdOnly, value: &str, notes: &mut Notes) -> Result<(), S
     if is_default(f, value) {
         return Ok(());
     }
-    match f.policy {
-        Policy::Ignore => {
-            notes.ignored.insert(format!("--{}={value}", f.name));
-            Ok(())
-        }
-        Policy::Refuse => Err(format!(
-            "--{}={value} is not supported by Cairn yet; refusing to start rather than ignore it \
-             (docs/COMPATIBILITY.md, \"Server flags\")",
-            f.name
-        )),
-    }
+    notes.ignored.insert(format!("--{}={value}", f.name));
+    Ok(())
 }
 
 fn find_config_file(args: &[String]) -> Option<String> {
@@ -478,12 +451,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_pass_quietly_and_unsafe_ones_are_refused() {
-        let p = prep(&["--unsafe-no-fsync=false", "--proxy=off", "--pre-vote"], &[]).expect("ok");
+    fn defaults_pass_quietly_and_bad_booleans_are_refused() {
+        let p = prep(&["--unsafe-no-fsync=false", "--max-wals=5", "--pre-vote"], &[]).expect("ok");
         assert!(args(&p).is_empty());
         assert_eq!(p.warning, None);
-        let e = prep(&["--proxy=on"], &[]).unwrap_err();
-        assert!(e.contains("--proxy=on"), "{e}");
         let e = prep(&["--enable-v2=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
     }
@@ -500,7 +471,8 @@ mod tests {
             .expect("ok");
         let w = p.warning.expect("warning");
         assert!(w.contains("--enable-pprof=true") && w.contains("unrecognized environment variable ETCD_NAMEE"), "{w}");
-        assert!(prep(&[], &[("ETCD_PROXY", "readonly")]).unwrap_err().contains("ETCD_PROXY"));
+        // A flag of Cairn's own (the proxy mode) passes to clap, unremarked.
+        assert_eq!(prep(&[], &[("ETCD_PROXY", "readonly")]).expect("ok").warning, None);
     }
 
     #[test]

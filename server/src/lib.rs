@@ -32,6 +32,7 @@ pub(crate) mod data_dir;
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub mod etcd_flags;
+pub(crate) mod failover;
 pub mod fuzz;
 pub(crate) mod gateway;
 pub(crate) mod grpc;
@@ -54,4 +55,5 @@ pub(crate) mod watch;
 pub(crate) mod write;
 
 pub use config::Config;
+pub use discovery::url::ClusterFull;
 pub use member::{start, MemberHandle};

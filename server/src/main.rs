@@ -34,6 +34,18 @@ async fn main() -> anyhow::Result<()> {
         Ok(f) => f,
         Err(e) => e.exit(),
     };
+    if flags.proxy != "off" {
+        // etcd's proxy mode: no member, a proxy in front of the cluster.
+        if let Err(e) = cairn_server::logging::init(&flags.log_level, false, &[cairn_server::logging::Output::Stderr]) {
+            eprintln!("cairn: {e}");
+            std::process::exit(2);
+        }
+        if let Some(w) = prepared.warning {
+            tracing::warn!("{w}");
+        }
+        run_proxy(flags).await;
+    }
+    let fallback = (flags.discovery.is_some() && flags.discovery_fallback == "proxy").then(|| flags.clone());
     let config = match Config::from_flags(flags) {
         Ok(c) => c,
         Err(e) => {
@@ -49,7 +61,24 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
 
-    let handle = cairn_server::start(config).await.context("starting cairn")?;
+    let handle = match cairn_server::start(config).await {
+        Ok(h) => h,
+        Err(e) => match (e.downcast_ref::<cairn_server::ClusterFull>(), fallback) {
+            // As etcd under --discovery-fallback=proxy: a proxy in front of the cluster found.
+            (Some(full), Some(mut flags)) => {
+                tracing::warn!("{e}: falling back to the proxy mode (--discovery-fallback=proxy)");
+                let initial: Vec<String> = full
+                    .cluster
+                    .iter()
+                    .flat_map(|(name, urls)| urls.iter().map(move |u| format!("{name}={u}")))
+                    .collect();
+                flags.initial_cluster = Some(initial.join(","));
+                (flags.discovery, flags.proxy) = (None, "on".into());
+                run_proxy(flags).await
+            }
+            _ => return Err(e).context("starting cairn"),
+        },
+    };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -61,6 +90,21 @@ async fn main() -> anyhow::Result<()> {
     // Exit now rather than by dropping the runtime, which would wait for any blocking task
     // the bounded stop gave up on.
     std::process::exit(if failed.load(std::sync::atomic::Ordering::SeqCst) { 1 } else { 0 });
+}
+
+/// Serve etcd's proxy mode until SIGINT/SIGTERM, then exit.
+async fn run_proxy(flags: Flags) -> ! {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    if let Err(e) = cairn_server::proxy::mode::run(flags, stop).await {
+        eprintln!("cairn: {e:#}");
+        std::process::exit(1);
+    }
+    std::process::exit(0)
 }
 
 async fn shutdown_signal() {

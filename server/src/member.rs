@@ -281,13 +281,23 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     tasks.spawn(snapshot_by_requests(raft.clone(), snapshot_due, shutdown.clone()));
     let replica = Arc::new(Replica::new(raft, sm, engine, batcher, headers, snap_dir));
     let layers = Layers::build(&config, replica.clone(), peer_dial, contacts, metrics, &tasks, &shutdown);
+    let contact = Arc::new(crate::failover::Contact::default());
+    tasks.spawn(crate::failover::run(
+        replica.clone(),
+        layers.ctx.router.clone(),
+        contact.clone(),
+        raft_lease(&config),
+        config.heartbeat,
+        shutdown.clone(),
+    ));
     let started = async {
         let serving = Serving { http2: config.http2, shutdown: shutdown.clone() };
         for (b, tls) in peer_ports.into_iter().zip(peer_tls) {
             warn_if_exposed(&b.url, tls.is_some(), "peer");
             let service = PeerService::new(replica.clone(), layers.leases.clone(), layers.membership.clone())
                 .received_failures(layers.metrics.peer.received_failures.clone())
-                .quiet_until(quiet_until);
+                .quiet_until(quiet_until)
+                .contact(contact.clone());
             tasks.spawn(crate::peer::serve(service, b.listener, tls, config.http2, shutdown.clone()));
         }
         if config.new_cluster && !replica.raft().is_initialized().await? {
@@ -382,13 +392,28 @@ async fn snapshot_by_requests(raft: Raft, due: Arc<tokio::sync::Notify>, shutdow
     }
 }
 
+/// openraft's leader lease: followers refuse votes this long after a leader's last message
+/// (openraft 0.9 takes it from `election_timeout_max`). One election timeout, as etcd's
+/// followers wait before campaigning; with lease reads 1.5, so that a leader serving reads
+/// under its lease of one election timeout (`batch.rs`) is never outlived by a new leader.
+fn raft_lease(config: &Config) -> std::time::Duration {
+    if config.lease_reads {
+        config.election_timeout * 3 / 2
+    } else {
+        config.election_timeout
+    }
+}
+
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let et = config.election_timeout.as_millis() as u64;
+    let lease = raft_lease(config).as_millis() as u64;
     Ok(openraft::Config {
         cluster_name: config.cluster_token.clone(),
         heartbeat_interval: config.heartbeat.as_millis() as u64,
-        election_timeout_min: et,
-        election_timeout_max: et * 3 / 2,
+        // openraft campaigns after the lease plus a random time in [min, max): its own timer,
+        // the fallback behind `failover.rs`, which campaigns right after the lease.
+        election_timeout_min: if lease > et { et } else { et * 3 / 4 },
+        election_timeout_max: lease,
         install_snapshot_timeout: 10_000.max(et * 10),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         // Keep some entries after a snapshot so a briefly lagging follower catches up
@@ -431,7 +456,11 @@ impl Layers {
         };
         let writer = Arc::new(Writer::new(router.clone(), replica.clone(), metrics.clone(), limits));
         let leases = Arc::new(Leases::new(replica.clone(), router.clone(), writer.clone(), config.election_timeout));
-        let timing = Timing { election_timeout: config.election_timeout, heartbeat: config.heartbeat };
+        let timing = Timing {
+            election_timeout: config.election_timeout,
+            heartbeat: config.heartbeat,
+            raft_lease: raft_lease(config),
+        };
         let membership =
             Arc::new(Membership::new(replica.clone(), router.clone(), contacts, config.cluster_token.clone(), timing));
         replica.with_state(|st| st.auth.tokens.set_ttl(config.auth_token_ttl));

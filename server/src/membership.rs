@@ -50,6 +50,8 @@ pub struct Timing {
     pub election_timeout: Duration,
     /// `--heartbeat-interval`.
     pub heartbeat: Duration,
+    /// openraft's leader lease: followers refuse votes this long after a leader's last message.
+    pub raft_lease: Duration,
 }
 
 /// Runtime membership of this member's cluster (see the module docs).
@@ -274,9 +276,9 @@ impl Membership {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // 2. Let the leader lease (openraft: the maximum election timeout) lapse everywhere.
+        // 2. Let the leader lease lapse everywhere.
         self.replica.raft().runtime_config().heartbeat(false);
-        tokio::time::sleep(et * 3 / 2 + et / 5).await;
+        tokio::time::sleep(self.timing.raft_lease + et / 5).await;
         // 3. The transferee campaigns.
         let mut r = tonic::Request::new(CampaignRequest { cluster_id: self.replica.cluster_id(), target });
         r.set_timeout(et);

@@ -5,6 +5,7 @@
 //! HashKv and LeaseFloors. Every message must carry this cluster's id, and Raft messages
 //! this member's id; anything else is refused without touching Raft.
 
+use crate::failover::Contact;
 use crate::lease::leader::Leases;
 use crate::membership::Membership;
 use crate::raft::{decode, encode};
@@ -12,9 +13,10 @@ use crate::replica::Replica;
 use crate::router::Failed;
 use cairn_api::cairnpb::peer_server::{Peer, PeerServer};
 use cairn_api::cairnpb::{
-    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaseFloorsRequest,
-    LeaseFloorsResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, MembersRequest, MembersResponse,
-    PeerMember, ProposeRequest, RaftPayload, RaftResponse, ReadIndexRequest, ReadIndexResponse,
+    CampaignRequest, ClusterChangeRequest, ClusterChangeResponse, Empty, HashKvPeerRequest, LeaderContactRequest,
+    LeaderContactResponse, LeaseFloorsRequest, LeaseFloorsResponse, LeaseRenewRequest, LeaseRenewResponse,
+    LeaseTtlRequest, MembersRequest, MembersResponse, PeerMember, ProposeRequest, RaftPayload, RaftResponse,
+    ReadIndexRequest, ReadIndexResponse,
 };
 use cairn_api::etcdserverpb::{HashKvResponse, LeaseTimeToLiveResponse};
 use std::sync::Arc;
@@ -31,12 +33,19 @@ pub struct PeerService {
     quiet_until: Option<Instant>,
     /// Counts Raft messages that could not be taken, by sender.
     received_failures: Option<prometheus::IntCounterVec>,
+    /// When a leader was last heard from (`crate::failover`).
+    contact: Arc<Contact>,
 }
 
 impl PeerService {
     /// The peer service over these layers.
     pub fn new(replica: Arc<Replica>, leases: Arc<Leases>, membership: Arc<Membership>) -> PeerService {
-        PeerService { replica, leases, membership, quiet_until: None, received_failures: None }
+        PeerService { replica, leases, membership, quiet_until: None, received_failures: None, contact: Arc::default() }
+    }
+
+    /// Record leaders' AppendEntries in `contact` (and answer `LeaderContact` from it).
+    pub fn contact(self, contact: Arc<Contact>) -> PeerService {
+        PeerService { contact, ..self }
     }
 
     /// Count Raft messages that cannot be taken in `failures` (label `From`).
@@ -121,7 +130,12 @@ impl PeerService {
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = self.payload(req.get_ref())?;
-        Ok(self.reply(&self.replica.raft().append_entries(rpc).await))
+        let answer = self.replica.raft().append_entries(rpc).await;
+        // Taken from a leader of at least this member's term: it is alive.
+        if !matches!(answer, Ok(openraft::raft::AppendEntriesResponse::HigherVote(_)) | Err(_)) {
+            self.contact.heard();
+        }
+        Ok(self.reply(&answer))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -181,11 +195,17 @@ impl Peer for PeerService {
 
     async fn members(&self, _req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
         let m = self.replica.raft().metrics().borrow().membership_config.clone();
-        let members = m
-            .membership()
-            .nodes()
-            .map(|(id, n)| PeerMember { id: *id, name: n.name.clone(), peer_urls: n.peer_urls.clone() })
-            .collect();
+        let members = self.replica.with_state(|st| {
+            m.membership()
+                .nodes()
+                .map(|(id, n)| PeerMember {
+                    id: *id,
+                    name: n.name.clone(),
+                    peer_urls: n.peer_urls.clone(),
+                    client_urls: st.attrs.get(id).map(|a| a.client_urls.clone()).unwrap_or_default(),
+                })
+                .collect()
+        });
         let membership_index = m.log_id().map_or(0, |l| l.index);
         Ok(Response::new(MembersResponse { cluster_id: self.replica.cluster_id(), members, membership_index }))
     }
@@ -204,6 +224,15 @@ impl Peer for PeerService {
     async fn lease_floors(&self, req: Request<LeaseFloorsRequest>) -> Result<Response<LeaseFloorsResponse>, Status> {
         self.check(req.get_ref().cluster_id, None)?;
         Ok(Response::new(self.leases.floors_after(req.get_ref().applied_index).await))
+    }
+
+    async fn leader_contact(
+        &self,
+        req: Request<LeaderContactRequest>,
+    ) -> Result<Response<LeaderContactResponse>, Status> {
+        self.check(req.get_ref().cluster_id, None)?;
+        let leader = self.replica.leader() == Some(self.replica.id());
+        Ok(Response::new(self.contact.answer(leader)))
     }
 }
 

@@ -61,6 +61,10 @@ async fn three_members_replicate_fail_over_and_catch_up() {
     put_retrying(&c.members[survivor].endpoint(), "k", "v2");
     let second = c.leader().await;
     assert_ne!(second, first);
+    // The survivors did not wait out an election timeout on top of openraft's leader lease:
+    // a majority had heard from no leader for the lease, so one campaigned then (failover.rs).
+    let logs: String = (0..3).filter(|i| *i != first).map(|i| c.members[i].log()).collect();
+    assert!(logs.contains("no leader heard by a majority for the leader lease: campaigning"), "{logs}");
     for i in (0..3).filter(|i| *i != first) {
         assert_eq!(etcdctl_ok(&c.members[i].endpoint(), &["get", "k", "--print-value-only"]), "v2\n");
     }

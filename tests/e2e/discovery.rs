@@ -374,8 +374,9 @@ async fn members_bootstrap_through_an_etcd_discovery_service() {
     let got = etcdctl(&members[2].1, &["get", "found", "--print-value-only"], None);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "by-discovery");
 
-    // A fourth member finds the cluster full and stops, saying so.
-    let (args, _, _) = discovery_member(&data, "m4", &dir_url);
+    // A fourth member finds the cluster full and stops, saying so (--discovery-fallback=exit).
+    let (mut args, _, _) = discovery_member(&data, "m4", &dir_url);
+    args.push("--discovery-fallback=exit".into());
     procs.spawn("m4", &cairn_binary(), &args);
     let status = procs.wait_exit("m4", Duration::from_secs(20));
     assert!(
@@ -383,6 +384,21 @@ async fn members_bootstrap_through_an_etcd_discovery_service() {
         "{status:?}\n{}",
         procs.log("m4")
     );
+    // Under etcd's default fallback (proxy) a fifth becomes a proxy in front of the cluster.
+    let (args, client, _) = discovery_member(&data, "m5", &dir_url);
+    procs.spawn("m5", &cairn_binary(), &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = etcdctl(&client, &["get", "found", "--print-value-only"], None);
+        if String::from_utf8_lossy(&got.stdout).trim() == "by-discovery" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "m5 serves no proxy:\n{}", procs.log("m5"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(procs.log("m5").contains("falling back to the proxy mode"), "{}", procs.log("m5"));
+    let list = etcdctl(&client, &["member", "list"], None);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 3, "m5 is no member: {list:?}");
 
     // etcd 3.5.1 given m1's name, peer URL and discovery URL computes m1's id: it finds
     // that id registered and stops (m1 itself, restarted, would go on from its data).

@@ -479,3 +479,69 @@ async fn python_etcd3_works_through_the_proxy() {
     assert!(out.status.success() && text.contains("python-etcd3 OK"), "{text}");
     assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/py/t", "--print-value-only"]).trim(), "yes");
 }
+
+/// etcd's proxy mode (`--proxy=on|readonly`, as etcd's own flags start it): no member, the
+/// cluster's client URLs learned from its peers, etcd's API served in front of it; read-only
+/// passes reads and refuses every write (gRPC UNIMPLEMENTED, HTTP 501).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcds_proxy_mode_serves_the_cluster_and_readonly_refuses_writes() {
+    let c = Cluster::start(3, &[]).await;
+    let initial: Vec<String> = c.members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = |mode: &str| {
+        let port = free_port().expect("a free port");
+        let mut cmd = Command::new(cairn_binary());
+        // Go's flag syntax, as an etcd unit file writes it.
+        cmd.current_dir(dir.path()).args([
+            &format!("-proxy={mode}"),
+            "-name=edge",
+            &format!("-initial-cluster={}", initial.join(",")),
+            &format!("-listen-client-urls=http://127.0.0.1:{port}"),
+        ]);
+        (Streaming::spawn(cmd), port, format!("http://127.0.0.1:{port}"))
+    };
+    let (_on, on_port, on) = start("on");
+    let (_ro, ro_port, ro) = start("readonly");
+    cairn_testing::wait_listening(on_port, "the proxy").await;
+    cairn_testing::wait_listening(ro_port, "the read-only proxy").await;
+
+    etcdctl_ok(&on, &["put", "k", "v1"]);
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "k", "--print-value-only"]).trim(), "v1");
+    assert_eq!(etcdctl_ok(&on, &["member", "list"]).lines().count(), 3);
+    let out = etcdctl(&on, &["txn"], Some("value(\"k\") = \"v1\"\n\nput k v2\n\n\n"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("SUCCESS"), "{out:?}");
+
+    // Read-only: reads pass, writes are refused and change nothing.
+    assert_eq!(etcdctl_ok(&ro, &["get", "k", "--print-value-only"]).trim(), "v2");
+    assert_eq!(etcdctl_ok(&ro, &["member", "list"]).lines().count(), 3);
+    let read_txn = etcdctl(&ro, &["txn"], Some("value(\"k\") = \"v2\"\n\nget k\n\n\n"));
+    assert!(String::from_utf8_lossy(&read_txn.stdout).starts_with("SUCCESS"), "{read_txn:?}");
+    for (args, input) in [
+        (&["put", "k", "v3"][..], None),
+        (&["del", "k"][..], None),
+        (&["lease", "grant", "60"][..], None),
+        (&["txn"][..], Some("\n\nput k v3\n\n\n")),
+        (&["user", "add", "root:pw"][..], None),
+        (&["member", "add", "x", "--peer-urls=http://127.0.0.1:1"][..], None),
+    ] {
+        let out = etcdctl(&ro, args, input);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("read-only proxy"), "{args:?}: {out:?}");
+    }
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "k", "--print-value-only"]).trim(), "v2");
+    let http = reqwest::Client::new();
+    let range = http.post(format!("{ro}/v3/kv/range")).body(r#"{"key":"aw=="}"#).send().await.expect("range");
+    assert_eq!(range.status().as_u16(), 200);
+    let txn = r#"{"success":[{"request_range":{"key":"aw=="}}]}"#;
+    assert_eq!(http.post(format!("{ro}/v3/kv/txn")).body(txn).send().await.expect("txn").status().as_u16(), 200);
+    let put = http.post(format!("{ro}/v3/kv/put")).body(r#"{"key":"aw==","value":"eA=="}"#).send().await;
+    assert_eq!(put.expect("put").status().as_u16(), 501);
+    let txn = r#"{"success":[{"request_put":{"key":"aw==","value":"eA=="}}]}"#;
+    assert_eq!(http.post(format!("{ro}/v3/kv/txn")).body(txn).send().await.expect("txn").status().as_u16(), 501);
+    assert_eq!(http.get(format!("{ro}/kv/k?raw")).send().await.expect("GET").text().await.expect("body"), "v2");
+    assert_eq!(http.put(format!("{ro}/kv/k")).body("x").send().await.expect("PUT").status().as_u16(), 501);
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "k", "--print-value-only"]).trim(), "v2");
+    // No member ran: nothing was written where the proxies started.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "the proxies made files: {left:?}");
+}

@@ -301,6 +301,32 @@ fn cluster_of(members: &[Node], size: usize) -> anyhow::Result<BTreeMap<String, 
     Ok(cluster)
 }
 
+/// `discovery: cluster is full`: `size` members registered before this one. `cluster` is
+/// theirs (name -> peer URLs), what `--discovery-fallback=proxy` serves in front of.
+#[derive(Debug)]
+pub struct ClusterFull {
+    pub cluster: BTreeMap<String, Vec<String>>,
+}
+
+impl std::fmt::Display for ClusterFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("discovery: cluster is full")
+    }
+}
+
+impl std::error::Error for ClusterFull {}
+
+impl ClusterFull {
+    fn of(members: &[Node], size: usize) -> anyhow::Error {
+        let mut sorted = members.to_vec();
+        sorted.sort_by_key(|n| n.created_index);
+        match cluster_of(&sorted, size) {
+            Ok(cluster) => ClusterFull { cluster }.into(),
+            Err(e) => e,
+        }
+    }
+}
+
 /// Whether `id` is not among the first `size` registrations while `size` are in.
 fn full_without(members: &[Node], size: usize, id: &str) -> bool {
     members.len() >= size && !members.iter().take(size).any(|m| m.base() == id)
@@ -318,12 +344,12 @@ pub async fn join(
     let value = registration(name, urls);
     let (size, members, _) = dir.check().await?;
     if full_without(&members, size, &id) {
-        anyhow::bail!("discovery: cluster is full");
+        return Err(ClusterFull::of(&members, size));
     }
     dir.register(&id, &value).await?;
     let (size, mut members, mut index) = dir.check().await?;
     if full_without(&members, size, &id) {
-        anyhow::bail!("discovery: cluster is full");
+        return Err(ClusterFull::of(&members, size));
     }
     tracing::info!(url = %dir.url(""), found = members.len(), size, "discovery: registered; waiting for the others");
     while members.len() < size {

@@ -38,6 +38,8 @@ pub struct Forward {
     ns: Arc<Namespace>,
     keepalives: Arc<KeepAlives>,
     cache: Arc<RangeCache>,
+    /// `--proxy=readonly`: refuse txns that write (other writes never get here).
+    read_only: bool,
 }
 
 /// A client of `$client` over the balanced channel, with no size limit of its own (the
@@ -70,9 +72,19 @@ macro_rules! unary {
 unary!(Kv, KvClient, [
     put: PutRequest => PutResponse,
     delete_range: DeleteRangeRequest => DeleteRangeResponse,
-    txn: TxnRequest => TxnResponse,
     compact: CompactionRequest => CompactionResponse,
 ]
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        if self.read_only && super::read_only::txn_writes(req.get_ref()) {
+            return Err(Status::unimplemented("read-only proxy: /etcdserverpb.KV/Txn: the txn puts or deletes"));
+        }
+        let (meta, _, mut msg) = req.into_parts();
+        msg.enter(&self.ns);
+        let mut resp = client!(self, KvClient).txn(pass(&meta, msg)).await?;
+        resp.get_mut().leave(&self.ns);
+        Ok(resp)
+    }
+
     /// Serializable reads may come from the cache ([`RangeCache`]).
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let (meta, _, mut msg) = req.into_parts();
@@ -185,12 +197,13 @@ pub fn routes(
     metrics: &ProxyMetrics,
     max_recv: usize,
     max_send: usize,
+    read_only: bool,
     stop: &tokio_util::sync::CancellationToken,
 ) -> axum::Router {
     let ns = Arc::new(ns);
     let keepalives = super::lease::KeepAlives::new(up.clone(), metrics.clone());
     let cache = super::cache::RangeCache::start(up.clone(), metrics.clone(), stop.clone());
-    let f = Forward { up: up.clone(), ns: ns.clone(), keepalives, cache };
+    let f = Forward { up: up.clone(), ns: ns.clone(), keepalives, cache, read_only };
     let watch = super::watch::WatchProxy::new(up.clone(), ns, metrics.clone(), stop.clone());
     macro_rules! limits {
         ($svc:expr) => {

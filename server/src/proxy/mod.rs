@@ -10,7 +10,9 @@
 mod cache;
 mod forward;
 mod lease;
+pub mod mode;
 mod namespace;
+mod read_only;
 mod upstream;
 mod watch;
 
@@ -66,6 +68,9 @@ pub struct Flags {
     /// CA bundle client certificates must chain to (then every client needs one).
     #[arg(long, requires = "cert_file")]
     pub trusted_ca_file: Option<std::path::PathBuf>,
+    /// Refuse every request that would change something (`cairn --proxy=readonly`).
+    #[arg(skip)]
+    pub read_only: bool,
 }
 
 impl Flags {
@@ -255,10 +260,14 @@ pub async fn serve(flags: Flags, stop: tokio_util::sync::CancellationToken) -> a
         &metrics,
         flags.max_recv_bytes,
         flags.max_send_bytes,
+        flags.read_only,
         &stop,
     );
     let http = observe(metrics.clone(), upstream.clone());
-    let app = grpc.merge(http.clone()).fallback(http_to_cluster(upstream.clone(), !flags.namespace.is_empty()));
+    let mut app = grpc.merge(http.clone()).fallback(http_to_cluster(upstream.clone(), !flags.namespace.is_empty()));
+    if flags.read_only {
+        app = app.layer(axum::middleware::from_fn(read_only::refuse_writes));
+    }
     if let Some(m) = &flags.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr(m)).await?;
         let stop = stop.clone();
