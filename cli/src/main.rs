@@ -1147,11 +1147,10 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
         LeaseCmd::List => {
             let (h, ids) = c.leases_with_header().await?;
             match w {
-                // etcdctl's JSON of this answer has the header's fields inline.
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision, "raft_term": h.raft_term, "leases": ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>()})
-                ),
+                Format::Json => {
+                    let leases: Vec<_> = ids.iter().map(|id| serde_json::json!({ "id": id })).collect();
+                    println!("{}", output::inline_header_json(&h, serde_json::json!({ "leases": leases })))
+                }
                 Format::Fields => {
                     output::fields_header(&h);
                     ids.iter().for_each(|id| output::field("ID", id));
@@ -1172,11 +1171,9 @@ async fn lease(cli: &Cli, l: &LeaseCmd) -> anyhow::Result<()> {
                         output::field("ID", id);
                         output::field("TTL", ttl);
                     }
-                    // etcdctl's JSON of a keep-alive answer has the header's fields inline.
-                    Format::Json => println!(
-                        "{}",
-                        serde_json::json!({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision, "raft_term": h.raft_term, "ID": id, "TTL": ttl})
-                    ),
+                    Format::Json => {
+                        println!("{}", output::inline_header_json(&h, serde_json::json!({ "ID": id, "TTL": ttl })))
+                    }
                     _ => println!("lease {} keepalived with TTL({ttl})", lease_hex(id)),
                 }
                 return Ok(());

@@ -76,6 +76,20 @@ pub fn header_json(h: &Header) -> Value {
     ])
 }
 
+/// etcdctl's JSON of the answers whose header fields are inline (lease list, keep-alive
+/// --once): the header's four fields, then `extra`'s, each printed even when zero.
+pub fn inline_header_json(h: &Header, extra: Value) -> Value {
+    let mut m = Map::new();
+    m.insert("cluster_id".into(), json!(h.cluster_id));
+    m.insert("member_id".into(), json!(h.member_id));
+    m.insert("revision".into(), json!(h.revision));
+    m.insert("raft_term".into(), json!(h.raft_term));
+    if let Value::Object(fields) = extra {
+        m.extend(fields);
+    }
+    Value::Object(m)
+}
+
 pub fn kv_json(kv: &KeyValue) -> Value {
     obj(vec![
         ("key", json!(b64(&kv.key))),
