@@ -4,14 +4,16 @@
 //! election timeout, 1.5 with lease reads; `member.rs`) after the last message from a
 //! leader, and campaign only after that lease *plus* a random election timeout, so a killed
 //! leader was replaced after 2.5-3 election timeouts where etcd takes 1-2. This task
-//! campaigns as soon as the lease has run out (plus up to 20% jitter, so followers do not
-//! all campaign at once) — but only when a majority of the voters, this member included,
-//! has not heard from any leader for that long either, asked over the peer port
-//! (`LeaderContact`), and none answers that it leads: the check etcd's pre-vote makes, so a
-//! member merely cut off from a live leader does not disrupt it, and a leadership transfer
-//! (which holds heartbeats back on purpose) does not go astray. openraft's own timer stays
-//! as the fallback; this only moves a campaign earlier, and Raft's safety never depends on
-//! timing.
+//! campaigns as soon as the lease has run out, plus its turn ([`stagger`]: voters take
+//! turns by id over a fifth of the lease, so two followers do not split the vote) — but
+//! only when a majority of the voters, this member included, has not heard from any leader
+//! for that long either, asked over the peer port (`LeaderContact`), and none answers that
+//! it leads: the check etcd's pre-vote makes, so a member merely cut off from a live leader
+//! does not disrupt it, and a leadership transfer (which holds heartbeats back on purpose)
+//! does not go astray. A vote granted counts as hearing from a leader: a follower that voted
+//! for a candidate waits for it instead of campaigning against it. openraft's own timer
+//! stays as the fallback; this only moves a campaign earlier, and Raft's safety never
+//! depends on timing.
 
 use crate::replica::Replica;
 use crate::router::Router;
@@ -22,15 +24,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// When this member last took an AppendEntries (heartbeats included) from a leader; the
-/// peer service records it, the failover task and the `LeaderContact` answer read it.
+/// When this member last took an AppendEntries (heartbeats included) from a leader, or
+/// granted a vote; the peer service records it, the failover task and the `LeaderContact`
+/// answer read it.
 #[derive(Default)]
 pub struct Contact {
     last: Mutex<Option<Instant>>,
 }
 
 impl Contact {
-    /// A leader's AppendEntries was just taken.
+    /// A leader's AppendEntries was just taken, or a vote granted.
     pub fn heard(&self) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -48,7 +51,7 @@ impl Contact {
 }
 
 /// Watch for a silent leader and campaign promptly (see the module notes). `lease` is
-/// openraft's leader lease, `tick` how often to look (the heartbeat interval).
+/// openraft's leader lease, `tick` how often to look while a leader is heard.
 pub async fn run(
     replica: Arc<Replica>,
     router: Arc<Router>,
@@ -58,16 +61,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut wait_until = Instant::now();
-    let mut jitter = random_jitter(lease);
+    let mut nap = tick;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(nap) => {}
         }
+        nap = tick;
         let Some(silent) = contact.silent_for() else { continue };
-        if silent < lease + jitter || Instant::now() < wait_until {
-            continue;
-        }
         let voters = {
             let m = replica.raft().metrics();
             let m = m.borrow();
@@ -77,6 +78,15 @@ pub async fn run(
             }
             voters
         };
+        // Woken at the moment this member's turn comes, not at the next tick.
+        let due = lease + stagger(lease, replica.id(), &voters);
+        if silent < due {
+            nap = (due - silent).min(tick);
+            continue;
+        }
+        if Instant::now() < wait_until {
+            continue;
+        }
         let asked = tokio::select! {
             _ = shutdown.cancelled() => return,
             asked = ask_peers(&replica, &router, &voters, lease, lease / 4) => asked,
@@ -86,6 +96,10 @@ pub async fn run(
         // back on purpose); a majority that still hears a leader (or cannot be asked) is not
         // ours to overrule.
         if asked.leader_answered || quiet * 2 <= voters {
+            continue;
+        }
+        // A vote granted while asking: someone else's campaign is under way.
+        if contact.silent_for().is_some_and(|s| s < silent) {
             continue;
         }
         tracing::info!(
@@ -100,12 +114,17 @@ pub async fn run(
         }
         // One try per lease; openraft's own timer covers a campaign that went nowhere.
         wait_until = Instant::now() + lease;
-        jitter = random_jitter(lease);
     }
 }
 
-fn random_jitter(lease: Duration) -> Duration {
-    lease.mul_f64(rand::rng().random_range(0.0..0.2))
+/// How long after the lease this member campaigns: voters take turns by id, a fifth of the
+/// lease apart in all (so two followers rarely split the vote by campaigning at once; the
+/// first to ask wins the others' votes, and a vote granted holds a follower back), plus a
+/// little randomness for voters whose turns coincide.
+fn stagger(lease: Duration, me: u64, voters: &[u64]) -> Duration {
+    let rank = voters.iter().filter(|v| **v < me).count() as f64;
+    let turn = lease.mul_f64(0.2 * rank / voters.len().max(1) as f64);
+    turn + lease.mul_f64(rand::rng().random_range(0.0..0.02))
 }
 
 /// What the other voters said.

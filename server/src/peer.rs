@@ -147,7 +147,14 @@ impl Peer for PeerService {
                 Ok(openraft::raft::VoteResponse::new(vote, None, false));
             return Ok(self.reply(&refused));
         }
-        Ok(self.reply(&self.replica.raft().vote(rpc).await))
+        let answer = self.replica.raft().vote(rpc).await;
+        // A vote granted is an election under way: wait for its leader as for a live one
+        // (as etcd's followers reset their election timer), so this member does not start a
+        // rival campaign against the candidate it just voted for.
+        if matches!(&answer, Ok(r) if r.vote_granted) {
+            self.contact.heard();
+        }
+        Ok(self.reply(&answer))
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
