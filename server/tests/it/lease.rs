@@ -341,6 +341,18 @@ async fn attachments_follow_puts_and_txns() {
 /// earlier than its last keepalive + TTL and no later than that + max(1 s, TTL/10) + 2
 /// election timeouts, however many leaders die meanwhile. (It used to get a fresh TTL from
 /// each new leader: TTL 16, leader killed 8 s in -> revoked ~26 s after the keepalive.)
+/// One keepalive of `id` through `url` (answered with `ttl`): when it was sent and answered.
+async fn keep_alive_once(url: &str, id: i64, ttl: u64) -> (Instant, Instant) {
+    let sent = Instant::now();
+    let mut lc = lease_client(url).await;
+    let mut replies =
+        lc.lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id })).await.expect("keepalive").into_inner();
+    let reply = replies.message().await.expect("keepalive reply").expect("a reply");
+    let answered = Instant::now();
+    assert_eq!(reply.ttl, ttl as i64);
+    (sent, answered)
+}
+
 /// When `key` is first seen gone, looking every 50 ms on whichever member answers (members
 /// may be down); `None` after 60 s.
 fn when_gone(c: &Cluster, key: &str) -> tokio::task::JoinHandle<Option<Instant>> {
@@ -386,14 +398,7 @@ async fn a_restarted_member_made_leader_takes_its_peers_lease_floors() {
         .put(PutRequest { key: "floors/k".into(), value: "v".into(), lease: id, ..Default::default() })
         .await
         .expect("put");
-    let sent = Instant::now();
-    let mut lc = lease_client(&url).await;
-    let mut replies =
-        lc.lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id })).await.expect("keepalive").into_inner();
-    let reply = replies.message().await.expect("keepalive reply").expect("a reply");
-    let answered = Instant::now();
-    assert_eq!(reply.ttl, ttl as i64);
-    drop(replies);
+    let (sent, answered) = keep_alive_once(&url, id, ttl).await;
 
     // 2.5 s later a follower restarts (its floors now run 2.5 s late) and is made leader.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -432,14 +437,7 @@ async fn an_idle_lease_is_revoked_within_its_bound_after_two_leader_kills() {
         .expect("put");
     // One keepalive after a while, then nothing: the bound counts from it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let sent = Instant::now();
-    let mut lc = lease_client(&url).await;
-    let mut replies =
-        lc.lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id })).await.expect("keepalive").into_inner();
-    let reply = replies.message().await.expect("keepalive reply").expect("a reply");
-    let answered = Instant::now();
-    assert_eq!(reply.ttl, ttl as i64);
-    drop(replies);
+    let (sent, answered) = keep_alive_once(&url, id, ttl).await;
 
     // Members die below: look on whichever answers.
     let deleted = when_gone(&c, "bound/k");
