@@ -260,8 +260,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     sm.hub.set_max_watchers_per_stream(config.max_watchers_per_stream);
     let contacts = Contacts::default();
     let peer_dial = PeerDial::of(&config)?;
-    let network =
-        Network { cluster_id, contacts: contacts.clone(), dial: peer_dial.clone(), metrics: metrics.peer.clone(), id };
+    let network = Network {
+        cluster_id,
+        contacts: contacts.clone(),
+        dial: peer_dial.clone(),
+        metrics: metrics.peer.clone(),
+        id,
+        channels: Default::default(),
+    };
     metrics.quota_backend_bytes.set(config.quota_backend_bytes as i64);
     if config.force_new_cluster {
         let mut peer_urls = config.advertise_peer_urls.clone();

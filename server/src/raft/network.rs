@@ -39,6 +39,34 @@ pub struct Network {
     pub metrics: PeerMetrics,
     /// This member's id, stamped on every message as its sender.
     pub id: u64,
+    /// One connection per member, shared by every client openraft asks for (see
+    /// [`Network::channel`]).
+    pub channels: Channels,
+}
+
+/// Each member's peer URLs and the connection to them.
+pub type Channels = Arc<Mutex<HashMap<u64, (Vec<String>, Channel)>>>;
+
+impl Network {
+    /// The connection to `target` at `node`'s peer URLs, made once and then shared:
+    /// openraft 0.9 asks for a new client for every read-index round and every election
+    /// (one per voter), and a new TCP connection each time cost a connect, a bind and an
+    /// HTTP/2 handshake per linearizable read round — thousands of sockets in TIME_WAIT, and
+    /// with them `bind()` port searches that took most of a busy leader's CPU. HTTP/2
+    /// multiplexes replication, heartbeats, votes and snapshot chunks on the one connection,
+    /// as it does for every client; a lazy channel reconnects after its member restarts.
+    fn channel(&self, target: u64, node: &Member) -> Option<Channel> {
+        let mut cache = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((urls, c)) = cache.get(&target) {
+            // A member whose peer URLs changed (MemberUpdate) gets a new connection.
+            if *urls == node.peer_urls {
+                return Some(c.clone());
+            }
+        }
+        let c = peer_channel(node, &self.dial)?;
+        cache.insert(target, (node.peer_urls.clone(), c.clone()));
+        Some(c)
+    }
 }
 
 /// The peer traffic series etcd's alert rules read (`etcdMembersDown`,
@@ -189,7 +217,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             from: self.id,
             contacts: self.contacts.clone(),
             target,
-            client: peer_channel(node, &self.dial).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
+            client: self.channel(target, node).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
             sent_failures: self.metrics.sent_failures.with_label_values(&[&to]),
             round_trip: self.metrics.round_trip.with_label_values(&[&to]),
         }
