@@ -15,7 +15,7 @@ use crate::membership::{Membership, Timing};
 use crate::metrics::Metrics;
 use crate::peer::PeerService;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{Contacts, Network, PeerDial};
+use crate::raft::network::{Contacts, Network, PeerChannels, PeerDial};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{Member, Raft};
 use crate::replica::Replica;
@@ -259,14 +259,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let snapshot_due = sm.pace.due.clone();
     sm.hub.set_max_watchers_per_stream(config.max_watchers_per_stream);
     let contacts = Contacts::default();
-    let peer_dial = PeerDial::of(&config)?;
+    let channels = Arc::new(PeerChannels::new(PeerDial::of(&config)?));
     let network = Network {
         cluster_id,
         contacts: contacts.clone(),
-        dial: peer_dial.clone(),
         metrics: metrics.peer.clone(),
         id,
-        channels: Default::default(),
+        channels: channels.clone(),
     };
     metrics.quota_backend_bytes.set(config.quota_backend_bytes as i64);
     if config.force_new_cluster {
@@ -286,7 +285,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<MemberHandle> {
     let quiet_until = quiet_start(&config, &raft, &tasks).await?;
     tasks.spawn(snapshot_by_requests(raft.clone(), snapshot_due, shutdown.clone()));
     let replica = Arc::new(Replica::new(raft, sm, engine, batcher, headers, snap_dir));
-    let layers = Layers::build(&config, replica.clone(), peer_dial, contacts, metrics, &tasks, &shutdown);
+    let layers = Layers::build(&config, replica.clone(), channels, contacts, metrics, &tasks, &shutdown);
     let contact = Arc::new(crate::failover::Contact::default());
     tasks.spawn(crate::failover::run(
         replica.clone(),
@@ -447,13 +446,13 @@ impl Layers {
     fn build(
         config: &Config,
         replica: Arc<Replica>,
-        dial: PeerDial,
+        channels: Arc<PeerChannels>,
         contacts: Contacts,
         metrics: Arc<Metrics>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Layers {
-        let router = Arc::new(Router::new(replica.clone(), dial, config.request_timeout()));
+        let router = Arc::new(Router::new(replica.clone(), channels, config.request_timeout()));
         let limits = crate::write::Limits {
             max_request_bytes: config.max_request_bytes,
             quota_backend_bytes: config.quota_backend_bytes,

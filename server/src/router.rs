@@ -9,14 +9,13 @@
 //! ([`Error::NotLeader`], [`is_not_leader`]), never in message text.
 
 use crate::error::{is_not_leader, Error, Result};
-use crate::raft::network::{peer_channel, PeerDial};
+use crate::raft::network::PeerChannels;
 use crate::raft::Member;
 use crate::replica::{Refused, Replica};
 use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::{raft_response, ProposeRequest, RaftRequest, RaftResponse, ReadIndexRequest};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -133,19 +132,27 @@ async fn bounded<T>(deadline: Instant, work: impl Future<Output = T>) -> std::re
     tokio::time::timeout_at(deadline, work).await.map_err(|_| Failed::Err(Error::Timeout))
 }
 
+/// An applied write's result: its apply error as `Err`.
+fn applied(resp: RaftResponse) -> Result<RaftResponse> {
+    match resp.response {
+        Some(raft_response::Response::Error(e)) => Err(Error::Remote { code: e.code, message: e.message }),
+        _ => Ok(resp),
+    }
+}
+
 /// Reaches the leader (see the module docs).
 pub struct Router {
     replica: Arc<Replica>,
-    dial: PeerDial,
-    clients: Mutex<HashMap<u64, (Member, PeerClient<Channel>)>>,
+    /// The connections to the other members (shared with Raft's network).
+    channels: Arc<PeerChannels>,
     request_timeout: Duration,
 }
 
 impl Router {
-    /// A router for `replica`, calling other members as `dial` says, giving up on an
+    /// A router for `replica`, calling other members over `channels`, giving up on an
     /// operation after `request_timeout`.
-    pub fn new(replica: Arc<Replica>, dial: PeerDial, request_timeout: Duration) -> Router {
-        Router { replica, dial, clients: Mutex::new(HashMap::new()), request_timeout }
+    pub fn new(replica: Arc<Replica>, channels: Arc<PeerChannels>, request_timeout: Duration) -> Router {
+        Router { replica, channels, request_timeout }
     }
 
     /// When an operation started now gives up.
@@ -159,18 +166,9 @@ impl Router {
         self.client_of(id, &member)
     }
 
-    /// A (cached) client of member `id` at `member`'s peer URLs.
+    /// A client of member `id` at `member`'s peer URLs (over the shared connection).
     pub fn client_of(&self, id: u64, member: &Member) -> Option<PeerClient<Channel>> {
-        let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((m, c)) = cache.get(&id) {
-            // A member whose peer URLs changed (MemberUpdate) gets a new connection.
-            if m.peer_urls == member.peer_urls {
-                return Some(c.clone());
-            }
-        }
-        let c = PeerClient::new(peer_channel(member, &self.dial)?).max_decoding_message_size(64 << 20);
-        cache.insert(id, (member.clone(), c.clone()));
-        Some(c)
+        self.channels.client(id, member)
     }
 
     /// Every other member with a client: `(id, client)`.
@@ -241,10 +239,7 @@ impl Router {
                 }
             })
             .await?;
-        match resp.response {
-            Some(raft_response::Response::Error(e)) => Err(Error::Remote { code: e.code, message: e.message }),
-            _ => Ok(resp),
-        }
+        applied(resp)
     }
 
     /// Replicate a write of this member's leader-only duties (revoking expired leases) only
@@ -256,10 +251,7 @@ impl Router {
             Ok(resp) => resp,
             Err(_) => return Err(Error::NotLeader),
         };
-        match resp.response {
-            Some(raft_response::Response::Error(e)) => Err(Error::Remote { code: e.code, message: e.message }),
-            _ => Ok(resp),
-        }
+        applied(resp)
     }
 
     /// Wait until this member has applied everything committed before the call, as

@@ -31,41 +31,53 @@ pub type Contacts = Arc<Mutex<HashMap<u64, Instant>>>;
 pub struct Network {
     /// This cluster's id, stamped on every message.
     pub cluster_id: u64,
-    /// How to reach other members.
-    pub dial: PeerDial,
     /// Last successful exchange with each member.
     pub contacts: Contacts,
     /// Peer traffic series.
     pub metrics: PeerMetrics,
     /// This member's id, stamped on every message as its sender.
     pub id: u64,
-    /// One connection per member, shared by every client openraft asks for (see
-    /// [`Network::channel`]).
-    pub channels: Channels,
+    /// The connections to the other members (shared with the Router).
+    pub channels: Arc<PeerChannels>,
 }
 
-/// Each member's peer URLs and the connection to them.
-pub type Channels = Arc<Mutex<HashMap<u64, (Vec<String>, Channel)>>>;
+/// One connection per member, shared by Raft and by this member's calls to its peers
+/// (the Router's forwarded writes and read-index questions). openraft 0.9 asks for a new
+/// network client for every read-index round and every election (one per voter); a new
+/// TCP connection each time cost a connect, a bind and an HTTP/2 handshake per
+/// linearizable read round — thousands of sockets in TIME_WAIT, and with them `bind()`
+/// port searches that took most of a busy leader's CPU. HTTP/2 multiplexes replication,
+/// heartbeats, votes, snapshot chunks and app RPCs on the one connection; a lazy channel
+/// reconnects after its member restarts.
+pub struct PeerChannels {
+    dial: PeerDial,
+    /// Each member's peer URLs and the connection to them.
+    open: Mutex<HashMap<u64, (Vec<String>, Channel)>>,
+}
 
-impl Network {
-    /// The connection to `target` at `node`'s peer URLs, made once and then shared:
-    /// openraft 0.9 asks for a new client for every read-index round and every election
-    /// (one per voter), and a new TCP connection each time cost a connect, a bind and an
-    /// HTTP/2 handshake per linearizable read round — thousands of sockets in TIME_WAIT, and
-    /// with them `bind()` port searches that took most of a busy leader's CPU. HTTP/2
-    /// multiplexes replication, heartbeats, votes and snapshot chunks on the one connection,
-    /// as it does for every client; a lazy channel reconnects after its member restarts.
-    fn channel(&self, target: u64, node: &Member) -> Option<Channel> {
-        let mut cache = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((urls, c)) = cache.get(&target) {
+impl PeerChannels {
+    /// No connection yet; members are dialled as `dial` says when first needed.
+    pub fn new(dial: PeerDial) -> PeerChannels {
+        PeerChannels { dial, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// The connection to member `id` at `member`'s peer URLs (made on first use).
+    pub fn get(&self, id: u64, member: &Member) -> Option<Channel> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((urls, c)) = open.get(&id) {
             // A member whose peer URLs changed (MemberUpdate) gets a new connection.
-            if *urls == node.peer_urls {
+            if *urls == member.peer_urls {
                 return Some(c.clone());
             }
         }
-        let c = peer_channel(node, &self.dial)?;
-        cache.insert(target, (node.peer_urls.clone(), c.clone()));
+        let c = peer_channel(member, &self.dial)?;
+        open.insert(id, (member.peer_urls.clone(), c.clone()));
         Some(c)
+    }
+
+    /// A peer-port client of member `id` over its connection.
+    pub fn client(&self, id: u64, member: &Member) -> Option<PeerClient<Channel>> {
+        Some(PeerClient::new(self.get(id, member)?).max_decoding_message_size(64 << 20))
     }
 }
 
@@ -217,7 +229,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             from: self.id,
             contacts: self.contacts.clone(),
             target,
-            client: self.channel(target, node).map(|c| PeerClient::new(c).max_decoding_message_size(64 << 20)),
+            client: self.channels.client(target, node),
             sent_failures: self.metrics.sent_failures.with_label_values(&[&to]),
             round_trip: self.metrics.round_trip.with_label_values(&[&to]),
         }
