@@ -4,11 +4,14 @@
 # `range --conns 16 --clients 64` spread over the three endpoints; prints the reads, each
 # member's CPU ticks (10 ms) over the read phase and the members' CPU microseconds per read.
 # Loopback only; every process it starts is stopped.
-#   bench/three-member-reads.sh [BINARY]     (default target/release/cairn; an etcd binary works)
+#   bench/three-member-reads.sh [BINARY [FLAG...]]
+# BINARY defaults to target/release/cairn (an etcd binary works); FLAGs go to every member
+# (for example --experimental-lease-reads).
 # Needs a release cairn-bench (cargo build --release --bin cairn-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/cairn}")
+shift || true
 BENCH=$(realpath target/release/cairn-bench)
 d=$(mktemp -d /tmp/three-member-reads.XXXX)
 cluster="m1=http://127.0.0.31:2380,m2=http://127.0.0.32:2380,m3=http://127.0.0.33:2380"
@@ -22,7 +25,7 @@ for i in 1 2 3; do
   "$BIN" --name "m$i" --data-dir "$d/m$i" --listen-client-urls "http://127.0.0.3$i:2379" \
     --advertise-client-urls "http://127.0.0.3$i:2379" --listen-peer-urls "http://127.0.0.3$i:2380" \
     --initial-advertise-peer-urls "http://127.0.0.3$i:2380" --initial-cluster "$cluster" \
-    --initial-cluster-state new >"$d/m$i.log" 2>&1 &
+    --initial-cluster-state new "$@" >"$d/m$i.log" 2>&1 &
   pids+=($!)
   disown
 done

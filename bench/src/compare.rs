@@ -4,7 +4,7 @@
 //! Also resident memory and data size after loading many keys, and restart-to-serving
 //! time with those keys.
 
-use crate::runner::Report;
+use crate::runner::{Report, BENCH_CPU, SERVER_CPU};
 use crate::workloads;
 use crate::{Consistency, Opts};
 use cairn_api::etcdserverpb::kv_client::KvClient;
@@ -318,8 +318,21 @@ fn dir_size(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Load `keys` keys of 256 bytes, then measure memory, data size and restart time.
-async fn memory(bin: &Path, kind: Kind, keys: u64, root: &Path, base: &Opts) -> anyhow::Result<(f64, f64, f64)> {
+/// What [`memory`] measured.
+struct Loaded {
+    /// Resident memory after the load, MiB.
+    rss: f64,
+    /// Data directory after the load (allocated blocks), MiB.
+    size: f64,
+    /// Seconds from a restart on that data until a read is served.
+    restart: f64,
+    /// Puts at random keys of the loaded key space, after the restart.
+    puts: Report,
+}
+
+/// Load `keys` keys of 256 bytes, then measure memory, data size and restart time, then
+/// puts into that key space (`puts` of them, 64 clients).
+async fn memory(bin: &Path, kind: Kind, keys: u64, puts: u64, root: &Path, base: &Opts) -> anyhow::Result<Loaded> {
     let mut procs = start(bin, kind, 1, root).await?;
     let load = Opts {
         endpoints: procs[0].client.clone(),
@@ -356,8 +369,11 @@ async fn memory(bin: &Path, kind: Kind, keys: u64, root: &Path, base: &Opts) -> 
     let last = format!("{:016}", keys - 1);
     let got = kv.range(RangeRequest { key: last.into_bytes(), ..Default::default() }).await?.into_inner();
     anyhow::ensure!(got.count == 1, "the last loaded key is missing after restart");
+    let random = Opts { total: puts, sequential_keys: false, cpu_of: vec![restarted.child.id()], ..load };
+    let puts = workloads::put(&random).await?;
+    anyhow::ensure!(puts.errors == 0, "puts into the loaded key space failed: {:?}", puts.first_error);
     drop(restarted);
-    Ok((rss, size, restart))
+    Ok(Loaded { rss, size, restart, puts })
 }
 
 async fn version(bin: &Path) -> String {
@@ -401,12 +417,16 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
     for case in cases(base, args.quick, args.topology).into_iter().filter(chosen) {
         let (mut e_tp, mut c_tp, mut e_p99, mut c_p99) = (vec![], vec![], vec![], vec![]);
         let (mut e_extra, mut c_extra) = (vec![], vec![]);
+        let (mut e_cpu, mut c_cpu) = (vec![], vec![]);
         for _ in 0..args.rounds.max(1) {
             for (kind, bin) in [(Kind::Etcd, &args.etcd_bin), (Kind::Cairn, &args.cairn_bin)] {
                 let procs = start(bin, kind, case.members, root).await?;
                 let mut opts = case.opts.clone();
                 opts.endpoints = endpoints(&procs);
+                opts.cpu_of = procs.iter().map(|p| p.child.id()).collect();
                 let r = (case.run)(opts).await?;
+                let cpu = |name: &str| r.extra.get(name).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                let (server_us, bench_us) = (cpu(SERVER_CPU), cpu(BENCH_CPU));
                 if r.errors > 0 {
                     print_log_tail(&procs[0].data_dir.with_extension("log"), 20);
                 }
@@ -421,14 +441,19 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
                 let (tp, p99) = if kind == Kind::Etcd { (&mut e_tp, &mut e_p99) } else { (&mut c_tp, &mut c_p99) };
                 tp.push(r.throughput);
                 p99.push(r.latency_ms.p99);
+                if kind == Kind::Etcd { &mut e_cpu } else { &mut c_cpu }.push(server_us);
                 if let Some(x) = r.extra.get("all_revoked_after_s").and_then(|v| v.as_f64()) {
                     if kind == Kind::Etcd { &mut e_extra } else { &mut c_extra }.push(x);
                 }
-                eprintln!("{:<45} {:?}: {:>9.0} ops/s  p99 {:.2} ms", case.name, kind, r.throughput, r.latency_ms.p99);
+                eprintln!(
+                    "{:<45} {kind:?}: {:>9.0} ops/s  p99 {:.2} ms  CPU per op: server {server_us:.0} us, bench {bench_us:.0} us",
+                    case.name, r.throughput, r.latency_ms.p99
+                );
             }
         }
         rows.push(row(case.name, "ops/s", median(e_tp), median(c_tp), true));
         rows.push(row(case.name, "p99 ms", median(e_p99), median(c_p99), false));
+        rows.push(row(case.name, "server CPU us/op", median(e_cpu), median(c_cpu), false));
         if !e_extra.is_empty() && !c_extra.is_empty() {
             rows.push(row(case.name, "s until all revoked", median(e_extra), median(c_extra), false));
         }
@@ -450,12 +475,19 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
     }
     if args.memory_keys > 0 && args.topology != Topology::Cluster {
         let keys = if args.quick { args.memory_keys.min(5_000) } else { args.memory_keys };
-        let (er, es, et) = memory(&args.etcd_bin, Kind::Etcd, keys, root, base).await?;
-        let (cr, cs, ct) = memory(&args.cairn_bin, Kind::Cairn, keys, root, base).await?;
+        let puts = if args.quick { 2_000 } else { 100_000 };
+        let e = memory(&args.etcd_bin, Kind::Etcd, keys, puts, root, base).await?;
+        let c = memory(&args.cairn_bin, Kind::Cairn, keys, puts, root, base).await?;
         let w = format!("{keys} keys x 256 B");
-        rows.push(row(&format!("{w}: resident memory"), "MiB", er, cr, false));
-        rows.push(row(&format!("{w}: data dir size"), "MiB", es, cs, false));
-        rows.push(row(&format!("{w}: restart to serving"), "s", et, ct, false));
+        rows.push(row(&format!("{w}: resident memory"), "MiB", e.rss, c.rss, false));
+        rows.push(row(&format!("{w}: data dir size"), "MiB", e.size, c.size, false));
+        rows.push(row(&format!("{w}: restart to serving"), "s", e.restart, c.restart, false));
+        let (ep, cp) = (&e.puts, &c.puts);
+        let p = format!("{w}: put at random keys of them, 64 clients");
+        rows.push(row(&p, "ops/s", ep.throughput, cp.throughput, true));
+        rows.push(row(&p, "p99 ms", ep.latency_ms.p99, cp.latency_ms.p99, false));
+        let cpu = |r: &Report| r.extra.get(SERVER_CPU).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        rows.push(row(&p, "server CPU us/op", cpu(ep), cpu(cp), false));
     }
     if base.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

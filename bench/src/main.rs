@@ -59,6 +59,10 @@ pub struct Opts {
     /// No progress bar.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Server processes whose CPU use per operation a run reports (`compare` names the
+    /// servers it started).
+    #[arg(skip)]
+    pub cpu_of: Vec<u32>,
 }
 
 /// Read consistency.

@@ -110,6 +110,55 @@ fn progress(opts: &Opts) -> ProgressBar {
     pb
 }
 
+/// `Report::extra` key: CPU time (user and system) the processes of `Opts::cpu_of` used per
+/// operation over the measured window, in microseconds.
+pub const SERVER_CPU: &str = "server_cpu_us_per_op";
+/// `Report::extra` key: the same for this load generator.
+pub const BENCH_CPU: &str = "bench_cpu_us_per_op";
+
+/// CPU time a process has used so far (`/proc/<pid>/stat`'s utime and stime; `None`: this
+/// process). Zero if the process is gone.
+fn cpu_time(pid: Option<u32>) -> Duration {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let ticks = std::fs::read_to_string(path).ok().and_then(|s| {
+        // The command name, in parentheses, may hold spaces: count the fields after it.
+        let mut f = s.rsplit_once(')')?.1.split_whitespace().skip(11);
+        Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+    });
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Duration::from_secs_f64(ticks.unwrap_or(0) as f64 / per_second as f64)
+}
+
+/// CPU used over a measured window by the servers named in `Opts::cpu_of` and by this load
+/// generator, so a comparison can tell CPU per operation apart from the share of the cores
+/// each side got.
+pub struct CpuWindow {
+    pids: Vec<u32>,
+    servers: Duration,
+    bench: Duration,
+}
+
+impl CpuWindow {
+    pub fn start(opts: &Opts) -> CpuWindow {
+        let pids = opts.cpu_of.clone();
+        let servers = pids.iter().map(|p| cpu_time(Some(*p))).sum();
+        CpuWindow { pids, servers, bench: cpu_time(None) }
+    }
+
+    /// Record the CPU per operation of `report.ops` in `report.extra` ([`SERVER_CPU`],
+    /// [`BENCH_CPU`]); nothing when no server was named.
+    pub fn finish(self, report: &mut Report) {
+        if self.pids.is_empty() {
+            return;
+        }
+        let servers: Duration = self.pids.iter().map(|p| cpu_time(Some(*p))).sum();
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / report.ops.max(1) as f64;
+        let (s, b) = (per_op(servers.saturating_sub(self.servers)), per_op(cpu_time(None).saturating_sub(self.bench)));
+        report.extra.insert(SERVER_CPU.into(), s.into());
+        report.extra.insert(BENCH_CPU.into(), b.into());
+    }
+}
+
 /// Run `op(client, seq)` from `opts.clients` concurrent clients and measure it.
 pub async fn drive<F, Fut>(name: &str, opts: &Opts, op: F) -> Report
 where
@@ -118,6 +167,7 @@ where
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = CpuWindow::start(opts);
     let start = Instant::now();
     let limit = opts.duration.map_or(opts.max_seconds, |d| d.min(opts.max_seconds));
     let deadline = start + Duration::from_secs(limit);
@@ -178,7 +228,7 @@ where
     pb.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let ops = h.len();
-    Report {
+    let mut report = Report {
         workload: name.to_string(),
         ops,
         errors,
@@ -187,5 +237,7 @@ where
         latency_ms: Latency::of(&h),
         first_error,
         extra: Default::default(),
-    }
+    };
+    cpu.finish(&mut report);
+    report
 }

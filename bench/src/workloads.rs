@@ -280,6 +280,7 @@ pub async fn watch(opts: &Opts, watchers: usize, streams: usize, name: &str) -> 
     let kvs = kv_clients(opts).await?;
     let size = opts.val_size.max(8);
     let first_put = Instant::now();
+    let cpu = crate::runner::CpuWindow::start(opts);
     let put_report = drive("puts", opts, move |c, seq| {
         let mut kv = kvs[c % kvs.len()].clone();
         let mut key = PREFIX.as_bytes().to_vec();
@@ -318,6 +319,7 @@ pub async fn watch(opts: &Opts, watchers: usize, streams: usize, name: &str) -> 
         first_error: put_report.first_error.clone(),
         extra: Default::default(),
     };
+    cpu.finish(&mut report);
     report.extra.insert("watchers".into(), watchers.into());
     report.extra.insert("puts".into(), put_report.ops.into());
     report.extra.insert("put_throughput".into(), put_report.throughput.into());

@@ -4,6 +4,11 @@ use anyhow::Context;
 use cairn_server::config::{Config, Flags};
 use clap::{CommandFactory, FromArgMatches};
 
+/// mimalloc rather than glibc's malloc: less CPU per request under many clients
+/// (docs/PERFORMANCE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Every file and directory the member creates is private to its user: the data

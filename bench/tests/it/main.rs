@@ -80,12 +80,20 @@ async fn compare_runs_against_real_etcd() {
     assert!(out.status.success(), "compare failed: {}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON rows");
     assert!(rows.len() >= 20, "{rows:?}");
-    for r in &rows {
+    // CPU is counted in clock ticks (10 ms): a quick run's cheapest workloads may use
+    // less than one, but the heavier ones must show on both sides.
+    let cpu = |r: &serde_json::Value| r["unit"] == "server CPU us/op";
+    for r in rows.iter().filter(|r| !cpu(r)) {
         assert!(
             r["etcd"].as_f64().unwrap_or(0.0) > 0.0 && r["cairn"].as_f64().unwrap_or(0.0) > 0.0,
             "empty figure in {r}"
         );
     }
+    let measured = rows
+        .iter()
+        .filter(|r| cpu(r))
+        .filter(|r| r["etcd"].as_f64().unwrap_or(0.0) > 0.0 && r["cairn"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(measured.count() >= 3, "server CPU per operation not measured: {rows:?}");
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
