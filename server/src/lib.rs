@@ -4,7 +4,8 @@
 //!
 //! 1. foundations: [`error`], [`config`] (with [`etcd_flags`], [`logging`]), [`tls`], [`conn`] (with
 //!    [`authority`]), [`data_dir`],
-//!    [`discovery`] (the initial cluster from DNS SRV), [`version`];
+//!    [`discovery`] (the initial cluster from DNS SRV), [`version`], [`rounds`] (calls
+//!    shared by the callers that arrive together);
 //! 2. replicated state: [`state`], [`auth`] (state, apply), [`lease`] (the lessor),
 //!    [`watch`] (the hub), [`apply`];
 //! 3. consensus: [`raft`] (log store, state machine, network), [`batch`];
@@ -45,6 +46,7 @@ pub(crate) mod peer;
 pub mod proxy;
 pub(crate) mod raft;
 pub(crate) mod replica;
+pub(crate) mod rounds;
 pub(crate) mod router;
 pub(crate) mod serve;
 pub(crate) mod state;

@@ -12,6 +12,7 @@ use crate::error::{is_not_leader, Error, Result};
 use crate::raft::network::PeerChannels;
 use crate::raft::Member;
 use crate::replica::{Refused, Replica};
+use crate::rounds::SharedCalls;
 use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::{raft_response, ProposeRequest, RaftRequest, RaftResponse, ReadIndexRequest};
 use std::future::Future;
@@ -141,18 +142,22 @@ fn applied(resp: RaftResponse) -> Result<RaftResponse> {
 }
 
 /// Reaches the leader (see the module docs).
+#[derive(Clone)]
 pub struct Router {
     replica: Arc<Replica>,
     /// The connections to the other members (shared with Raft's network).
     channels: Arc<PeerChannels>,
     request_timeout: Duration,
+    /// A follower's read-index calls to the leader, shared by the reads waiting when one
+    /// starts (`rounds.rs`).
+    reads: Arc<SharedCalls<Result<u64>>>,
 }
 
 impl Router {
     /// A router for `replica`, calling other members over `channels`, giving up on an
     /// operation after `request_timeout`.
     pub fn new(replica: Arc<Replica>, channels: Arc<PeerChannels>, request_timeout: Duration) -> Router {
-        Router { replica, channels, request_timeout }
+        Router { replica, channels, request_timeout, reads: Arc::default() }
     }
 
     /// When an operation started now gives up.
@@ -258,18 +263,44 @@ impl Router {
     /// confirmed by the leader (read index): after it, a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<()> {
         let deadline = self.deadline();
-        let index = self
-            .to_leader(deadline, Retry::Lost, |hop| async move {
-                match hop {
-                    Hop::Local => Ok(bounded(deadline, self.replica.read_index_local()).await??),
-                    Hop::Leader(mut c) => {
-                        let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.replica.cluster_id() });
-                        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                        Ok(c.read_index(r).await?.into_inner().index)
-                    }
-                }
-            })
-            .await?;
+        let index = if self.replica.leader() == Some(self.replica.id()) {
+            self.read_index(deadline).await?
+        } else {
+            self.shared_read_index(deadline).await?
+        };
         self.replica.wait_applied(index, deadline, "read barrier").await
+    }
+
+    /// A read index from a call to the leader shared with the other reads waiting here
+    /// ([`SharedCalls`]).
+    async fn shared_read_index(&self, deadline: Instant) -> Result<u64> {
+        let router = self.clone();
+        let call = move || {
+            let router = router.clone();
+            async move { router.read_index(router.deadline()).await }
+        };
+        match tokio::time::timeout_at(deadline, self.reads.join(call)).await {
+            Ok(Some(index)) => index,
+            Ok(None) => Err(Error::Stopped),
+            // As `to_leader` says it.
+            Err(_) if self.replica.leader().is_none() => Err(Error::NoLeader),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// The leader's read index, obtained after the call (from this member's own rounds when
+    /// it leads).
+    async fn read_index(&self, deadline: Instant) -> Result<u64> {
+        self.to_leader(deadline, Retry::Lost, |hop| async move {
+            match hop {
+                Hop::Local => Ok(bounded(deadline, self.replica.read_index_local()).await??),
+                Hop::Leader(mut c) => {
+                    let mut r = tonic::Request::new(ReadIndexRequest { cluster_id: self.replica.cluster_id() });
+                    r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                    Ok(c.read_index(r).await?.into_inner().index)
+                }
+            }
+        })
+        .await
     }
 }
