@@ -181,9 +181,16 @@ impl Member {
         self.child.as_ref().map(Child::id)
     }
 
-    /// SIGSTOP: the process freezes (its sockets stay open, nothing answers).
+    /// SIGSTOP: the process freezes (its sockets stay open, nothing answers). Returns once
+    /// every thread of it is stopped (at most 5 s): the signal takes effect asynchronously,
+    /// and a request sent right after `kill()` was seen answered by a thread not yet stopped.
     pub fn pause(&self) {
         self.signal(rustix::process::Signal::STOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Member::pause`].
@@ -243,6 +250,19 @@ impl Member {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Whether every thread of process `pid` is stopped (or the process is gone).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|c| matches!(c, 'T' | 't'))
+        })
+    })
 }
 
 impl Drop for Member {
