@@ -28,7 +28,7 @@ pub struct CompareArgs {
     /// Which topologies to run.
     #[arg(long, value_enum, default_value = "both")]
     topology: Topology,
-    /// Rounds per workload (the median is reported).
+    /// Rounds per workload, and of the memory rows (the median is reported).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Keys to load for the memory and restart rows (0 skips them).
@@ -476,18 +476,31 @@ async fn compare_in(args: &CompareArgs, base: &Opts, root: &Path) -> anyhow::Res
     if args.memory_keys > 0 && args.topology != Topology::Cluster {
         let keys = if args.quick { args.memory_keys.min(5_000) } else { args.memory_keys };
         let puts = if args.quick { 2_000 } else { 100_000 };
-        let e = memory(&args.etcd_bin, Kind::Etcd, keys, puts, root, base).await?;
-        let c = memory(&args.cairn_bin, Kind::Cairn, keys, puts, root, base).await?;
-        let w = format!("{keys} keys x 256 B");
-        rows.push(row(&format!("{w}: resident memory"), "MiB", e.rss, c.rss, false));
-        rows.push(row(&format!("{w}: data dir size"), "MiB", e.size, c.size, false));
-        rows.push(row(&format!("{w}: restart to serving"), "s", e.restart, c.restart, false));
-        let (ep, cp) = (&e.puts, &c.puts);
-        let p = format!("{w}: put at random keys of them, 64 clients");
-        rows.push(row(&p, "ops/s", ep.throughput, cp.throughput, true));
-        rows.push(row(&p, "p99 ms", ep.latency_ms.p99, cp.latency_ms.p99, false));
+        let (mut e, mut c) = (vec![], vec![]);
+        for _ in 0..args.rounds.max(1) {
+            for (kind, bin, out) in [(Kind::Etcd, &args.etcd_bin, &mut e), (Kind::Cairn, &args.cairn_bin, &mut c)] {
+                let l = memory(bin, kind, keys, puts, root, base).await?;
+                eprintln!(
+                    "{keys} keys {kind:?}: {:.0} MiB resident, {:.0} MiB on disk, restart {:.2} s, {:.0} puts/s at random keys",
+                    l.rss, l.size, l.restart, l.puts.throughput
+                );
+                out.push(l);
+            }
+        }
         let cpu = |r: &Report| r.extra.get(SERVER_CPU).and_then(|v| v.as_f64()).unwrap_or(0.0);
-        rows.push(row(&p, "server CPU us/op", cpu(ep), cpu(cp), false));
+        // Each figure's median over the rounds.
+        let mut add = |name: String, unit: &'static str, f: &dyn Fn(&Loaded) -> f64, higher_is_better: bool| {
+            let (em, cm) = (median(e.iter().map(f).collect()), median(c.iter().map(f).collect()));
+            rows.push(row(&name, unit, em, cm, higher_is_better));
+        };
+        let w = format!("{keys} keys x 256 B");
+        add(format!("{w}: resident memory"), "MiB", &|l| l.rss, false);
+        add(format!("{w}: data dir size"), "MiB", &|l| l.size, false);
+        add(format!("{w}: restart to serving"), "s", &|l| l.restart, false);
+        let p = format!("{w}: put at random keys of them, 64 clients");
+        add(p.clone(), "ops/s", &|l| l.puts.throughput, true);
+        add(p.clone(), "p99 ms", &|l| l.puts.latency_ms.p99, false);
+        add(p, "server CPU us/op", &|l| cpu(&l.puts), false);
     }
     if base.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
