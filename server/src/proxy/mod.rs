@@ -73,24 +73,36 @@ pub struct Flags {
     pub read_only: bool,
 }
 
+/// A PEM file named by the flag that gave it (for errors).
+type FlagFile<'a> = (&'a str, &'a std::path::Path);
+
+/// TLS towards other servers: the CA bundle to trust and the certificate and key to present,
+/// read from PEM files (an unreadable one is an error naming its flag).
+fn client_tls(
+    ca: Option<FlagFile>,
+    identity: Option<(FlagFile, FlagFile)>,
+) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |(flag, p): FlagFile| std::fs::read(p).map_err(|e| anyhow::anyhow!("--{flag} {}: {e}", p.display()));
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
 impl Flags {
     /// TLS towards the cluster, if asked for.
     fn upstream_tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         if self.cacert.is_none() && self.cert.is_none() {
             return Ok(None);
         }
-        let read = |flag: &str, p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| anyhow::anyhow!("--{flag} {}: {e}", p.display()))
-        };
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &self.cacert {
-            tls = tls.ca_certificate(Certificate::from_pem(read("cacert", ca)?));
-        }
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
-        }
-        Ok(Some(tls))
+        let ca = self.cacert.as_deref().map(|p| ("cacert", p));
+        let identity = self.cert.as_deref().zip(self.key.as_deref()).map(|(c, k)| (("cert", c), ("key", k)));
+        client_tls(ca, identity).map(Some)
     }
 
     /// TLS towards the clients, if asked for.

@@ -13,7 +13,7 @@ use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::cairnpb::MembersRequest;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// Serve as `flags` say (`--proxy` is `on` or `readonly`) until `stop`.
 pub async fn run(flags: Flags, stop: CancellationToken) -> anyhow::Result<()> {
@@ -90,15 +90,10 @@ fn peer_urls(initial: &str) -> anyhow::Result<Vec<String>> {
 
 /// TLS towards https:// peer URLs: the peer CA and certificate flags, as a member uses them.
 fn peer_tls(flags: &Flags) -> anyhow::Result<Option<ClientTlsConfig>> {
-    let read = |flag: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| anyhow::anyhow!("--{flag} {}: {e}", p.display()))
-    };
-    let Some(ca) = &flags.peer_trusted_ca_file else { return Ok(None) };
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("peer-trusted-ca-file", ca)?));
-    if let (Some(cert), Some(key)) = (&flags.peer_cert_file, &flags.peer_key_file) {
-        tls = tls.identity(Identity::from_pem(read("peer-cert-file", cert)?, read("peer-key-file", key)?));
-    }
-    Ok(Some(tls))
+    let Some(ca) = flags.peer_trusted_ca_file.as_deref() else { return Ok(None) };
+    let identity = flags.peer_cert_file.as_deref().zip(flags.peer_key_file.as_deref());
+    let identity = identity.map(|(c, k)| (("peer-cert-file", c), ("peer-key-file", k)));
+    super::client_tls(Some(("peer-trusted-ca-file", ca)), identity).map(Some)
 }
 
 /// The client URLs of every member, as the first peer that answers lists them.
