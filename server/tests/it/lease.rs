@@ -337,10 +337,6 @@ async fn attachments_follow_puts_and_txns() {
     assert!(!exists(&c, 0, "t1").await && !exists(&c, 0, "t2").await && exists(&c, 0, "x").await);
 }
 
-/// The lease promise across leader changes: a lease that is not kept alive is revoked no
-/// earlier than its last keepalive + TTL and no later than that + max(1 s, TTL/10) + 2
-/// election timeouts, however many leaders die meanwhile. (It used to get a fresh TTL from
-/// each new leader: TTL 16, leader killed 8 s in -> revoked ~26 s after the keepalive.)
 /// One keepalive of `id` through `url` (answered with `ttl`): when it was sent and answered.
 async fn keep_alive_once(url: &str, id: i64, ttl: u64) -> (Instant, Instant) {
     let sent = Instant::now();
@@ -423,6 +419,10 @@ async fn a_restarted_member_made_leader_takes_its_peers_lease_floors() {
     );
 }
 
+/// The lease promise across leader changes: a lease that is not kept alive is revoked no
+/// earlier than its last keepalive + TTL and no later than that + max(1 s, TTL/10) + 2
+/// election timeouts, however many leaders die meanwhile. (It used to get a fresh TTL from
+/// each new leader: TTL 16, leader killed 8 s in -> revoked ~26 s after the keepalive.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_lease_is_revoked_within_its_bound_after_two_leader_kills() {
     let mut c = Cluster::start(3, &[]).await;
