@@ -5,6 +5,7 @@
 //! `--max-seconds`.
 
 mod compare;
+mod floor;
 mod runner;
 mod workloads;
 
@@ -134,6 +135,13 @@ enum Cmd {
     },
     /// Run the same workloads against etcd and Cairn and print one table of ratios.
     Compare(compare::CompareArgs),
+    /// Serve etcd's KV and Lease APIs storing nothing, answering at once: the gRPC
+    /// transport's own cost per request, the floor under any server's (`bench/floor.sh`).
+    Floor {
+        /// host:port to listen on.
+        #[arg(long, default_value = "127.0.0.1:23790")]
+        listen: String,
+    },
 }
 
 #[tokio::main]
@@ -160,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::LeaseStorm { leases } => workloads::lease_storm(&cli.opts, leases).await?,
         Cmd::LeaseFleet { leases, ttl } => workloads::lease_fleet(&cli.opts, leases, ttl).await?,
         Cmd::Compare(args) => return compare::run(args, cli.opts).await,
+        Cmd::Floor { listen } => return floor::serve(&listen, cli.opts.val_size).await,
     };
     if cli.opts.json {
         println!("{}", serde_json::to_string(&report)?);

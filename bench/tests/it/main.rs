@@ -60,6 +60,40 @@ async fn every_workload_counts_exactly() {
     h.stop().await;
 }
 
+/// `cairn-bench floor` (the transport's floor for bench/floor.sh) serves the loads it is
+/// measured with, and answers a range with one key of --val-size bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_server_serves_its_loads() {
+    use cairn_api::etcdserverpb::{kv_client::KvClient, RangeRequest};
+    use std::io::BufRead;
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["floor", "--listen", "127.0.0.1:0", "--val-size", "100"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting cairn-bench floor");
+    let mut first = String::new();
+    let stdout = floor.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout).read_line(&mut first).expect("the floor's address");
+    let ep = first.trim().to_string();
+    assert!(ep.starts_with("127.0.0.1:"), "{first:?}");
+    for (args, ops) in [
+        (vec!["lease-keepalive", "--total", "300", "--clients", "8", "--conns", "2"], 300),
+        (vec!["range", "--consistency", "s", "--total", "300", "--clients", "8", "--key-space-size", "10"], 300),
+        (vec!["put", "--total", "300", "--clients", "8"], 300),
+    ] {
+        let r = bench(&ep, &args);
+        assert_eq!(r["ops"], ops, "{args:?}: {r}");
+        assert_eq!(r["errors"], 0, "{args:?}: {r}");
+    }
+    let mut kv = KvClient::connect(format!("http://{ep}")).await.expect("connect");
+    let resp = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.expect("range").into_inner();
+    assert_eq!((resp.count, resp.kvs.len()), (1, 1));
+    assert_eq!((resp.kvs[0].key.as_slice(), resp.kvs[0].value.len()), (&b"k"[..], 100));
+    let _ = floor.kill();
+    let _ = floor.wait();
+}
+
 /// The side-by-side comparison, briefly, against Debian's etcd (installed by ./scripts/test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_against_real_etcd() {

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The gRPC transport's floor beside etcd and Cairn (docs/PERFORMANCE.md, "The transport's
+# floor"): the same loads against `cairn-bench floor` (a server that stores nothing and
+# answers at once), etcd 3.5.1 and Cairn, one fresh server at a time, alternating, and
+# for each run the server's CPU per operation (user + system, from /proc, over the whole
+# run: the range load's 100 keys are put first).
+#
+#   bench/floor.sh [ROUNDS]        (default 3; needs release builds: cargo build --release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+BENCH=target/release/cairn-bench
+CAIRN=target/release/cairn
+ETCD=${ETCD_BIN:-$(./scripts/etcd35)/etcd}
+for b in "$BENCH" "$CAIRN" "$ETCD"; do
+  [ -x "$b" ] || { echo "missing $b (cargo build --release --bin cairn --bin cairn-bench)" >&2; exit 1; }
+done
+PORT=23790
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+start() { # start SERVER: the server's pid on stdout once it answers
+  local d="$WORK/data.$RANDOM"
+  case $1 in
+    floor) "$BENCH" floor --listen 127.0.0.1:$PORT --val-size 256 >"$WORK/log" 2>&1 & ;;
+    cairn | etcd)
+      local bin=$CAIRN
+      [ "$1" = etcd ] && bin=$ETCD
+      "$bin" --data-dir "$d" --listen-client-urls http://127.0.0.1:$PORT \
+        --advertise-client-urls http://127.0.0.1:$PORT --listen-peer-urls http://127.0.0.1:$((PORT + 10)) \
+        --initial-advertise-peer-urls http://127.0.0.1:$((PORT + 10)) \
+        --initial-cluster default=http://127.0.0.1:$((PORT + 10)) >"$WORK/log" 2>&1 &
+      ;;
+  esac
+  local pid=$!
+  for _ in $(seq 100); do
+    if "$BENCH" --endpoints 127.0.0.1:$PORT --no-progress --total 1 put >/dev/null 2>&1; then
+      echo "$pid"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "$1 did not start:" >&2
+  cat "$WORK/log" >&2
+  kill "$pid"
+  exit 1
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+LOADS=(
+  "lease keepalive, 64 clients|--conns 16 --clients 64 --total 200000 lease-keepalive"
+  "range serializable, 64 clients|--conns 16 --clients 64 --total 100000 --val-size 256 --key-space-size 100 range --consistency s"
+  "put, 64 clients|--conns 16 --clients 64 --total 50000 --val-size 256 --key-space-size 100000 put"
+)
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+echo "| load | server | round | ops/s | server CPU us/op |"
+echo "|---|---|---:|---:|---:|"
+for r in $(seq "$ROUNDS"); do
+  for load in "${LOADS[@]}"; do
+    name=${load%%|*}
+    read -r -a args <<<"${load#*|}"
+    for server in floor etcd cairn; do
+      pid=$(start $server)
+      t0=$(cpu_ticks "$pid")
+      out=$("$BENCH" --endpoints 127.0.0.1:$PORT --no-progress --json "${args[@]}")
+      t1=$(cpu_ticks "$pid")
+      kill "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+      rm -rf "$WORK"/data.*
+      python3 - "$name" "$server" "$r" "$((t1 - t0))" "$TICK_US" "$out" <<'EOF'
+import json, sys
+name, server, r, ticks, tick_us, out = sys.argv[1:]
+rep = json.loads(out)
+ops = rep["ops"]
+print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {int(ticks) * int(tick_us) / ops:.1f} |")
+EOF
+    done
+  done
+done
