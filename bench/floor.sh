@@ -2,8 +2,8 @@
 # The gRPC transport's floor beside etcd and Cairn (docs/PERFORMANCE.md, "The transport's
 # floor"): the same loads against `cairn-bench floor` (a server that stores nothing and
 # answers at once), etcd 3.5.1 and Cairn, one fresh server at a time, alternating, and
-# for each run the server's CPU per operation (user + system, from /proc, over the whole
-# run: the range load's 100 keys are put first).
+# for each run the server's CPU per operation over the measured window (user + system,
+# from /proc: cairn-bench --server-pids).
 #
 #   bench/floor.sh [ROUNDS]        (default 3; needs release builds: cargo build --release)
 set -euo pipefail
@@ -46,14 +46,11 @@ start() { # start SERVER: the server's pid on stdout once it answers
   exit 1
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 LOADS=(
   "lease keepalive, 64 clients|--conns 16 --clients 64 --total 200000 lease-keepalive"
   "range serializable, 64 clients|--conns 16 --clients 64 --total 100000 --val-size 256 --key-space-size 100 range --consistency s"
   "put, 64 clients|--conns 16 --clients 64 --total 50000 --val-size 256 --key-space-size 100000 put"
 )
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 echo "| load | server | round | ops/s | server CPU us/op |"
 echo "|---|---|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
@@ -62,18 +59,15 @@ for r in $(seq "$ROUNDS"); do
     read -r -a args <<<"${load#*|}"
     for server in floor etcd cairn; do
       pid=$(start $server)
-      t0=$(cpu_ticks "$pid")
-      out=$("$BENCH" --endpoints 127.0.0.1:$PORT --no-progress --json "${args[@]}")
-      t1=$(cpu_ticks "$pid")
+      out=$("$BENCH" --endpoints 127.0.0.1:$PORT --no-progress --json --server-pids "$pid" "${args[@]}")
       kill "$pid"
       while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
       rm -rf "$WORK"/data.*
-      python3 - "$name" "$server" "$r" "$((t1 - t0))" "$TICK_US" "$out" <<'EOF'
+      python3 - "$name" "$server" "$r" "$out" <<'EOF'
 import json, sys
-name, server, r, ticks, tick_us, out = sys.argv[1:]
+name, server, r, out = sys.argv[1:]
 rep = json.loads(out)
-ops = rep["ops"]
-print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {int(ticks) * int(tick_us) / ops:.1f} |")
+print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {rep['extra']['server_cpu_us_per_op']:.1f} |")
 EOF
     done
   done

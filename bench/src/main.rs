@@ -60,9 +60,10 @@ pub struct Opts {
     /// No progress bar.
     #[arg(long, global = true)]
     pub no_progress: bool,
-    /// Server processes whose CPU use per operation a run reports (`compare` names the
+    /// Server processes (pids, comma-separated) whose CPU time per operation over the
+    /// measured window the report gives, as `server_cpu_us_per_op` (`compare` names the
     /// servers it started).
-    #[arg(skip)]
+    #[arg(long = "server-pids", global = true, value_delimiter = ',')]
     pub cpu_of: Vec<u32>,
 }
 

@@ -77,14 +77,17 @@ async fn the_floor_server_serves_its_loads() {
     std::io::BufReader::new(stdout).read_line(&mut first).expect("the floor's address");
     let ep = first.trim().to_string();
     assert!(ep.starts_with("127.0.0.1:"), "{first:?}");
+    let pid = floor.id().to_string();
     for (args, ops) in [
-        (vec!["lease-keepalive", "--total", "300", "--clients", "8", "--conns", "2"], 300),
+        (vec!["lease-keepalive", "--total", "300", "--clients", "8", "--conns", "2", "--server-pids", &pid], 300),
         (vec!["range", "--consistency", "s", "--total", "300", "--clients", "8", "--key-space-size", "10"], 300),
         (vec!["put", "--total", "300", "--clients", "8"], 300),
     ] {
         let r = bench(&ep, &args);
         assert_eq!(r["ops"], ops, "{args:?}: {r}");
         assert_eq!(r["errors"], 0, "{args:?}: {r}");
+        // With --server-pids the report gives the server's CPU per operation.
+        assert_eq!(r["extra"]["server_cpu_us_per_op"].is_f64(), args.contains(&"--server-pids"), "{args:?}: {r}");
     }
     let mut kv = KvClient::connect(format!("http://{ep}")).await.expect("connect");
     let resp = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.expect("range").into_inner();
