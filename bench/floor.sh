@@ -6,6 +6,7 @@
 # from /proc: cairn-bench --server-pids).
 #
 #   bench/floor.sh [ROUNDS]        (default 3; needs release builds: cargo build --release)
+#   ONLY="put, 1" bench/floor.sh   (only the loads whose name contains ONLY)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -50,12 +51,14 @@ LOADS=(
   "lease keepalive, 64 clients|--conns 16 --clients 64 --total 200000 lease-keepalive"
   "range serializable, 64 clients|--conns 16 --clients 64 --total 100000 --val-size 256 --key-space-size 100 range --consistency s"
   "put, 64 clients|--conns 16 --clients 64 --total 50000 --val-size 256 --key-space-size 100000 put"
+  "put, 1 client|--conns 1 --clients 1 --total 5000 --val-size 256 --key-space-size 100000 put"
 )
-echo "| load | server | round | ops/s | server CPU us/op |"
-echo "|---|---|---:|---:|---:|"
+echo "| load | server | round | ops/s | p50 ms | server CPU us/op |"
+echo "|---|---|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
   for load in "${LOADS[@]}"; do
     name=${load%%|*}
+    [[ $name == *"${ONLY:-}"* ]] || continue
     read -r -a args <<<"${load#*|}"
     for server in floor etcd cairn; do
       pid=$(start $server)
@@ -67,7 +70,8 @@ for r in $(seq "$ROUNDS"); do
 import json, sys
 name, server, r, out = sys.argv[1:]
 rep = json.loads(out)
-print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {rep['extra']['server_cpu_us_per_op']:.1f} |")
+lat = rep['latency_ms']['p50']
+print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {lat:.3f} | {rep['extra']['server_cpu_us_per_op']:.1f} |")
 EOF
     done
   done

@@ -1,7 +1,8 @@
 //! The Raft log in a segmented write-ahead log ([`cairn_store::wal`]), and Raft's vote,
 //! committed and purged ids in the engine's `RaftState` table.
 //!
-//! `append` writes the entries to the WAL, `fdatasync`s the segments they are in and only
+//! `append` writes the entries to the WAL — one direct, synchronous write where the file
+//! system allows it, else a write and an `fdatasync` of the segments it touched — and only
 //! then reports them persisted: openraft acknowledges nothing that is not on disk. The
 //! sync runs inline on the caller's task: openraft 0.9's core waits for each append's
 //! callback before it does anything else, so handing the sync to another thread (as an
@@ -203,8 +204,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let files = self.write(entries.iter()).map_err(|e| log_err(ErrorVerb::Write, e))?;
+        // Timed from the write: a direct write is synchronous (see `cairn_store::wal`).
         let timer = self.fsync.start_timer();
+        let files = self.write(entries.iter()).map_err(|e| log_err(ErrorVerb::Write, e))?;
         let synced = files.iter().try_for_each(|f| f.sync_data());
         timer.observe_duration();
         callback.log_io_completed(synced);
