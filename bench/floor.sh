@@ -3,7 +3,8 @@
 # floor"): the same loads against `cairn-bench floor` (a server that stores nothing and
 # answers at once), etcd 3.5.1 and Cairn, one fresh server at a time, alternating, and
 # for each run the server's CPU per operation over the measured window (user + system,
-# from /proc: cairn-bench --server-pids).
+# from /proc: cairn-bench --server-pids) and the mean time its WAL appends took to become
+# durable (etcd_disk_wal_fsync_duration_seconds from its /metrics; "-" for the floor).
 #
 #   bench/floor.sh [ROUNDS]        (default 3; needs release builds: cargo build --release)
 #   ONLY="put, 1" bench/floor.sh   (only the loads whose name contains ONLY)
@@ -53,8 +54,8 @@ LOADS=(
   "put, 64 clients|--conns 16 --clients 64 --total 50000 --val-size 256 --key-space-size 100000 put"
   "put, 1 client|--conns 1 --clients 1 --total 5000 --val-size 256 --key-space-size 100000 put"
 )
-echo "| load | server | round | ops/s | p50 ms | server CPU us/op |"
-echo "|---|---|---:|---:|---:|---:|"
+echo "| load | server | round | ops/s | p50 ms | server CPU us/op | WAL sync mean ms |"
+echo "|---|---|---:|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
   for load in "${LOADS[@]}"; do
     name=${load%%|*}
@@ -63,15 +64,18 @@ for r in $(seq "$ROUNDS"); do
     for server in floor etcd cairn; do
       pid=$(start $server)
       out=$("$BENCH" --endpoints 127.0.0.1:$PORT --no-progress --json --server-pids "$pid" "${args[@]}")
+      # The mean time to make a WAL append durable, from the server's own metrics.
+      sync=$({ curl -s "http://127.0.0.1:$PORT/metrics" || true; } | awk '/^etcd_disk_wal_fsync_duration_seconds_sum/ {s=$2}
+        /^etcd_disk_wal_fsync_duration_seconds_count/ {c=$2} END {if (c > 0) printf "%.3f", s / c * 1000; else print "-"}')
       kill "$pid"
       while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
       rm -rf "$WORK"/data.*
-      python3 - "$name" "$server" "$r" "$out" <<'EOF'
+      python3 - "$name" "$server" "$r" "$out" "$sync" <<'EOF'
 import json, sys
-name, server, r, out = sys.argv[1:]
+name, server, r, out, sync = sys.argv[1:]
 rep = json.loads(out)
 lat = rep['latency_ms']['p50']
-print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {lat:.3f} | {rep['extra']['server_cpu_us_per_op']:.1f} |")
+print(f"| {name} | {server} | {r} | {rep['throughput']:.0f} | {lat:.3f} | {rep['extra']['server_cpu_us_per_op']:.1f} | {sync} |")
 EOF
     done
   done
