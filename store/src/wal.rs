@@ -31,7 +31,8 @@
 //! is on disk. That skips the page cache and its writeback machinery: one `fdatasync` of a
 //! buffered write cost 124-126 us and 49-50 us of CPU here, a direct synchronous write
 //! 108-112 us and 36-38 us (docs/PERFORMANCE.md, "Direct WAL writes"). Where direct writes
-//! are refused (tmpfs), appends are buffered and synced by the caller, as before.
+//! are refused (tmpfs before Linux 6.6, some network file systems), appends are buffered
+//! and synced by the caller, as before.
 //!
 //! The payloads of the latest records (up to [`RECENT_BYTES`]) stay in memory: Raft reads
 //! each entry back right after appending it (to apply it, and to send it to followers),
@@ -496,6 +497,10 @@ impl Wal {
                 zero_range(&seg.file, cut.offset, seg.len).map_err(|e| io("truncate", e))?;
                 seg.len = cut.offset;
                 seg.tail = read_tail(&seg.file, cut.offset)?;
+                // It takes the appends now (it may have been opened as an older segment).
+                if self.direct && seg.direct.is_none() {
+                    seg.direct = open_direct(&self.dir.join(name(cut.segment)));
+                }
             }
             sync_dir(&self.dir)?;
         }
@@ -747,24 +752,41 @@ mod tests {
 
     #[test]
     fn appends_keep_every_record_across_blocks_truncation_and_reopen() {
+        // Direct writes wherever the file system takes them, and buffered appends (what a
+        // file system refusing direct writes gets), the same.
+        appends_survive(false);
+        appends_survive(true);
+    }
+
+    /// `w` with direct writes off, as after a refusal.
+    fn buffered(mut w: Wal, on: bool) -> Wal {
+        if on {
+            w.direct = false;
+            w.segments.values_mut().for_each(|s| s.direct = None);
+        }
+        w
+    }
+
+    fn appends_survive(force_buffered: bool) {
         let d = tempfile::tempdir().unwrap();
-        // Direct writes wherever the file system takes them (tmpfs does not).
         let probe = d.path().join("probe");
         std::fs::write(&probe, b"").unwrap();
-        let direct_ok = open_direct(&probe).is_some();
+        let direct_ok = open_direct(&probe).is_some() && !force_buffered;
         std::fs::remove_file(&probe).unwrap();
-        let mut w = Wal::open(d.path(), 64 << 10).unwrap();
+        let open = || buffered(Wal::open(d.path(), 64 << 10).unwrap(), force_buffered);
+        let mut w = open();
         for i in 1..300 {
             w.append(&sized(i, i + 1)).unwrap();
         }
         assert_eq!(w.writes_directly(), direct_ok);
+        assert_eq!(w.dirty.is_empty(), direct_ok, "buffered appends leave segments to sync");
         assert!(w.segments.len() > 2, "segments rotate");
         w.truncate(250).unwrap();
         w.append(&sized(250, 260)).unwrap();
         // Reads of the latest records come from memory, older ones from the files.
         assert_eq!(w.read(1, 260).unwrap(), sized(1, 260));
         drop(w);
-        let mut w = Wal::open(d.path(), 64 << 10).unwrap();
+        let mut w = open();
         assert_eq!((w.first_index(), w.last_index()), (Some(1), Some(259)));
         assert_eq!(w.read(1, 260).unwrap(), sized(1, 260));
         // After the last record of every segment come zeros only.
@@ -774,9 +796,16 @@ mod tests {
         }
         // Appends go on where the reopened log ends, mid-block.
         w.append(&sized(260, 270)).unwrap();
+        // Cut back into the first segment (opened as an older one): it takes the appends,
+        // directly again where direct writes are on.
+        w.truncate(5).unwrap();
+        assert_eq!(w.segments.len(), 1);
+        assert_eq!(w.writes_directly(), direct_ok);
+        w.append(&sized(5, 40)).unwrap();
         drop(w);
-        let w = Wal::open(d.path(), 64 << 10).unwrap();
-        assert_eq!(w.read(1, 270).unwrap(), sized(1, 270));
+        let w = open();
+        assert_eq!(w.read(1, 40).unwrap(), sized(1, 40));
+        assert_eq!(w.last_index(), Some(39));
     }
 
     #[test]
