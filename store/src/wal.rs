@@ -89,7 +89,8 @@ struct Segment {
     file: Arc<File>,
     /// The same file opened for direct, synchronous writes (None: buffered appends).
     direct: Option<File>,
-    /// The bytes of the block `len` falls in, before `len` (what a direct write rewrites).
+    /// The bytes of the block `len` falls in, before `len` (what a direct write rewrites;
+    /// empty and unused in a buffered segment).
     tail: Vec<u8>,
     /// Bytes used by records (the rest is zero padding).
     len: u64,
@@ -99,8 +100,9 @@ struct Segment {
 
 impl Segment {
     fn new(file: File, path: &Path, direct: bool, len: u64, capacity: u64) -> Result<Segment> {
-        let tail = read_tail(&file, len)?;
         let direct = if direct { open_direct(path) } else { None };
+        // Only a direct write needs the partial block (a buffered segment stays buffered).
+        let tail = if direct.is_some() { read_tail(&file, len)? } else { Vec::new() };
         Ok(Segment { file: Arc::new(file), direct, tail, len, capacity })
     }
 }
@@ -111,6 +113,55 @@ fn read_tail(file: &File, len: u64) -> Result<Vec<u8>> {
     let mut tail = vec![0u8; head as usize];
     file.read_exact_at(&mut tail, len - head).map_err(|e| io("read tail", e))?;
     Ok(tail)
+}
+
+/// Payloads of the latest records, oldest first, at most [`RECENT_BYTES`] of them (but
+/// always the last one).
+#[derive(Default)]
+struct Recent {
+    payloads: VecDeque<Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn len(&self) -> usize {
+        self.payloads.len()
+    }
+
+    fn get(&self, i: usize) -> Option<&Arc<[u8]>> {
+        self.payloads.get(i)
+    }
+
+    /// Add the next record's payload, forgetting the oldest beyond the bound.
+    fn push(&mut self, payload: &[u8]) {
+        self.bytes += payload.len();
+        self.payloads.push_back(Arc::from(payload));
+        while self.bytes > RECENT_BYTES && self.payloads.len() > 1 {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(p) = self.payloads.pop_front() {
+            self.bytes -= p.len();
+        }
+    }
+
+    /// Forget the newest `n` (truncated records).
+    fn drop_newest(&mut self, n: usize) {
+        for _ in 0..n.min(self.payloads.len()) {
+            if let Some(p) = self.payloads.pop_back() {
+                self.bytes -= p.len();
+            }
+        }
+    }
+
+    /// Keep at most the newest `n` (the rest were purged).
+    fn keep_newest(&mut self, n: usize) {
+        while self.payloads.len() > n {
+            self.pop_oldest();
+        }
+    }
 }
 
 /// Where a record's payload is: in memory, or in a segment (`file`, offset, length).
@@ -199,10 +250,8 @@ pub struct Wal {
     direct: bool,
     /// The aligned buffer of direct writes, reused.
     blocks: Vec<Block>,
-    /// Payloads of the latest records, the last record's last.
-    recent: VecDeque<Arc<[u8]>>,
-    /// Bytes in `recent`.
-    recent_bytes: usize,
+    /// Payloads of the latest records.
+    recent: Recent,
 }
 
 fn name(first: u64) -> String {
@@ -245,8 +294,7 @@ impl Wal {
             prealloc: None,
             direct: true,
             blocks: Vec::new(),
-            recent: VecDeque::new(),
-            recent_bytes: 0,
+            recent: Recent::default(),
         };
         let count = firsts.len();
         for (i, seg) in firsts.into_iter().enumerate() {
@@ -425,13 +473,7 @@ impl Wal {
         }
         self.locs.extend(locs);
         for (_, payload) in records {
-            self.recent_bytes += payload.len();
-            self.recent.push_back(Arc::from(payload.as_slice()));
-        }
-        while self.recent_bytes > RECENT_BYTES && self.recent.len() > 1 {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_bytes -= old.len();
-            }
+            self.recent.push(payload);
         }
         Ok(())
     }
@@ -479,14 +521,8 @@ impl Wal {
         }
         let keep = from.saturating_sub(self.first) as usize;
         let cut = self.locs.get(keep).copied();
-        let dropped = self.locs.len() - keep;
+        self.recent.drop_newest(self.locs.len() - keep);
         self.locs.truncate(keep);
-        for _ in 0..dropped {
-            match self.recent.pop_back() {
-                Some(p) => self.recent_bytes -= p.len(),
-                None => break,
-            }
-        }
         if let Some(cut) = cut {
             let later: Vec<u64> = self.segments.range(cut.segment + 1..).map(|(k, _)| *k).collect();
             for k in later {
@@ -496,10 +532,12 @@ impl Wal {
             if let Some(seg) = self.segments.get_mut(&cut.segment) {
                 zero_range(&seg.file, cut.offset, seg.len).map_err(|e| io("truncate", e))?;
                 seg.len = cut.offset;
-                seg.tail = read_tail(&seg.file, cut.offset)?;
                 // It takes the appends now (it may have been opened as an older segment).
                 if self.direct && seg.direct.is_none() {
                     seg.direct = open_direct(&self.dir.join(name(cut.segment)));
+                }
+                if seg.direct.is_some() {
+                    seg.tail = read_tail(&seg.file, cut.offset)?;
                 }
             }
             sync_dir(&self.dir)?;
@@ -514,11 +552,7 @@ impl Wal {
             self.locs.pop_front();
             self.first += 1;
         }
-        while self.recent.len() > self.locs.len() {
-            if let Some(p) = self.recent.pop_front() {
-                self.recent_bytes -= p.len();
-            }
-        }
+        self.recent.keep_newest(self.locs.len());
         let keys: Vec<u64> = self.segments.keys().copied().collect();
         let doomed: Vec<u64> = if self.locs.is_empty() {
             // Nothing is left (a snapshot went past the end of the log): every segment holds
@@ -817,8 +851,8 @@ mod tests {
         for i in 1..41 {
             w.append(&big(i, i + 1)).unwrap();
         }
-        assert!(w.recent_bytes <= RECENT_BYTES && w.recent.len() < 40, "bounded: {} bytes", w.recent_bytes);
-        assert_eq!(w.recent_bytes, w.recent.iter().map(|p| p.len()).sum::<usize>());
+        assert!(w.recent.bytes <= RECENT_BYTES && w.recent.len() < 40, "bounded: {} bytes", w.recent.bytes);
+        assert_eq!(w.recent.bytes, w.recent.payloads.iter().map(|p| p.len()).sum::<usize>());
         let from_memory = w.locate(1, 41).iter().filter(|(_, l)| matches!(l, Located::Memory(_))).count();
         assert_eq!(from_memory, w.recent.len());
         assert_eq!(w.read(1, 41).unwrap(), big(1, 41));
@@ -827,7 +861,7 @@ mod tests {
         assert_eq!(w.recent.len(), 4);
         assert_eq!(w.read(31, 35).unwrap(), big(31, 35));
         w.purge(40).unwrap();
-        assert!(w.recent.is_empty() && w.recent_bytes == 0);
+        assert!(w.recent.payloads.is_empty() && w.recent.bytes == 0);
     }
 
     #[test]
