@@ -5,6 +5,8 @@
 # for each run the server's CPU per operation over the measured window (user + system,
 # from /proc: cairn-bench --server-pids) and the mean time its WAL appends took to become
 # durable (etcd_disk_wal_fsync_duration_seconds from its /metrics; "-" for the floor).
+# The watch-latency load runs against etcd and Cairn only (the floor server has no watch
+# service); its p50 is from a put to its event at the watcher.
 #
 #   bench/floor.sh [ROUNDS]        (default 3; needs release builds: cargo build --release)
 #   ONLY="put, 1" bench/floor.sh   (only the loads whose name contains ONLY)
@@ -53,6 +55,7 @@ LOADS=(
   "range serializable, 64 clients|--conns 16 --clients 64 --total 100000 --val-size 256 --key-space-size 100 range --consistency s"
   "put, 64 clients|--conns 16 --clients 64 --total 50000 --val-size 256 --key-space-size 100000 put"
   "put, 1 client|--conns 1 --clients 1 --total 5000 --val-size 256 --key-space-size 100000 put"
+  "watch latency, 1 watcher at 100 puts/s|--total 1000 watch-latency"
 )
 echo "| load | server | round | ops/s | p50 ms | server CPU us/op | WAL sync mean ms |"
 echo "|---|---|---:|---:|---:|---:|---:|"
@@ -62,6 +65,8 @@ for r in $(seq "$ROUNDS"); do
     [[ $name == *"${ONLY:-}"* ]] || continue
     read -r -a args <<<"${load#*|}"
     for server in floor etcd cairn; do
+      # The floor server has no watch service.
+      [[ $server == floor && $name == watch* ]] && continue
       pid=$(start $server)
       out=$("$BENCH" --endpoints 127.0.0.1:$PORT --no-progress --json --server-pids "$pid" "${args[@]}")
       # The mean time to make a WAL append durable, from the server's own metrics.
