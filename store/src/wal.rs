@@ -390,9 +390,13 @@ impl Wal {
         match self.segments.last_key_value() {
             Some((k, s)) if s.len + bytes <= s.capacity => Ok(*k),
             last => {
-                // The old active segment must be durable before records move on.
-                if let Some((_, s)) = last {
-                    s.file.sync_data().map_err(|e| io("sync", e))?;
+                // The old active segment must be durable before records move on: it is
+                // if every write to it was direct; it takes no more appends either way.
+                if let Some(old) = last.map(|(k, _)| *k).and_then(|k| self.segments.get_mut(&k)) {
+                    if old.direct.take().is_none() {
+                        old.file.sync_data().map_err(|e| io("sync", e))?;
+                    }
+                    old.tail = Vec::new();
                 }
                 let path = self.dir.join(name(next));
                 let spare = bytes <= self.segment_bytes && self.prealloc.as_ref().is_some_and(|p| p.claim());
@@ -504,7 +508,8 @@ impl Wal {
     }
 
     /// Whether appends to the active segment are direct writes.
-    pub fn writes_directly(&self) -> bool {
+    #[cfg(test)]
+    fn writes_directly(&self) -> bool {
         self.segments.last_key_value().is_some_and(|(_, s)| s.direct.is_some())
     }
 
