@@ -23,6 +23,7 @@ use super::{encode, storage_err, LogId, Member, StorageError, StoredMembership, 
 use crate::apply::apply;
 use crate::lease::Lessor;
 use crate::state::{Headers, SmState, KEY_APPLIED, KEY_MEMBERSHIP};
+use crate::watch::publish::Publisher;
 use crate::watch::WatchHub;
 use cairn_api::cairnpb::RaftResponse;
 use cairn_store::engine::{Live, ReadView};
@@ -33,7 +34,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, S
 use std::io::{BufReader, BufWriter, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tokio::sync::watch;
 
 /// An applied batch slower than this is logged by default (etcd: "apply request took too
@@ -52,6 +53,8 @@ pub struct StateMachine {
     pub revision_tx: Arc<watch::Sender<i64>>,
     /// The watchers of this member, notified of every applied batch's events.
     pub hub: Arc<WatchHub>,
+    /// Hands the events to the hub's own task (started at the first apply).
+    publisher: Arc<OnceLock<Publisher>>,
     /// Lease expiry, fed with every applied lease change.
     pub lessor: Arc<Lessor>,
     snap_dir: PathBuf,
@@ -157,6 +160,7 @@ impl StateMachine {
         let state = Arc::new(RwLock::new(st));
         Ok(Self {
             hub: WatchHub::new(state.clone(), rev, max_response_bytes, headers),
+            publisher: Arc::default(),
             lessor,
             state,
             revision_tx: Arc::new(revision_tx),
@@ -342,8 +346,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             (st.mvcc.current_revision(), st.mvcc.take_events(), st.take_lease_changes(), auth_changed, alone)
         };
         self.pace.applied(requests, alone);
+        let publisher = self.publisher.get_or_init(|| Publisher::start(&self.hub));
         if auth_changed {
-            // Before these events go out: a watcher its user may no longer read gets none.
+            // After the events published before, and before these go out: a watcher its
+            // user may no longer read gets none.
+            publisher.drained().await;
             let denied = {
                 let st = self.read();
                 self.hub.revoke(&|user, key, end| st.auth.check(user, key, end, crate::auth::Need::Read).is_ok())
@@ -356,7 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!(?took, expected = ?self.slow_apply, entries = out.len(), revision = rev, "apply request took too long");
         }
         self.lessor.apply(lease_changes);
-        self.hub.notify(rev, events);
+        publisher.publish(rev, events).await;
         self.publish_revision(rev);
         Ok(out)
     }
@@ -405,6 +412,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        if let Some(p) = self.publisher.get() {
+            p.drained().await;
+        }
         self.hub.resync(rev);
         self.publish_revision(rev);
         Ok(())

@@ -17,6 +17,7 @@
 
 pub mod coalesce;
 pub mod outgoing;
+pub mod publish;
 
 use crate::error::Error;
 use crate::state::{Headers, SmState};
@@ -193,6 +194,11 @@ impl WatchHub {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Whether any watch stream is open.
+    pub fn has_streams(&self) -> bool {
+        !self.lock().streams.is_empty()
     }
 
     /// Limit the watchers of one stream (`--max-watchers-per-stream`).
