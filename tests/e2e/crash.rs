@@ -191,7 +191,8 @@ async fn a_damaged_wal_record_stops_the_member_instead_of_losing_writes() {
     let file = wal_files(&c.members[0].data_dir).pop().expect("a wal file");
     let mut bytes = std::fs::read(&file).expect("read wal");
     let records = wal_records(&bytes);
-    assert!(records.len() > 1_000, "expected the puts in the last wal file, found {} records", records.len());
+    // Each writer has one put in flight, so an entry holds at most six of them.
+    assert!(records.len() >= 500, "expected the puts in the last wal file, found {} records", records.len());
     let (off, len) = records[records.len() / 3];
     let flip = off + 16 + len / 2;
     bytes[flip] ^= 0x5a;
