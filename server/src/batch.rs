@@ -630,6 +630,27 @@ mod tests {
         assert_eq!(fake.entries.lock().unwrap().len(), 3);
     }
 
+    /// A lone write, `n` queued behind it, then the batch of those `n`, which Raft takes
+    /// 100 ms over (for a fake whose writes wait for `go`).
+    async fn answer_a_batch_of(b: &Batcher<Fake>, fake: &Fake, n: usize) {
+        let spawn = |k: String| {
+            let b = b.clone();
+            tokio::spawn(async move { b.propose(put(&k)).await })
+        };
+        let first = spawn("a".into());
+        proposed(fake, 1).await;
+        let queued: Vec<_> = (0..n).map(|i| spawn(format!("b{i}"))).collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        fake.go.add_permits(1);
+        first.await.unwrap().unwrap();
+        proposed(fake, 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.go.add_permits(1);
+        for t in queued {
+            t.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn writers_answered_together_are_awaited_and_proposed_together() {
         let fake = Fake { go: Arc::new(Semaphore::new(0)), ..Default::default() };
@@ -639,20 +660,7 @@ mod tests {
             tokio::spawn(async move { b.propose(put(&k)).await })
         };
         let entries = || fake.entries.lock().unwrap().clone();
-        // A lone write, three queued behind it, then a batch of those three that Raft takes
-        // 100 ms over.
-        let first = spawn("a".into());
-        proposed(&fake, 1).await;
-        let three: Vec<_> = (0..3).map(|i| spawn(format!("b{i}"))).collect();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        fake.go.add_permits(1);
-        first.await.unwrap().unwrap();
-        proposed(&fake, 2).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        fake.go.add_permits(1);
-        for t in three {
-            t.await.unwrap().unwrap();
-        }
+        answer_a_batch_of(&b, &fake, 3).await;
         // Its writers come back one by one, 10 ms apart: the first finds the slot free but
         // does not propose alone, and the three go as one entry.
         let mut back = Vec::new();
@@ -692,26 +700,7 @@ mod tests {
     async fn writers_of_a_batch_larger_than_the_awaited_are_not_waited_for() {
         let fake = Fake { go: Arc::new(Semaphore::new(0)), ..Default::default() };
         let (b, _tasks, _stop) = start(&fake, None);
-        let first = tokio::spawn({
-            let b = b.clone();
-            async move { b.propose(put("a")).await }
-        });
-        proposed(&fake, 1).await;
-        let many: Vec<_> = (0..=MAX_AWAITED)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { b.propose(put(&format!("m{i}"))).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        fake.go.add_permits(1);
-        first.await.unwrap().unwrap();
-        proposed(&fake, 2).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        fake.go.add_permits(1);
-        for t in many {
-            t.await.unwrap().unwrap();
-        }
+        answer_a_batch_of(&b, &fake, MAX_AWAITED + 1).await;
         // Past that size a batch's own apply and answers outweigh the flush a bigger one
         // would share: the next write proposes itself at once.
         fake.go.add_permits(1);
