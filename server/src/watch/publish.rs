@@ -5,8 +5,9 @@
 //! in the order the batches applied, while the writers of the batch are answered and the
 //! next batch is proposed. The hub copes with a store ahead of what it has published: a
 //! watcher catching up reads the store and, once past the last published revision, drops
-//! the older events still to come (`min_rev`). With no watchers and nothing queued, a batch
-//! is published in place (there is nothing to deliver, and no hand-off is worth paying).
+//! the older events still to come (`min_rev`). With no watch stream open and nothing queued,
+//! a batch is published in place (there is nothing to deliver, and no hand-off is worth
+//! paying).
 
 use super::WatchHub;
 use cairn_api::mvccpb::Event;
