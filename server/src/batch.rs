@@ -170,9 +170,8 @@ pub struct Batcher<C: Consensus = Raft> {
     writes: mpsc::Sender<(RaftRequest, WriteReply)>,
     reads: mpsc::Sender<ReadReply>,
     raft: C,
-    /// Slots for batches in flight, shared by the loop and direct proposals.
-    in_flight: Arc<Semaphore>,
-    last: Arc<LastBatch>,
+    /// The batch slot, shared by the loop and direct proposals.
+    slot: Slot,
     shutdown: CancellationToken,
 }
 
@@ -189,12 +188,10 @@ impl<C: Consensus> Batcher<C> {
     ) -> Batcher<C> {
         let (wtx, wrx) = mpsc::channel(8192);
         let (rtx, rrx) = mpsc::channel(8192);
-        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-        let last = Arc::new(LastBatch::new());
-        let slot = Slot { in_flight: in_flight.clone(), last: last.clone() };
-        tasks.spawn(write_loop(raft.clone(), slot, wrx, tasks.clone(), shutdown.clone()));
+        let slot = Slot { in_flight: Arc::new(Semaphore::new(IN_FLIGHT)), last: Arc::new(LastBatch::new()) };
+        tasks.spawn(write_loop(raft.clone(), slot.clone(), wrx, tasks.clone(), shutdown.clone()));
         tasks.spawn(read_loop(raft.clone(), floor, lease, rrx, shutdown.clone()));
-        Batcher { writes: wtx, reads: rtx, raft, in_flight, last, shutdown }
+        Batcher { writes: wtx, reads: rtx, raft, slot, shutdown }
     }
 
     /// Propose `req` (possibly together with others) and wait for its applied result.
@@ -206,10 +203,11 @@ impl<C: Consensus> Batcher<C> {
         if self.shutdown.is_cancelled() {
             return Err(NotDone::Stopped);
         }
-        if let Some(_slot) = self.in_flight.try_acquire().ok().filter(|_| self.last.awaited().is_none()) {
+        let alone = self.slot.last.awaited().is_none();
+        if let Some(_slot) = alone.then(|| self.slot.in_flight.try_acquire().ok()).flatten() {
             let started = Instant::now();
             let written = self.raft.write(req).await;
-            self.last.record(1, started);
+            self.slot.last.record(1, started);
             let (index, mut resp) = written?;
             resp.log_index = index;
             return Ok(resp);
@@ -266,9 +264,29 @@ impl LastBatch {
 }
 
 /// The batch slot and what its last holder left behind.
+#[derive(Clone)]
 struct Slot {
     in_flight: Arc<Semaphore>,
     last: Arc<LastBatch>,
+}
+
+/// The writes gathered for one batch, and their encoded size.
+#[derive(Default)]
+struct Gathered {
+    writes: Vec<(RaftRequest, WriteReply)>,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, w: (RaftRequest, WriteReply)) {
+        self.bytes += w.0.encoded_len();
+        self.writes.push(w);
+    }
+
+    /// Whether the batch takes no more writes ([`MAX_BATCH`], [`MAX_BATCH_BYTES`]).
+    fn full(&self) -> bool {
+        self.writes.len() >= MAX_BATCH || self.bytes >= MAX_BATCH_BYTES
+    }
 }
 
 async fn write_loop<C: Consensus>(
@@ -289,14 +307,11 @@ async fn write_loop<C: Consensus>(
             _ = shutdown.cancelled() => return,
             p = slot.in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
-        let mut bytes = first.0.encoded_len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let mut batch = Gathered::default();
+        batch.push(first);
+        while !batch.full() {
             match rx.try_recv() {
-                Ok(m) => {
-                    bytes += m.0.encoded_len();
-                    batch.push(m);
-                }
+                Ok(m) => batch.push(m),
                 Err(_) => break,
             }
         }
@@ -308,15 +323,12 @@ async fn write_loop<C: Consensus>(
         // more, for at most as long as it took in Raft after it answered (waiting longer
         // could not beat proposing now and again after it).
         if let Some((expected, deadline)) = slot.last.awaited() {
-            while batch.len() < expected.min(MAX_BATCH) && bytes < MAX_BATCH_BYTES {
+            while batch.writes.len() < expected && !batch.full() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep_until(deadline) => break,
                     m = rx.recv() => match m {
-                        Some(m) => {
-                            bytes += m.0.encoded_len();
-                            batch.push(m);
-                        }
+                        Some(m) => batch.push(m),
                         None => break,
                     },
                 }
@@ -326,7 +338,7 @@ async fn write_loop<C: Consensus>(
         let last = slot.last.clone();
         tasks.spawn(async move {
             let started = Instant::now();
-            let (mut reqs, replies): (Vec<RaftRequest>, Vec<WriteReply>) = batch.into_iter().unzip();
+            let (mut reqs, replies): (Vec<RaftRequest>, Vec<WriteReply>) = batch.writes.into_iter().unzip();
             let single = reqs.len() == 1;
             let entry = match reqs.pop() {
                 Some(r) if single => r,
@@ -624,7 +636,7 @@ mod tests {
         assert!(rest.iter().all(|r| r.as_ref().is_ok_and(|r| r.log_index == 2)));
         // With nothing in flight the loop does not hold the slot, so a lone write finds it
         // free and proposes itself.
-        assert_eq!(b.in_flight.available_permits(), IN_FLIGHT, "the slot is free again");
+        assert_eq!(b.slot.in_flight.available_permits(), IN_FLIGHT, "the slot is free again");
         fake.go.add_permits(1);
         b.propose(put("alone")).await.unwrap();
         assert_eq!(fake.entries.lock().unwrap().len(), 3);

@@ -389,10 +389,10 @@ impl Wal {
     fn active(&mut self, next: u64, bytes: u64) -> Result<u64> {
         match self.segments.last_key_value() {
             Some((k, s)) if s.len + bytes <= s.capacity => Ok(*k),
-            last => {
+            _ => {
                 // The old active segment must be durable before records move on: it is
                 // if every write to it was direct; it takes no more appends either way.
-                if let Some(old) = last.map(|(k, _)| *k).and_then(|k| self.segments.get_mut(&k)) {
+                if let Some(old) = self.segments.values_mut().next_back() {
                     if old.direct.take().is_none() {
                         old.file.sync_data().map_err(|e| io("sync", e))?;
                     }
