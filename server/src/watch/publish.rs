@@ -4,13 +4,13 @@
 //! returns: matching and queueing them for every watcher then runs in the publisher's task,
 //! in the order the batches applied, while the writers of the batch are answered and the
 //! next batch is proposed. The task yields before each batch, so the tasks woken with it
-//! (the writers' answers among them) go first: under fan-out the writers otherwise wait
-//! for the events of their own batch to be matched and queued (measured: 14% more events
-//! a second with 100 watchers and 16 writers). The hub copes with a store ahead of what it has published: a
-//! watcher catching up reads the store and, once past the last published revision, drops
-//! the older events still to come (`min_rev`). With no watch stream open and nothing queued,
-//! a batch is published in place (there is nothing to deliver, and no hand-off is worth
-//! paying).
+//! (the batch's answers among them) run first: under fan-out the writers otherwise wait
+//! for their own batch's events to be matched and queued (measured with 100 watchers and
+//! 16 writers: 7-14% more events a second; docs/PERFORMANCE.md, "Answers before events").
+//! The hub copes with a store ahead of what it has published: a watcher catching up reads
+//! the store and, once past the last published revision, drops the older events still to
+//! come (`min_rev`). With no watch stream open and nothing queued, a batch is published in
+//! place (there is nothing to deliver, and no hand-off is worth paying).
 
 use super::WatchHub;
 use cairn_api::mvccpb::Event;
@@ -49,10 +49,7 @@ impl Publisher {
                 };
                 match item {
                     Item::Events(rev, events) => {
-                        // Let the tasks already woken run first: among them the batch's
-                        // writers, whose answers (and next writes) would otherwise wait
-                        // behind this batch's fan-out (docs/PERFORMANCE.md, "Answers
-                        // before events").
+                        // The batch's answers first (see the module notes).
                         tokio::task::yield_now().await;
                         h.notify(rev, events)
                     }
